@@ -1,0 +1,23 @@
+# Every target bootstraps what is missing first (Debian packages when root, .venv, the project).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap demo test bench lint clean
+
+bootstrap:
+	@scripts/bootstrap
+
+demo: bootstrap
+	@$(PY) scripts/demo.py
+
+test: bootstrap
+	@$(PY) -m pytest -q
+
+bench: bootstrap
+	@$(PY) scripts/bench.py
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check daemon ops checker tests scripts
+
+clean:
+	rm -rf $(VENV) .dynamo build *.egg-info

@@ -1,0 +1,231 @@
+"""Request coordination (Dynamo §4.5): the Twisted driver of the pure quorum cores.
+
+Any node accepts any request. A GET asks the key's N replicas and answers after R replies with the
+reconciled siblings. A PUT is coordinated by a replica of the key: the coordinator stamps the new
+version against its local record (dots must be issued by a node that holds the key's record, see
+``dynamod.core.versions``), commits it, then sends the whole resulting sibling set to the other
+replicas and answers after W acknowledgements. A node that is not a replica forwards the PUT to the
+first replica that answers. Deadlines come from the injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dynamod.core.encoding import context_from_wire, context_to_wire, siblings_from_wire, siblings_to_wire
+from dynamod.core.quorum import GetCore, Outcome, PutCore, QuorumResult
+from dynamod.core.ring import Ring
+from dynamod.core.versions import CausalContext, Record, Sibling, merge_into, put_version
+from dynamod.net.peers import PeerClient
+from dynamod.net.protocol import PeerUnavailable
+from dynamod.storage.store import Store
+
+
+@attrs.frozen
+class QuorumSettings:
+    """The replication parameters every coordinator of the cluster uses."""
+
+    n: int
+    r: int
+    w: int
+    lww: bool = False
+    timeout: float = 3.0
+    max_context_entries: int = 64
+
+
+@attrs.frozen
+class PutAnswer:
+    """The outcome of a PUT: the quorum result and the context of the new version."""
+
+    result: QuorumResult
+    context: CausalContext | None = None
+
+
+class NotAReplica(Exception):
+    """A forwarded PUT reached a node that does not hold the key."""
+
+
+def describe(failure: Failure) -> str:
+    """A short reason for a failed replica request."""
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+
+class Coordinator:
+    """Coordinates GETs and PUTs for one node and answers its peers' replica requests."""
+
+    log = Logger()
+
+    def __init__(self, node_id: str, ring: Ring, store: Store, peers: Mapping[str, PeerClient],
+                 settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int]):
+        self.node_id = node_id
+        self.ring = ring
+        self.store = store
+        self.peers = peers
+        self.settings = settings
+        self.clock = clock
+        self.wall_clock_ms = wall_clock_ms
+
+    def replicas(self, key: bytes) -> tuple[str, ...]:
+        """The key's preference list."""
+        return self.ring.preference_list(key, self.settings.n)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _read_replica(self, replica: str, key: bytes) -> defer.Deferred:
+        if replica == self.node_id:
+            return self.store.get(key).addCallback(lambda record: record.siblings if record else ())
+        return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(siblings_from_wire)
+
+    def get(self, key: bytes, r: int) -> defer.Deferred:
+        """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
+        replicas = self.replicas(key)
+        core = GetCore(replicas, r, lww=self.settings.lww)
+        return self._drive(core, [
+            (replica, self._read_replica(replica, key), core.add_reply) for replica in replicas
+        ])
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, context: CausalContext, w: int,
+            deleted: bool = False) -> defer.Deferred:
+        """Fires with the ``PutAnswer`` of writing a new version of ``key``."""
+        replicas = self.replicas(key)
+        if self.node_id not in replicas:
+            return self._forward_put(list(replicas), key, value, context, w, deleted)
+        return self.coordinate_put(key, value, context, w, deleted)
+
+    def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
+                       deleted: bool) -> defer.Deferred:
+        """Stamp and store the version here, then replicate it to the other replicas."""
+        replicas = self.replicas(key)
+        if self.node_id not in replicas:
+            return defer.fail(NotAReplica(f"{self.node_id} is not a replica of this key"))
+        timestamp = self.wall_clock_ms()
+
+        def stamp(record: Record | None, allocate_actor: Callable[[], str]) -> tuple[Record, Any]:
+            new_record, version = put_version(
+                record, value=value, context=context, allocate_actor=allocate_actor,
+                timestamp=timestamp, deleted=deleted, lww=self.settings.lww,
+                max_context_entries=self.settings.max_context_entries)
+            return new_record, (new_record.siblings, version)
+
+        def replicate(stamped: tuple[tuple[Sibling, ...], Sibling]) -> defer.Deferred:
+            siblings, version = stamped
+            core = PutCore(replicas, w)
+            core.add_ack(self.node_id)
+            wire = [key, siblings_to_wire(siblings)]
+            requests = [
+                (replica, self.peers[replica].call("put", wire, self.settings.timeout),
+                 lambda acked, _: core.add_ack(acked))
+                for replica in replicas if replica != self.node_id
+            ]
+            answer = self._drive(core, requests)
+            return answer.addCallback(lambda result: PutAnswer(result, version.clock()))
+
+        def local_failure(failure: Failure) -> PutAnswer:
+            self.log.failure("local write of {key!r} failed", failure, key=key)
+            core = PutCore(replicas, w)
+            core.add_error(self.node_id, describe(failure))
+            for replica in replicas:
+                if replica != self.node_id:
+                    core.add_error(replica, "not sent: the coordinator could not store the version")
+            return PutAnswer(core.response())
+
+        return self.store.update(key, stamp).addCallbacks(replicate, local_failure)
+
+    def _forward_put(self, candidates: list[str], key: bytes, value: bytes, context: CausalContext,
+                     w: int, deleted: bool) -> defer.Deferred:
+        """Hand the PUT to the first replica that answers."""
+        errors: dict[str, str] = {}
+
+        def attempt(_: Any = None) -> defer.Deferred:
+            if not candidates:
+                return defer.succeed(PutAnswer(QuorumResult(
+                    outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
+                    reason="no replica of the key could be reached")))
+            replica = candidates.pop(0)
+            payload = [key, value, context_to_wire(context), deleted, w]
+            call = self.peers[replica].call("coordinate_put", payload, 2 * self.settings.timeout)
+
+            def failed(failure: Failure) -> defer.Deferred:
+                errors[replica] = describe(failure)
+                if failure.check(PeerUnavailable):
+                    return attempt()
+                return defer.succeed(PutAnswer(QuorumResult(
+                    outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
+                    reason=f"forwarded to {replica}, which failed")))
+
+            return call.addCallbacks(_answer_from_wire, failed)
+
+        return attempt()
+
+    # -- quorum driving ------------------------------------------------------------------------
+
+    def _drive(self, core: GetCore | PutCore,
+               requests: list[tuple[str, defer.Deferred, Callable[..., None]]]) -> defer.Deferred:
+        """Feed replica answers to ``core`` until it is done or the deadline passes."""
+        answer: defer.Deferred = defer.Deferred()
+
+        def settle() -> None:
+            if not answer.called and core.done():
+                if timer.active():
+                    timer.cancel()
+                answer.callback(core.response())
+
+        def expire() -> None:
+            core.timed_out()
+            settle()
+
+        timer = self.clock.callLater(self.settings.timeout, expire)
+        for replica, request, on_success in requests:
+            def succeeded(value: Any, replica: str = replica, on_success: Callable = on_success) -> None:
+                on_success(replica, value)
+                settle()
+
+            def failed(failure: Failure, replica: str = replica) -> None:
+                core.add_error(replica, describe(failure))
+                settle()
+
+            request.addCallbacks(succeeded, failed)
+        settle()
+        return answer
+
+    # -- peer requests -------------------------------------------------------------------------
+
+    def handle_peer_request(self, op: str, payload: Any) -> Any:
+        """Answer another node's request (the ``PeerProtocol`` handler)."""
+        if op == "get":
+            (key,) = payload
+            return self.store.get(key).addCallback(
+                lambda record: siblings_to_wire(record.siblings) if record else [])
+        if op == "put":
+            key, wire = payload
+            incoming = siblings_from_wire(wire)
+            lww = self.settings.lww
+            return self.store.update(key, lambda record, _: (merge_into(record, incoming, lww=lww), True))
+        if op == "coordinate_put":
+            key, value, context_wire, deleted, w = payload
+            put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)
+            return put.addCallback(_answer_to_wire)
+        raise ValueError(f"unknown peer operation {op!r}")
+
+
+def _answer_to_wire(answer: PutAnswer) -> dict:
+    result = answer.result
+    return {"outcome": result.outcome.value, "needed": result.needed, "acks": result.acks,
+            "errors": result.errors, "reason": result.reason,
+            "context": context_to_wire(answer.context) if answer.context is not None else None}
+
+
+def _answer_from_wire(data: dict) -> PutAnswer:
+    result = QuorumResult(outcome=Outcome(data["outcome"]), needed=data["needed"], acks=data["acks"],
+                          errors=data["errors"], reason=data["reason"])
+    context = context_from_wire(data["context"]) if data["context"] is not None else None
+    return PutAnswer(result, context)

@@ -1,0 +1,126 @@
+"""Byte encodings of versions: the client's opaque context, stored records, siblings on the wire.
+
+All three use msgpack. Decoders validate shape and types and raise ``DecodeError`` with a reason,
+so a malformed context becomes a 400 and a corrupt record is reported rather than dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import msgpack
+
+from dynamod.core.versions import CausalContext, Record, Sibling
+
+CONTEXT_FORMAT = 1
+RECORD_FORMAT = 1
+
+
+class DecodeError(ValueError):
+    """Bytes that do not decode to the expected structure."""
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise DecodeError(f"not valid msgpack: {exc}") from exc
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        raise DecodeError(reason)
+
+
+def context_to_wire(context: CausalContext) -> list:
+    """A context as plain msgpack-able data: ``[vector, cloud]``."""
+    return [dict(context.vector), [list(dot) for dot in sorted(context.cloud)]]
+
+
+def context_from_wire(data: Any) -> CausalContext:
+    """Inverse of ``context_to_wire``, validating every field."""
+    _require(isinstance(data, list) and len(data) == 2, "context must be [vector, cloud]")
+    vector, cloud = data
+    _require(isinstance(vector, dict), "context vector must be a map")
+    for actor, n in vector.items():
+        _require(isinstance(actor, str) and isinstance(n, int) and not isinstance(n, bool) and n > 0,
+                 "context vector entries must be actor -> positive int")
+    _require(isinstance(cloud, list), "context cloud must be a list")
+    dots = []
+    for dot in cloud:
+        _require(isinstance(dot, list) and len(dot) == 2 and isinstance(dot[0], str)
+                 and isinstance(dot[1], int) and not isinstance(dot[1], bool) and dot[1] > 0,
+                 "context cloud entries must be [actor, positive int]")
+        dots.append((dot[0], dot[1]))
+    return CausalContext.of(vector, dots)
+
+
+def encode_context(context: CausalContext) -> str:
+    """The opaque string handed to clients (URL-safe base64, no padding)."""
+    if context.is_empty():
+        return ""
+    packed = msgpack.packb([CONTEXT_FORMAT, *context_to_wire(context)], use_bin_type=True)
+    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
+
+
+def decode_context(text: str) -> CausalContext:
+    """Parse a client-supplied context; the empty string is the empty context."""
+    text = text.strip()
+    if not text:
+        return CausalContext()
+    try:
+        packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError("context is not base64") from exc
+    data = _unpack(packed)
+    _require(isinstance(data, list) and len(data) == 3 and data[0] == CONTEXT_FORMAT,
+             "context has an unknown format")
+    return context_from_wire(data[1:])
+
+
+def sibling_to_wire(sibling: Sibling) -> list:
+    """``[actor, counter, past, value, deleted, timestamp]``."""
+    return [sibling.dot[0], sibling.dot[1], context_to_wire(sibling.past), sibling.value,
+            sibling.deleted, sibling.timestamp]
+
+
+def sibling_from_wire(data: Any) -> Sibling:
+    """Inverse of ``sibling_to_wire``, validating every field."""
+    _require(isinstance(data, list) and len(data) == 6, "sibling must have 6 fields")
+    actor, counter, past, value, deleted, timestamp = data
+    _require(isinstance(actor, str) and isinstance(counter, int) and counter > 0, "bad sibling dot")
+    _require(isinstance(value, bytes), "sibling value must be bytes")
+    _require(isinstance(deleted, bool), "sibling deleted flag must be a bool")
+    _require(isinstance(timestamp, int) and not isinstance(timestamp, bool), "bad sibling timestamp")
+    return Sibling(dot=(actor, counter), past=context_from_wire(past), value=value,
+                   deleted=deleted, timestamp=timestamp)
+
+
+def siblings_to_wire(siblings: tuple[Sibling, ...] | list[Sibling]) -> list:
+    """A sibling set as msgpack-able data."""
+    return [sibling_to_wire(s) for s in siblings]
+
+
+def siblings_from_wire(data: Any) -> tuple[Sibling, ...]:
+    """Inverse of ``siblings_to_wire``."""
+    _require(isinstance(data, list), "siblings must be a list")
+    return tuple(sibling_from_wire(item) for item in data)
+
+
+def encode_record(record: Record) -> bytes:
+    """A stored record as bytes."""
+    return msgpack.packb([RECORD_FORMAT, record.actor, record.counter, siblings_to_wire(record.siblings)],
+                         use_bin_type=True)
+
+
+def decode_record(data: bytes) -> Record:
+    """Inverse of ``encode_record``; raises ``DecodeError`` on anything else."""
+    value = _unpack(data)
+    _require(isinstance(value, list) and len(value) == 4 and value[0] == RECORD_FORMAT,
+             "record has an unknown format")
+    _, actor, counter, siblings = value
+    _require(actor is None or isinstance(actor, str), "record actor must be a string")
+    _require(isinstance(counter, int) and counter >= 0, "record counter must be a natural number")
+    return Record(siblings=siblings_from_wire(siblings), actor=actor, counter=counter)

@@ -1,0 +1,118 @@
+"""Partitioning (Dynamo §4.2 and §6.2, strategy 3): Q equal-size partitions of the MD5 space.
+
+The hash space is cut into Q equal partitions; MD5 of the key picks one. Ownership assigns every
+partition to a node; a key's preference list is the owner of its partition followed by the owners
+of the next partitions clockwise, skipping nodes already listed, until N distinct nodes are found.
+Ownership is explicit data (not derived from node names), so membership changes move exactly the
+partitions the claim algorithm chooses. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+
+
+def key_hash(key: bytes) -> int:
+    """The 128-bit MD5 position of a key on the ring."""
+    return int.from_bytes(hashlib.md5(key).digest(), "big")
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition (0..Q-1) that holds ``key``: equal slices of the 2^128 hash space."""
+    return (key_hash(key) * partitions) >> 128
+
+
+class Ring:
+    """Partition ownership: ``ownership[p]`` is the node that owns partition ``p``."""
+
+    __slots__ = ("ownership", "partitions", "_preference_cache")
+
+    def __init__(self, ownership: Sequence[str]):
+        if not ownership:
+            raise ValueError("a ring needs at least one partition")
+        self.ownership: tuple[str, ...] = tuple(ownership)
+        self.partitions = len(self.ownership)
+        self._preference_cache: dict[tuple[int, int], tuple[str, ...]] = {}
+
+    @classmethod
+    def initial(cls, members: Sequence[str], partitions: int) -> Ring:
+        """Spread Q partitions round-robin over the members in sorted order: every node within one
+        partition of even, and any N consecutive partitions held by N distinct nodes."""
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        ordered = sorted(set(members))
+        if not ordered:
+            raise ValueError("a ring needs at least one member")
+        return cls([ordered[p % len(ordered)] for p in range(partitions)])
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Nodes owning at least one partition, sorted."""
+        return tuple(sorted(set(self.ownership)))
+
+    def partitions_of(self, node: str) -> list[int]:
+        """Partitions owned by ``node``."""
+        return [p for p, owner in enumerate(self.ownership) if owner == node]
+
+    def preference_list_for_partition(self, partition: int, n: int) -> tuple[str, ...]:
+        """The first ``n`` distinct owners walking clockwise from ``partition`` (fewer when the
+        ring has fewer members)."""
+        cached = self._preference_cache.get((partition, n))
+        if cached is not None:
+            return cached
+        found: list[str] = []
+        for step in range(self.partitions):
+            owner = self.ownership[(partition + step) % self.partitions]
+            if owner not in found:
+                found.append(owner)
+                if len(found) == n:
+                    break
+        result = tuple(found)
+        self._preference_cache[(partition, n)] = result
+        return result
+
+    def preference_list(self, key: bytes, n: int) -> tuple[str, ...]:
+        """The nodes responsible for ``key``, coordinator candidates first."""
+        return self.preference_list_for_partition(partition_of(key, self.partitions), n)
+
+    def claim(self, node: str, n: int) -> Ring:
+        """Ownership after ``node`` joins: it takes floor(Q/M) partitions, each from a node that
+        currently owns the most, choosing partitions far (at least ``n`` apart where possible) from
+        the ones it already took so its preference lists stay distinct. Only the partitions it
+        takes change owner."""
+        if node in self.ownership:
+            return self
+        ownership = list(self.ownership)
+        members = len(set(ownership)) + 1
+        counts = Counter(ownership)
+        taken: list[int] = []
+        for _ in range(self.partitions // members):
+            richest = max(counts.values())
+            candidates = [p for p, owner in enumerate(ownership)
+                          if owner != node and counts[owner] == richest]
+            best = max(candidates, key=lambda p: (self._spacing(p, taken, n), -p))
+            counts[ownership[best]] -= 1
+            ownership[best] = node
+            counts[node] += 1
+            taken.append(best)
+        return Ring(ownership)
+
+    def _spacing(self, partition: int, taken: list[int], n: int) -> int:
+        """Distance from ``partition`` to the nearest of ``taken`` (capped at ``n``), so choices
+        that keep N consecutive partitions distinct score highest."""
+        if not taken:
+            return n
+        q = self.partitions
+        nearest = min(min((partition - t) % q, (t - partition) % q) for t in taken)
+        return min(nearest, n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ring) and other.ownership == self.ownership
+
+    def __hash__(self) -> int:
+        return hash(self.ownership)
+
+    def __repr__(self) -> str:
+        return f"Ring(partitions={self.partitions}, members={list(self.members)})"

@@ -1,0 +1,97 @@
+"""``dynamod --config node.toml [--KEY VALUE ...]``: run one node until SIGTERM or SIGINT.
+
+Every configuration key is also a flag (``--node-id``, ``--data-dir``, ``--member ID=PEER,HTTP``
+repeated for the member list); flags override the file. Logs are JSON lines (twisted.logger).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from dynamod.config import SETTINGS, ConfigError, NodeConfig, build_config, load_toml, parse_member_flag
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+def _option_for(setting: Any):
+    flag = "--" + setting.name.replace("_", "-")
+    if setting.name == "members":
+        return click.option("--member", "members", multiple=True, metavar="ID=PEER,HTTP",
+                            help="a cluster member (repeat for each); replaces the file's list")
+    if setting.type is bool:
+        return click.option(f"{flag}/--no-{setting.name.replace('_', '-')}", setting.name, default=None,
+                            help=f"{setting.help} [default: {str(setting.default).lower()}]")
+    return click.option(flag, setting.name, type=setting.type, default=None,
+                        help=f"{setting.help}" + (f" [default: {setting.default}]" if setting.default is not None else ""))
+
+
+def _with_setting_options(command: Any) -> Any:
+    for setting in reversed(SETTINGS):
+        command = _option_for(setting)(command)
+    return command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file")
+@click.option("--check-config", is_flag=True, help="validate the configuration, print it as JSON and exit")
+@_with_setting_options
+def cli(config_path: str | None, check_config: bool, **flags: Any) -> None:
+    """Run a dynamod node."""
+    try:
+        values = load_toml(config_path) if config_path else {}
+        for name, value in flags.items():
+            if value is None or (name == "members" and not value):
+                continue
+            values[name] = [parse_member_flag(m) for m in value] if name == "members" else value
+        config = build_config(values)
+    except ConfigError as exc:
+        click.echo(f"dynamod: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    if check_config:
+        import json
+
+        import attrs
+
+        click.echo(json.dumps(attrs.asdict(config), indent=2))
+        return
+    run(config)
+
+
+def run(config: NodeConfig) -> None:
+    """Start the node on the global reactor and block until it stops."""
+    from twisted.internet import reactor
+
+    from dynamod.node import Node
+
+    from dynamod.logs import start_logging
+
+    stream = sys.stderr if config.log_file == "-" else open(config.log_file, "a", encoding="utf-8")  # noqa: SIM115
+    start_logging(stream, config.log_level)
+    try:
+        node = Node(config, reactor)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        click.echo(f"dynamod: cannot open node {config.node_id}: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
+    failed = []
+
+    def start() -> None:
+        try:
+            node.startService()
+        except Exception as exc:  # noqa: BLE001 - e.g. a port already in use
+            failed.append(exc)
+            click.echo(f"dynamod: cannot start node {config.node_id}: {exc}", err=True)
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: node.stopService() if node.running else None)
+    reactor.run()
+    if failed:
+        sys.exit(EXIT_INTERNAL)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

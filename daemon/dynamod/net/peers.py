@@ -1,0 +1,141 @@
+"""Connections to the other nodes: one reconnecting client per peer, and the listening factory.
+
+Each ``PeerClient`` keeps one TCP connection to its peer through Twisted's ``ClientService``, which
+reconnects with exponential backoff. A call made while the peer is known unreachable fails at once
+(so a quorum learns of the failure without waiting for its deadline); the service keeps retrying
+in the background and calls succeed again as soon as the peer answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory
+
+from dynamod.net.protocol import DEFAULT_MAX_FRAME, PeerProtocol, PeerUnavailable, RequestHandler
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``"host:port"`` to ``(host, port)``; raises ValueError on anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+class PeerServerFactory(Factory):
+    """Accepts peer connections and answers their requests with ``handler``."""
+
+    noisy = False
+
+    def __init__(self, handler: RequestHandler, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME):
+        self.handler = handler
+        self.clock = clock
+        self.max_frame = max_frame
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        protocol = PeerProtocol(self.handler, self.clock, self.max_frame)
+        protocol.factory = self
+        return protocol
+
+
+class _ObservedEndpoint:
+    """Wraps an endpoint to remember whether the latest connection attempt failed."""
+
+    def __init__(self, endpoint: Any, client: PeerClient):
+        self._endpoint = endpoint
+        self._client = client
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        attempt = self._endpoint.connect(factory)
+
+        def failed(failure: Any) -> Any:
+            self._client.last_error = failure.getErrorMessage()
+            return failure
+
+        return attempt.addErrback(failed)
+
+
+class _ClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, client: PeerClient):
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        protocol = PeerProtocol(self.client.handler, self.client.clock, self.client.max_frame)
+        protocol.on_connected = self.client._connected
+        protocol.on_disconnected = self.client._disconnected
+        protocol.factory = self
+        return protocol
+
+
+class PeerClient:
+    """A reconnecting connection to one peer node."""
+
+    def __init__(self, peer_id: str, address: str, reactor: IReactorTCP, *, clock: IReactorTime | None = None,
+                 handler: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 max_backoff: float = 2.0):
+        self.peer_id = peer_id
+        self.address = address
+        self.clock = clock or reactor
+        self.handler = handler
+        self.max_frame = max_frame
+        self.protocol: PeerProtocol | None = None
+        self.last_error: str | None = None
+        host, port = split_host_port(address)
+        endpoint = _ObservedEndpoint(TCP4ClientEndpoint(reactor, host, port, timeout=2), self)
+        self.service = ClientService(
+            endpoint, _ClientFactory(self),
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=max_backoff, factor=2.0),
+            clock=self.clock,
+        )
+
+    def start(self) -> None:
+        """Begin connecting (and reconnecting)."""
+        self.service.startService()
+
+    def stop(self) -> defer.Deferred:
+        """Disconnect and stop retrying."""
+        return self.service.stopService()
+
+    @property
+    def reachable(self) -> bool | None:
+        """True when connected, False when the latest attempt failed, None when not known yet."""
+        if self.protocol is not None:
+            return True
+        return False if self.last_error else None
+
+    def _connected(self, protocol: PeerProtocol) -> None:
+        self.protocol = protocol
+        self.last_error = None
+
+    def _disconnected(self, protocol: PeerProtocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            self.last_error = self.last_error or "connection lost"
+
+    def call(self, op: str, payload: Any, timeout: float) -> defer.Deferred:
+        """Send one request to this peer (see ``PeerProtocol.call``)."""
+        if self.protocol is not None:
+            return self.protocol.call(op, payload, timeout)
+        if self.last_error is not None:
+            return defer.fail(PeerUnavailable(f"{self.peer_id} unreachable: {self.last_error}"))
+        connecting = self.service.whenConnected(failAfterFailures=1)
+        timer = self.clock.callLater(timeout, connecting.cancel)
+
+        def send(protocol: PeerProtocol) -> defer.Deferred:
+            if timer.active():
+                timer.cancel()
+            return protocol.call(op, payload, timeout)
+
+        def unreachable(failure: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            raise PeerUnavailable(f"{self.peer_id} unreachable: {failure.getErrorMessage()}")
+
+        return connecting.addCallbacks(send, unreachable)

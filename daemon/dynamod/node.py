@@ -1,0 +1,135 @@
+"""The node: wires ring, storage, peers, coordinator and HTTP API into one Twisted service tree.
+
+``Node`` is a ``MultiService``: the HTTP and peer listeners are children, peer clients start and
+stop with it, and stopping drains queued writes before the Berkeley DB environment closes, so
+SIGTERM never loses an acknowledged write. Later mechanisms (gossip, hinted handoff, anti-entropy)
+join the tree as further child services.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from dynamod.api.http import ApiSite
+from dynamod.api.metrics import NodeMetrics
+from dynamod.config import NodeConfig
+from dynamod.coordinator import Coordinator, QuorumSettings
+from dynamod.core.ring import Ring
+from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
+from dynamod.storage.engine import StorageEngine
+from dynamod.storage.memory import MemoryEngine
+from dynamod.storage.store import Store
+
+VERSION = "0.1.0"
+
+
+def open_engine(config: NodeConfig) -> StorageEngine:
+    """The configured storage engine (Berkeley DB unless ``engine = "memory"``)."""
+    if config.engine == "memory":
+        return MemoryEngine(config.node_id)
+    from dynamod.storage.bdb import BerkeleyEngine
+
+    return BerkeleyEngine(config.data_dir, config.node_id, sync=config.sync, cache_mb=config.bdb_cache_mb)
+
+
+def _listen_description(address: str) -> str:
+    host, port = split_host_port(address)
+    return f"tcp:{port}:interface={host}"
+
+
+class Node(service.MultiService):
+    """One dynamod node."""
+
+    log = Logger()
+
+    def __init__(self, config: NodeConfig, reactor: Any, engine: StorageEngine | None = None):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.node_id = config.node_id
+        self.started_at = time.time()
+        self.metrics = NodeMetrics()
+        self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
+                                       timeout=config.request_timeout,
+                                       max_context_entries=config.max_context_entries)
+        self.ring = Ring.initial(config.member_ids, config.partitions)
+        self.engine = engine or open_engine(config)
+        self._read_pool = ThreadPool(minthreads=1, maxthreads=config.read_threads, name="dynamod-read")
+        # One writer thread: every Berkeley DB transaction begins and commits inside one call.
+        self._write_pool = ThreadPool(minthreads=1, maxthreads=1, name="dynamod-write")
+        self.store = Store(
+            self.engine,
+            reader=lambda fn, *args: deferToThreadPool(reactor, self._read_pool, fn, *args),
+            writer=lambda fn, *args: deferToThreadPool(reactor, self._write_pool, fn, *args),
+        )
+        self.peers: dict[str, PeerClient] = {}
+        self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
+                                       clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000))
+        for member in config.members:
+            if member.id != self.node_id:
+                self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
+                                                   handler=self.coordinator.handle_peer_request,
+                                                   max_frame=config.max_frame_size)
+        peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size)
+        for address, factory in ((config.peer, peer_factory), (config.http, ApiSite(self))):
+            listener = strports.service(_listen_description(address), factory, reactor=reactor)
+            listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
+            listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        self._read_pool.start()
+        self._write_pool.start()
+        super().startService()
+        for peer in self.peers.values():
+            peer.start()
+        self.log.info("node {node} (incarnation {incarnation}) serving http={http} peer={peer} "
+                      "n={n} r={r} w={w} mode={mode}", node=self.node_id, incarnation=self.engine.incarnation,
+                      http=self.config.http, peer=self.config.peer, n=self.config.n, r=self.config.r,
+                      w=self.config.w, mode=self.config.mode)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()
+        yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
+        yield self.store.drain()
+        self._read_pool.stop()
+        self._write_pool.stop()
+        self.store.close()
+        self.log.info("node {node} stopped", node=self.node_id)
+
+    def member_status(self, member_id: str) -> str:
+        """``up`` or ``down`` as this node sees the member (connection state of its peer link)."""
+        if member_id == self.node_id:
+            return "up"
+        return "down" if self.peers[member_id].reachable is False else "up"
+
+    def status(self) -> dict[str, Any]:
+        """The /admin/status document."""
+        return {
+            "node": self.node_id,
+            "version": VERSION,
+            "incarnation": self.engine.incarnation,
+            "uptime": round(time.time() - self.started_at, 3),
+            "members": [
+                {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
+                 "partitions": len(self.ring.partitions_of(m.id))}
+                for m in sorted(self.config.members, key=lambda m: m.id)
+            ],
+            "n": self.config.n, "r": self.config.r, "w": self.config.w,
+            "mode": self.config.mode, "partitions": self.config.partitions,
+            "engine": self.config.engine, "sync": self.config.sync,
+            "storage": {"batches": self.store.batches, "updates": self.store.updates},
+        }
+
+    def refresh_gauges(self) -> None:
+        """Copy counters kept elsewhere into the metric gauges before a scrape."""
+        self.metrics.storage_batches.set(self.store.batches)
+        self.metrics.storage_updates.set(self.store.updates)
+        self.metrics.peers_reachable.set(sum(1 for p in self.peers.values() if p.protocol is not None))

@@ -1,0 +1,137 @@
+"""Berkeley DB engine (the only module that imports bsddb3).
+
+A transactional environment in the node's data dir, opened with recovery, so a crash at any point
+leaves either the committed batch or nothing. Commits fsync by default (``sync = true``); with
+``sync = false`` the log is written but not flushed (DB_TXN_WRITE_NOSYNC): a process crash loses
+nothing, a machine crash may lose the last commits. 8 KiB pages keep 1 KiB values on-page
+(MEASUREMENTS.md: 6x faster reads than 4 KiB pages). Handles are opened with DB_THREAD so reads may
+run on any thread; every transaction begins and commits inside one ``apply_batch`` call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Iterator
+
+from bsddb3 import db
+
+from dynamod.storage.engine import StorageEngine, new_incarnation
+
+_INCARNATION = b"incarnation"
+_EPOCH = b"epoch"
+# Checkpoint once this much log has accumulated (KiB), so recovery after a crash stays short.
+_CHECKPOINT_KBYTES = 8192
+_DEADLOCK_RETRIES = 5
+
+
+class _BerkeleyTransaction:
+    def __init__(self, engine: BerkeleyEngine, txn):
+        self._engine = engine
+        self._txn = txn
+        self.epoch = engine.epoch
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._engine.records.get(key, txn=self._txn)
+
+    def put(self, key: bytes, raw: bytes) -> None:
+        self._engine.records.put(key, raw, txn=self._txn)
+
+    def delete(self, key: bytes) -> None:
+        try:
+            self._engine.records.delete(key, txn=self._txn)
+        except db.DBNotFoundError:
+            pass
+
+    def next_epoch(self) -> int:
+        self.epoch += 1
+        self._engine.meta.put(_EPOCH, struct.pack(">Q", self.epoch), txn=self._txn)
+        return self.epoch
+
+
+class BerkeleyEngine(StorageEngine):
+    """Records in a Berkeley DB B-tree inside a transactional environment."""
+
+    def __init__(self, data_dir: str, node_id: str, *, sync: bool = True, cache_mb: int = 64):
+        self.node_id = node_id
+        self.data_dir = data_dir
+        os.makedirs(data_dir, exist_ok=True)
+        self.env = db.DBEnv()
+        self.env.set_cachesize(0, cache_mb * 1024 * 1024, 1)
+        self.env.set_lk_detect(db.DB_LOCK_DEFAULT)
+        self.env.log_set_config(db.DB_LOG_AUTO_REMOVE, 1)
+        if not sync:
+            self.env.set_flags(db.DB_TXN_WRITE_NOSYNC, 1)
+        self.env.open(
+            data_dir,
+            db.DB_CREATE | db.DB_INIT_MPOOL | db.DB_INIT_LOCK | db.DB_INIT_LOG | db.DB_INIT_TXN
+            | db.DB_RECOVER | db.DB_THREAD,
+            0o600,
+        )
+        self.records = self._open_db("records.db")
+        self.meta = self._open_db("meta.db")
+        self.incarnation, self.epoch = self._load_identity()
+
+    def _open_db(self, filename: str):
+        handle = db.DB(self.env)
+        handle.set_pagesize(8192)
+        handle.open(filename, dbtype=db.DB_BTREE,
+                    flags=db.DB_CREATE | db.DB_THREAD | db.DB_AUTO_COMMIT, mode=0o600)
+        return handle
+
+    def _load_identity(self) -> tuple[str, int]:
+        """Read this data dir's incarnation, creating a fresh one for an empty dir."""
+        incarnation = self.meta.get(_INCARNATION)
+        if incarnation is None:
+            txn = self.env.txn_begin()
+            try:
+                fresh = new_incarnation().encode()
+                self.meta.put(_INCARNATION, fresh, txn=txn)
+                self.meta.put(_EPOCH, struct.pack(">Q", 0), txn=txn)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+            incarnation = fresh
+        epoch_raw = self.meta.get(_EPOCH)
+        epoch = struct.unpack(">Q", epoch_raw)[0] if epoch_raw else 0
+        return incarnation.decode(), epoch
+
+    def read_raw(self, key: bytes) -> bytes | None:
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                return self.records.get(key)
+            except db.DBLockDeadlockError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+        return None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_BerkeleyTransaction]:
+        txn = self.env.txn_begin()
+        handle = _BerkeleyTransaction(self, txn)
+        try:
+            yield handle
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()
+        self.epoch = handle.epoch
+        self.env.txn_checkpoint(_CHECKPOINT_KBYTES, 0)
+
+    def keys(self) -> Iterator[bytes]:
+        cursor = self.records.cursor()
+        try:
+            item = cursor.first()
+            while item is not None:
+                yield item[0]
+                item = cursor.next()
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self.env.txn_checkpoint(0, 0)
+        self.records.close()
+        self.meta.close()
+        self.env.close()

@@ -1,0 +1,115 @@
+"""The asynchronous face of a storage engine, with group commit.
+
+Reads run on a reader pool; updates queue up and a single writer drains the queue in batches, one
+transaction (and one fsync) per batch: while a commit is in flight the next batch gathers, so the
+fsync rate bounds batches, not writes (MEASUREMENTS.md: 7.3k commits/s vs 80k puts/s in groups of
+100). Runners are injected: real thread pools in the daemon, a synchronous runner in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from dynamod.storage.engine import StorageEngine, UpdateFn
+
+Runner = Callable[..., defer.Deferred]
+
+#: Upper bound on updates per transaction (keeps one commit's latency bounded).
+MAX_BATCH = 256
+
+
+def run_synchronously(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+    """A runner that calls ``fn`` on the spot (tests, the in-memory engine)."""
+    return defer.maybeDeferred(fn, *args)
+
+
+class Store:
+    """Deferred-returning reads and group-committed updates over a ``StorageEngine``."""
+
+    log = Logger()
+
+    def __init__(self, engine: StorageEngine, *, reader: Runner = run_synchronously,
+                 writer: Runner = run_synchronously, max_batch: int = MAX_BATCH):
+        self.engine = engine
+        self._reader = reader
+        self._writer = writer
+        self._max_batch = max_batch
+        self._pending: list[tuple[bytes, UpdateFn, defer.Deferred]] = []
+        self._in_flight: defer.Deferred | None = None
+        self.batches = 0
+        self.updates = 0
+
+    @property
+    def incarnation(self) -> str:
+        """The engine's node incarnation."""
+        return self.engine.incarnation
+
+    def get(self, key: bytes) -> defer.Deferred:
+        """Fires with the stored ``Record`` or None; fails with ``CorruptRecord``."""
+        return self._reader(self.engine.read, key)
+
+    def update(self, key: bytes, fn: UpdateFn) -> defer.Deferred:
+        """Apply ``fn`` to the key's record in the next group commit; fires with fn's result
+        once the transaction holding it has committed."""
+        done: defer.Deferred = defer.Deferred()
+        self._pending.append((key, fn, done))
+        self._flush()
+        return done
+
+    def _flush(self) -> None:
+        if self._in_flight is not None or not self._pending:
+            return
+        batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+        self.batches += 1
+        self.updates += len(batch)
+        running = self._writer(self.engine.apply_batch, [(key, fn) for key, fn, _ in batch])
+        self._in_flight = running
+
+        def deliver(results: list[Any]) -> None:
+            for (_, _, waiter), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        def fail_all(failure: Any) -> None:
+            self.log.failure("storage batch of {count} updates failed", failure, count=len(batch))
+            for _, _, waiter in batch:
+                waiter.errback(failure)
+
+        def next_batch(_: Any) -> None:
+            self._in_flight = None
+            self._flush()
+
+        running.addCallbacks(deliver, fail_all)
+        running.addBoth(next_batch)
+
+    def drain(self) -> defer.Deferred:
+        """Fires once every queued update has committed (used on shutdown)."""
+        if self._in_flight is None and not self._pending:
+            return defer.succeed(None)
+        waiters = [waiter for _, _, waiter in self._pending]
+        if self._in_flight is not None:
+            waiters.append(self._in_flight)
+        return defer.DeferredList([_observe(w) for w in waiters]).addCallback(lambda _: self.drain())
+
+    def close(self) -> None:
+        """Close the engine (call after ``drain``)."""
+        self.engine.close()
+
+
+def _observe(waiter: defer.Deferred) -> defer.Deferred:
+    """A Deferred that fires when ``waiter`` does, without consuming its result."""
+    observer: defer.Deferred = defer.Deferred()
+
+    def relay(result: Any) -> Any:
+        observer.callback(None)
+        return result
+
+    waiter.addBoth(relay)
+    return observer
+
