@@ -1,0 +1,106 @@
+"""Coordination in an in-process cluster: quorums, siblings, forwarding, failures and timeouts."""
+
+from __future__ import annotations
+
+from dynamod.core.quorum import Outcome
+from dynamod.core.versions import CausalContext, context_of, live_values
+from tests.sim import fired, make_cluster
+
+
+def put(network, node, key, value, context=None, w=2, deleted=False):
+    return fired(network.nodes[node].put(key, value, context or CausalContext(), w, deleted=deleted))
+
+
+def get(network, node, key, r=2):
+    return fired(network.nodes[node].get(key, r))
+
+
+def non_replica(network, key):
+    replicas = network.nodes["n1"].replicas(key)
+    return next(node for node in network.nodes if node not in replicas)
+
+
+def test_put_on_one_node_reads_back_on_another():
+    network, _ = make_cluster()
+    assert put(network, "n1", b"k", b"v").result.outcome is Outcome.OK
+    result = get(network, "n3", b"k")
+    assert live_values(result.siblings) == [b"v"]
+
+
+def test_blind_concurrent_puts_become_siblings_and_a_merged_put_resolves_them():
+    network, _ = make_cluster()
+    put(network, "n1", b"k", b"a")
+    put(network, "n2", b"k", b"b")
+    result = get(network, "n3", b"k")
+    assert sorted(live_values(result.siblings)) == [b"a", b"b"]
+    put(network, "n3", b"k", b"ab", context=context_of(result.siblings))
+    assert live_values(get(network, "n1", b"k", r=3).siblings) == [b"ab"]
+
+
+def test_a_non_replica_forwards_the_put_to_a_replica():
+    network, _ = make_cluster(size=5)
+    key = b"forwarded"
+    outsider = non_replica(network, key)
+    answer = put(network, outsider, key, b"v")
+    assert answer.result.outcome is Outcome.OK
+    assert any(op == "coordinate_put" for source, _, op in network.sent if source == outsider)
+    assert not any(actor.startswith(outsider) for actor in answer.context.vector)
+
+
+def test_forwarding_skips_an_unreachable_replica():
+    network, _ = make_cluster(size=5)
+    key = b"forwarded"
+    outsider = non_replica(network, key)
+    network.down.add(network.nodes["n1"].replicas(key)[0])
+    assert put(network, outsider, key, b"v").result.outcome is Outcome.OK
+
+
+def test_one_node_down_w2_succeeds_but_w3_and_r3_fail_with_counts():
+    network, _ = make_cluster()
+    network.down.add("n3")
+    assert put(network, "n1", b"k", b"v", w=2).result.outcome is Outcome.OK
+    failed = put(network, "n1", b"k", b"v", w=3).result
+    # W=3 is known to be out of reach as soon as n3 fails, whether or not n2 has acked yet
+    assert (failed.outcome, failed.needed) == (Outcome.FAILED, 3) and failed.acks in (1, 2)
+    assert "n3" in failed.errors
+    read = get(network, "n1", b"k", r=3)
+    assert (read.outcome, read.needed, read.acks) == (Outcome.FAILED, 3, 2)
+
+
+def test_silent_replicas_time_out_on_the_clock():
+    network, clock = make_cluster(timeout=1.0)
+    network.silent.update({"n2", "n3"})
+    pending = network.nodes["n1"].put(b"k", b"v", CausalContext(), 2)
+    answers = []
+    pending.addBoth(answers.append)
+    clock.advance(0.99)
+    assert not answers
+    clock.advance(0.01)
+    assert fired(pending).result.reason == "timeout"
+
+
+def test_delete_is_a_versioned_tombstone():
+    network, _ = make_cluster()
+    put(network, "n1", b"k", b"v")
+    context = context_of(get(network, "n2", b"k").siblings)
+    put(network, "n2", b"k", b"", context=context, deleted=True)
+    result = get(network, "n3", b"k", r=3)
+    assert live_values(result.siblings) == []
+    assert all(s.deleted for s in result.siblings)
+
+
+def test_a_write_concurrent_with_a_delete_survives():
+    network, _ = make_cluster()
+    put(network, "n1", b"k", b"v")
+    context = context_of(get(network, "n2", b"k").siblings)
+    put(network, "n1", b"k", b"concurrent")
+    put(network, "n2", b"k", b"", context=context, deleted=True)
+    assert live_values(get(network, "n3", b"k", r=3).siblings) == [b"concurrent"]
+
+
+def test_lww_mode_keeps_one_value():
+    network, clock = make_cluster(lww=True)
+    put(network, "n1", b"k", b"first")
+    clock.advance(1)
+    put(network, "n2", b"k", b"second")
+    assert live_values(get(network, "n3", b"k", r=3).siblings) == [b"second"]

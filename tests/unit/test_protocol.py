@@ -1,0 +1,119 @@
+"""Peer protocol: framing, request ids, timeouts on a fake clock, and hostile input."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from dynamod.net.protocol import (
+    DEFAULT_MAX_FRAME,
+    PeerError,
+    PeerProtocol,
+    PeerTimeout,
+    PeerUnavailable,
+    encode_frame,
+)
+
+
+def echo_handler(op, payload):
+    if op == "echo":
+        return payload
+    if op == "later":
+        return defer.succeed(payload * 2)
+    raise ValueError(f"unknown op {op}")
+
+
+def connected_pair(clock=None):
+    clock = clock or Clock()
+    server = PeerProtocol(echo_handler, clock)
+    client = PeerProtocol(None, clock)
+    _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
+    return client, server, pump, clock
+
+
+def result_of(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, "deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def test_request_and_response_match_by_id():
+    client, _, pump, _ = connected_pair()
+    first = client.call("echo", [1, b"x"], timeout=5)
+    second = client.call("later", 21, timeout=5)
+    pump.flush()
+    assert result_of(first) == [1, b"x"]
+    assert result_of(second) == 42
+
+
+def test_a_one_mebibyte_value_fits_in_a_frame():
+    client, _, pump, _ = connected_pair()
+    value = b"v" * (1024 * 1024)
+    answer = client.call("echo", value, timeout=5)
+    pump.flush()
+    assert result_of(answer) == value
+
+
+def test_handler_errors_come_back_as_peer_errors():
+    client, _, pump, _ = connected_pair()
+    answer = client.call("nope", None, timeout=5)
+    pump.flush()
+    with pytest.raises(PeerError, match="unknown op"):
+        result_of(answer)
+
+
+def test_an_unanswered_request_times_out_on_the_clock():
+    clock = Clock()
+    protocol = PeerProtocol(None, clock)
+    protocol.makeConnection(StringTransport())
+    answer = protocol.call("echo", 1, timeout=2.0)
+    clock.advance(1.9)
+    assert not answer.called
+    clock.advance(0.2)
+    with pytest.raises(PeerTimeout):
+        result_of(answer)
+    # a late answer is ignored rather than crashing
+    protocol.dataReceived(_frame(encode_frame([1, 1, "late"])))
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack("!I", len(body)) + body
+
+
+@pytest.mark.parametrize("body", [b"\xc1\xc1\xc1", msgpack.packb({"not": "a list"}), msgpack.packb([7, 1, 2]),
+                                  msgpack.packb([0, "id", "op", None])])
+def test_a_garbage_frame_closes_only_that_connection(body):
+    protocol = PeerProtocol(echo_handler, Clock())
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_frame(body))
+    assert transport.disconnecting
+
+
+def test_an_oversized_frame_closes_the_connection():
+    protocol = PeerProtocol(echo_handler, Clock(), max_frame=1024)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(struct.pack("!I", 4096) + b"x" * 10)
+    assert transport.disconnecting
+    assert DEFAULT_MAX_FRAME > 2 * 1024 * 1024
+
+
+def test_disconnect_mid_message_fails_pending_calls():
+    protocol = PeerProtocol(echo_handler, Clock())
+    protocol.makeConnection(StringTransport())
+    answer = protocol.call("echo", 1, timeout=5)
+    protocol.dataReceived(struct.pack("!I", 100) + b"partial")
+    protocol.connectionLost(Failure(ConnectionError("peer went away")))
+    with pytest.raises(PeerUnavailable):
+        result_of(answer)
