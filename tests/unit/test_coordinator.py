@@ -76,7 +76,9 @@ def test_silent_replicas_time_out_on_the_clock():
     clock.advance(0.99)
     assert not answers
     clock.advance(0.01)
-    assert answers[0].result.reason == "timeout"
+    result = answers[0].result
+    assert result.outcome is Outcome.FAILED and result.acks == 1
+    assert all("Timeout" in reason for reason in result.errors.values())
 
 
 def test_delete_is_a_versioned_tombstone():
