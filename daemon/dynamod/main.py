@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import click
+
 from dynamod.config import SETTINGS, ConfigError, NodeConfig, build_config, load_toml, parse_member_flag
 
 EXIT_USAGE = 2
@@ -24,8 +25,8 @@ def _option_for(setting: Any):
     if setting.type is bool:
         return click.option(f"{flag}/--no-{setting.name.replace('_', '-')}", setting.name, default=None,
                             help=f"{setting.help} [default: {str(setting.default).lower()}]")
-    return click.option(flag, setting.name, type=setting.type, default=None,
-                        help=f"{setting.help}" + (f" [default: {setting.default}]" if setting.default is not None else ""))
+    default = f" [default: {setting.default}]" if setting.default is not None else ""
+    return click.option(flag, setting.name, type=setting.type, default=None, help=setting.help + default)
 
 
 def _with_setting_options(command: Any) -> Any:
@@ -64,9 +65,8 @@ def run(config: NodeConfig) -> None:
     """Start the node on the global reactor and block until it stops."""
     from twisted.internet import reactor
 
-    from dynamod.node import Node
-
     from dynamod.logs import start_logging
+    from dynamod.node import Node
 
     stream = sys.stderr if config.log_file == "-" else open(config.log_file, "a", encoding="utf-8")  # noqa: SIM115
     start_logging(stream, config.log_level)

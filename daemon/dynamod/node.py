@@ -105,10 +105,10 @@ class Node(service.MultiService):
         self.log.info("node {node} stopped", node=self.node_id)
 
     def member_status(self, member_id: str) -> str:
-        """``up`` or ``down`` as this node sees the member (connection state of its peer link)."""
+        """``up`` or ``down`` as this node sees the member: up while its peer link is connected."""
         if member_id == self.node_id:
             return "up"
-        return "down" if self.peers[member_id].reachable is False else "up"
+        return "up" if self.peers[member_id].reachable else "down"
 
     def status(self) -> dict[str, Any]:
         """The /admin/status document."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dynamod.config import SETTINGS, ConfigError, build_config, load_toml, parse_member_flag
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from dynamod.core.quorum import GetCore, Outcome, PutCore
 from dynamod.core.versions import CausalContext, Sibling
+from hypothesis import given
+from hypothesis import strategies as st
 
 REPLICAS = ("n1", "n2", "n3")
 

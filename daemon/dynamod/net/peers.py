@@ -79,7 +79,7 @@ class PeerClient:
 
     def __init__(self, peer_id: str, address: str, reactor: IReactorTCP, *, clock: IReactorTime | None = None,
                  handler: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 max_backoff: float = 2.0):
+                 max_backoff: float = 1.0):
         self.peer_id = peer_id
         self.address = address
         self.clock = clock or reactor

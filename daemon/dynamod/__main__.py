@@ -1,0 +1,3 @@
+from dynamod.main import main
+
+main()

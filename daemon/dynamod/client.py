@@ -1,0 +1,145 @@
+"""A small synchronous Python client of the HTTP API, used by dynactl, dynacheck and the tests.
+
+One keep-alive connection per client object (not thread-safe: give each thread its own client).
+Answers map to results; errors to exceptions that carry the node's JSON reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+
+
+class ClientError(Exception):
+    """The node refused the request (4xx) or failed (5xx other than 503)."""
+
+    def __init__(self, status: int, body: dict[str, Any]):
+        super().__init__(f"HTTP {status}: {body.get('error', body)}")
+        self.status = status
+        self.body = body
+
+
+class QuorumError(ClientError):
+    """503: the quorum was not reached (for a PUT: not acknowledged, outcome unknown)."""
+
+    @property
+    def needed(self) -> int:
+        return int(self.body.get("needed", 0))
+
+    @property
+    def acks(self) -> int:
+        return int(self.body.get("acks", 0))
+
+
+class NodeUnavailable(Exception):
+    """The node could not be reached, or the connection broke before an answer."""
+
+
+@attrs.frozen
+class GetResult:
+    """A read: the live sibling values and the context to write back with."""
+
+    found: bool
+    context: str
+    siblings: list[bytes]
+
+
+def key_path(prefix: str, key: bytes | str) -> str:
+    """``/kv/<percent-encoded key>``."""
+    raw = key.encode() if isinstance(key, str) else key
+    return prefix + quote(raw, safe="")
+
+
+class DynamoClient:
+    """Talks to one node at ``host:port``."""
+
+    def __init__(self, address: str, timeout: float = 10.0):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {address!r}")
+        self.address = address
+        self._host, self._port, self._timeout = host, int(port), timeout
+        self._connection: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        """Drop the connection."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        if self._connection is None:
+            self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            self._connection.request(method, path, body=body, headers=headers or {})
+            response = self._connection.getresponse()
+            payload = response.read()
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise NodeUnavailable(f"{self.address}: {exc or type(exc).__name__}") from exc
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+
+    @staticmethod
+    def _json(status: int, payload: bytes) -> dict[str, Any]:
+        try:
+            return json.loads(payload) if payload else {}
+        except ValueError:
+            return {"error": payload.decode(errors="replace")[:200], "status": status}
+
+    def _raise_for(self, status: int, payload: bytes) -> None:
+        body = self._json(status, payload)
+        if status == 503:
+            raise QuorumError(status, body)
+        raise ClientError(status, body)
+
+    def get(self, key: bytes | str, r: int | None = None) -> GetResult:
+        """Quorum read; ``found`` is False on 404."""
+        path = key_path("/kv/", key) + (f"?r={r}" if r is not None else "")
+        status, _, payload = self._request("GET", path, headers={"Accept": "application/json"})
+        if status not in (200, 404):
+            self._raise_for(status, payload)
+        body = self._json(status, payload)
+        if "siblings" not in body:
+            self._raise_for(status, payload)
+        return GetResult(found=status == 200, context=body.get("context", ""),
+                         siblings=[base64.b64decode(v) for v in body["siblings"]])
+
+    def put(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> str:
+        """Write a version; returns the new version's context."""
+        return self._write("PUT", key, value, context, w)
+
+    def delete(self, key: bytes | str, context: str | None = None, w: int | None = None) -> str:
+        """Write a tombstone superseding what ``context`` has seen."""
+        return self._write("DELETE", key, b"", context, w)
+
+    def _write(self, method: str, key: bytes | str, value: bytes, context: str | None, w: int | None) -> str:
+        path = key_path("/kv/", key) + (f"?w={w}" if w is not None else "")
+        headers = {"Content-Type": "application/octet-stream"}
+        if context:
+            headers["X-Context"] = context
+        status, response_headers, payload = self._request(method, path, body=value, headers=headers)
+        if status != 204:
+            self._raise_for(status, payload)
+        return response_headers.get("x-context", "")
+
+    def status(self) -> dict[str, Any]:
+        """``/admin/status``."""
+        status, _, payload = self._request("GET", "/admin/status")
+        if status != 200:
+            self._raise_for(status, payload)
+        return self._json(status, payload)
+
+    def replica(self, key: bytes | str) -> dict[str, Any] | None:
+        """``/admin/replica/{key}``: this node's local copy, or None when it holds none."""
+        status, _, payload = self._request("GET", key_path("/admin/replica/", key))
+        if status == 404:
+            return None
+        if status != 200:
+            self._raise_for(status, payload)
+        return self._json(status, payload)

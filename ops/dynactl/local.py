@@ -1,0 +1,280 @@
+"""Local clusters: N dynamod processes on 127.0.0.1 described by ``DIR/cluster.json`` (CONTRACT).
+
+Each node gets ``DIR/<id>/node.toml``, ``DIR/<id>/data`` and ``DIR/<id>/dynamod.log``. Processes are
+started in their own session so they outlive the dynactl that started them, and only processes
+whose command line names this cluster's config are ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+DEFAULT_DIR = ".dynamo/local"
+STOP_GRACE_SECONDS = 10.0
+START_DEADLINE_SECONDS = 30.0
+
+
+class LocalClusterError(Exception):
+    """A local cluster operation that cannot proceed; the message says why."""
+
+
+@attrs.define
+class LocalNode:
+    """One node of a local cluster, as recorded in cluster.json."""
+
+    id: str
+    http: str
+    peer: str
+    pid: int | None
+    data_dir: str
+    log: str
+    config: str
+
+    def as_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def node_toml(node: LocalNode, members: list[LocalNode], settings: dict[str, Any]) -> str:
+    """The TOML config of one local node."""
+    lines = [f'node_id = "{node.id}"', f'http = "{node.http}"', f'peer = "{node.peer}"',
+             f'data_dir = "{node.data_dir}"', f'log_file = "{node.log}"']
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            lines.append(f"{name} = {str(value).lower()}")
+        elif isinstance(value, str):
+            lines.append(f'{name} = "{value}"')
+        else:
+            lines.append(f"{name} = {value}")
+    for member in members:
+        lines += ["", "[[members]]", f'id = "{member.id}"', f'peer = "{member.peer}"', f'http = "{member.http}"']
+    return "\n".join(lines) + "\n"
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def process_matches(pid: int | None, config_path: str) -> bool:
+    """True when ``pid`` is alive and is the dynamod started with ``config_path``."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return config_path.encode() in cmdline and any(b"dynamod" in part for part in cmdline)
+
+
+def fetch_status(http: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The node's /admin/status document, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{http}/admin/status", timeout=timeout) as response:
+            return json.loads(response.read()) if response.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+def answers_status(http: str, timeout: float = 1.0) -> bool:
+    """True when the node answers GET /admin/status."""
+    return fetch_status(http, timeout) is not None
+
+
+class LocalCluster:
+    """The cluster recorded in ``directory/cluster.json``."""
+
+    def __init__(self, directory: str = DEFAULT_DIR):
+        self.directory = Path(directory).resolve()
+        self.path = self.directory / "cluster.json"
+        self.nodes: list[LocalNode] = []
+        self.settings: dict[str, Any] = {}
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def load(self) -> LocalCluster:
+        """Read cluster.json; raises LocalClusterError when there is none."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError as exc:
+            raise LocalClusterError(f"no local cluster in {self.directory} (run: dynactl local up)") from exc
+        except ValueError as exc:
+            raise LocalClusterError(f"{self.path} is not valid JSON: {exc}") from exc
+        self.nodes = [LocalNode(**node) for node in data["nodes"]]
+        self.settings = {k: v for k, v in data.items() if k != "nodes"}
+        return self
+
+    def save(self) -> None:
+        """Write cluster.json atomically."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        document = {"nodes": [node.as_json() for node in self.nodes], **self.settings}
+        temporary = self.path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        temporary.replace(self.path)
+
+    def node(self, node_id: str) -> LocalNode:
+        """The node called ``node_id``."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.nodes)
+        raise LocalClusterError(f"no node {node_id!r} in {self.path} (nodes: {known})")
+
+    def running(self, node: LocalNode) -> bool:
+        """True when the node's recorded process is alive."""
+        return process_matches(node.pid, node.config)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def create(self, count: int, *, base_port: int, settings: dict[str, Any]) -> None:
+        """Lay out ``count`` nodes (configs, dirs) without starting them."""
+        if self.path.exists():
+            self.load()
+            alive = [n.id for n in self.nodes if self.running(n)]
+            if alive:
+                raise LocalClusterError(f"a local cluster is already running in {self.directory} "
+                                        f"(nodes {', '.join(alive)}); run: dynactl local down")
+        if count < 1:
+            raise LocalClusterError("--nodes must be at least 1")
+        http_ports = [base_port + i for i in range(1, count + 1)]
+        peer_ports = [base_port - 1000 + i for i in range(1, count + 1)]
+        busy = [p for p in http_ports + peer_ports if not port_is_free(p)]
+        if busy:
+            raise LocalClusterError(f"ports already in use: {', '.join(map(str, busy))} "
+                                    f"(choose another --base-port)")
+        self.settings = dict(settings)
+        self.nodes = []
+        for index in range(1, count + 1):
+            node_dir = self.directory / f"n{index}"
+            self.nodes.append(LocalNode(
+                id=f"n{index}", http=f"127.0.0.1:{http_ports[index - 1]}",
+                peer=f"127.0.0.1:{peer_ports[index - 1]}", pid=None,
+                data_dir=str(node_dir / "data"), log=str(node_dir / "dynamod.log"),
+                config=str(node_dir / "node.toml")))
+        node_settings = {k: v for k, v in self.settings.items()}
+        for node in self.nodes:
+            Path(node.config).parent.mkdir(parents=True, exist_ok=True)
+            Path(node.config).write_text(node_toml(node, self.nodes, node_settings))
+        self.save()
+
+    def start(self, node: LocalNode) -> None:
+        """Start one node's process (no-op when it already runs)."""
+        if self.running(node):
+            return
+        node_dir = Path(node.config).parent
+        stderr = open(node_dir / "stderr.log", "ab")  # noqa: SIM115 - handed to the child
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dynamod", "--config", node.config],
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
+            cwd=str(node_dir))
+        stderr.close()
+        node.pid = process.pid
+        self.save()
+        # Until the child has exec'd, /proc shows the parent's command line: wait for ours.
+        deadline = time.monotonic() + 5
+        while not self.running(node) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def wait_until_serving(self, nodes: list[LocalNode], deadline_seconds: float = START_DEADLINE_SECONDS) -> None:
+        """Poll until ``nodes`` answer /admin/status and every running node of the cluster sees
+        every running member up (peer links connected); raise naming what is not ready."""
+        deadline = time.monotonic() + deadline_seconds
+        not_ready = [n.id for n in nodes]
+        while time.monotonic() < deadline:
+            for node in nodes:
+                if not self.running(node):
+                    raise LocalClusterError(f"node {node.id} exited during start-up; "
+                                            f"see {Path(node.config).parent / 'stderr.log'} and {node.log}")
+            not_ready = self._not_ready(nodes)
+            if not not_ready:
+                return
+            time.sleep(0.05)
+        raise LocalClusterError(f"not ready within {deadline_seconds:.0f}s: {', '.join(not_ready)}")
+
+    def _not_ready(self, nodes: list[LocalNode]) -> list[str]:
+        running = {n.id for n in self.nodes if self.running(n)}
+        problems = []
+        for node in self.nodes:
+            if node.id not in running:
+                continue
+            status = fetch_status(node.http)
+            if status is None:
+                if node in nodes:
+                    problems.append(f"{node.id} does not answer")
+                continue
+            down = [m["id"] for m in status.get("members", []) if m["id"] in running and m["status"] != "up"]
+            if down:
+                problems.append(f"{node.id} sees {', '.join(down)} down")
+        return problems
+
+    def signal(self, node: LocalNode, signum: int) -> bool:
+        """Send ``signum`` to the node's process if it is ours and alive."""
+        if not self.running(node):
+            return False
+        try:
+            os.kill(node.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, node: LocalNode, grace: float = STOP_GRACE_SECONDS) -> str:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns how it ended."""
+        if not self.signal(node, signal.SIGTERM):
+            node.pid = None
+            self.save()
+            return "not running"
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.running(node):
+            time.sleep(0.05)
+        how = "stopped"
+        if self.running(node):
+            self.signal(node, signal.SIGKILL)
+            how = "killed after grace period"
+        _reap(node.pid)
+        node.pid = None
+        self.save()
+        return how
+
+    def kill(self, node: LocalNode) -> str:
+        """SIGKILL at once (a crash)."""
+        if not self.signal(node, signal.SIGKILL):
+            node.pid = None
+            self.save()
+            return "not running"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.running(node):
+            time.sleep(0.02)
+        _reap(node.pid)
+        node.pid = None
+        self.save()
+        return "killed"
+
+    def contract_document(self) -> dict[str, Any]:
+        """cluster.json's content as CONTRACT describes it."""
+        return {"nodes": [{k: v for k, v in n.as_json().items()} for n in self.nodes], **self.settings}
+
+
+def _reap(pid: int | None) -> None:
+    """Collect the exit status of a child we started in this process (no zombie left)."""
+    if not pid:
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,170 @@
+"""A real 3-node cluster on loopback: quorums, siblings, failures, crash recovery, bad input."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from dynamod.client import ClientError, NodeUnavailable, QuorumError
+
+pytestmark = pytest.mark.integration
+
+
+def test_put_on_one_node_reads_back_on_every_node(make_cluster):
+    cluster = make_cluster()
+    cluster.client("n1").put("greeting", b"hello")
+    for node in cluster.ids:
+        result = cluster.client(node).get("greeting")
+        assert result.found and result.siblings == [b"hello"]
+
+
+def test_blind_concurrent_puts_become_siblings_and_a_merged_put_resolves_them(make_cluster):
+    cluster = make_cluster()
+    cluster.client("n1").put("cart", b"apple")
+    cluster.client("n2").put("cart", b"pear")
+    read = cluster.client("n3").get("cart")
+    assert sorted(read.siblings) == [b"apple", b"pear"]
+    cluster.client("n3").put("cart", b"apple,pear", context=read.context)
+    for node in cluster.ids:
+        assert cluster.client(node).get("cart", r=3).siblings == [b"apple,pear"]
+
+
+def test_replicas_hold_the_same_versions(make_cluster):
+    cluster = make_cluster()
+    cluster.client("n1").put("k", b"v", w=3)
+    copies = [cluster.client(node).replica("k") for node in cluster.ids]
+    assert all(copy is not None for copy in copies)
+    assert len({str(copy["siblings"]) for copy in copies}) == 1
+
+
+def test_with_one_node_stopped_w2_succeeds_and_w3_r3_answer_503(make_cluster):
+    cluster = make_cluster()
+    cluster.stop("n3")
+    client = cluster.client("n1")
+    client.put("k", b"v", w=2)
+    with pytest.raises(QuorumError) as failed_write:
+        client.put("k", b"v2", w=3)
+    assert failed_write.value.needed == 3 and failed_write.value.status == 503
+    with pytest.raises(QuorumError) as failed_read:
+        client.get("k", r=3)
+    assert failed_read.value.needed == 3
+    assert client.get("k", r=2).found
+
+
+def test_a_restarted_node_serves_again(make_cluster):
+    cluster = make_cluster()
+    cluster.client("n1").put("k", b"before", w=3)
+    cluster.stop("n2")
+    with pytest.raises(NodeUnavailable):
+        cluster.client("n2").get("k")
+    cluster.start("n2")
+    assert cluster.client("n2").get("k").siblings == [b"before"]
+    deadline = time.monotonic() + 15
+    while True:  # the others reconnect to it with backoff
+        try:
+            cluster.client("n1").put("k2", b"after", w=3)
+            break
+        except QuorumError:
+            assert time.monotonic() < deadline, "n2 never became reachable again"
+            time.sleep(0.2)
+    assert cluster.client("n2").replica("k2") is not None
+
+
+def test_kill_9_of_every_node_loses_no_acknowledged_write(make_cluster):
+    cluster = make_cluster()
+    acknowledged: dict[str, bytes] = {}
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def writer(node: str, worker: int) -> None:
+        client = cluster.client(node, timeout=3)
+        sequence = 0
+        while not stop.is_set():
+            key, value = f"w{worker}-{sequence}", b"value-%d-%d" % (worker, sequence)
+            sequence += 1
+            try:
+                client.put(key, value)
+            except (QuorumError, NodeUnavailable, ClientError):
+                continue
+            with lock:
+                acknowledged[key] = value
+
+    threads = [threading.Thread(target=writer, args=(cluster.ids[i % 3], i)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for node in cluster.ids:
+        cluster.kill(node)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(acknowledged) >= 100, "too few writes were acknowledged to make the test meaningful"
+    for node in cluster.ids:
+        cluster.start(node)
+    reader = cluster.client("n1")
+    missing = [key for key, value in acknowledged.items() if value not in reader.get(key, r=2).siblings]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+
+
+def _http(method: str, url: str, data: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.parametrize("method, path, body, headers, status", [
+    ("PUT", "/kv/big", b"x" * (1024 * 1024 + 1), {}, 413),
+    ("PUT", "/kv/", b"x", {}, 400),
+    ("PUT", "/kv/" + "k" * 1025, b"x", {}, 400),
+    ("PUT", "/kv/k", b"x", {"X-Context": "%%%not-base64"}, 400),
+    ("PUT", "/kv/k", b"x", {"X-Context": "kQ"}, 400),
+    ("PUT", "/kv/k?w=0", b"x", {}, 400),
+    ("PUT", "/kv/k?w=4", b"x", {}, 400),
+    ("GET", "/kv/k?r=abc", None, {}, 400),
+    ("GET", "/kv/%FF%FE", None, {}, 400),
+    ("GET", "/nowhere", None, {}, 404),
+])
+def test_bad_requests_get_json_errors(make_cluster, method, path, body, headers, status):
+    cluster = make_cluster(nodes=1, n=1, r=1, w=1)
+    base = f"http://{cluster.cluster.nodes[0].http}"
+    code, payload = _http(method, base + path, body, headers)
+    assert code == status
+    import json
+
+    assert "error" in json.loads(payload)
+    assert cluster.client("n1").status()["node"] == "n1"
+
+
+def test_a_value_of_exactly_one_mebibyte_is_accepted(make_cluster):
+    cluster = make_cluster()
+    value = bytes(range(256)) * 4096
+    cluster.client("n1").put("big", value)
+    assert cluster.client("n2").get("big").siblings == [value]
+
+
+def test_garbage_on_the_peer_port_does_not_stop_the_node(make_cluster):
+    cluster = make_cluster()
+    host, port = cluster.cluster.node("n2").peer.split(":")
+    for payload in (struct.pack("!I", 12) + b"\xc1" * 12, struct.pack("!I", 2**31) + b"xx", b"\x00\x00"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(payload)
+    cluster.client("n1").put("k", b"v", w=3)
+    assert cluster.client("n2").get("k").siblings == [b"v"]
+
+
+def test_a_node_stopped_with_sigterm_keeps_its_data(make_cluster):
+    cluster = make_cluster(nodes=1, n=1, r=1, w=1)
+    cluster.client("n1").put("k", b"v")
+    cluster.stop("n1")
+    cluster.start("n1")
+    assert cluster.client("n1").get("k").siblings == [b"v"]
