@@ -13,8 +13,9 @@ demo: bootstrap
 test: bootstrap
 	@$(PY) -m pytest -q
 
-bench: bootstrap
-	@$(PY) scripts/bench.py
+bench:
+	@EXTRA_DEB_PACKAGES="etcd-server" scripts/bootstrap
+	@$(PY) scripts/bench.py $(BENCH_ARGS)
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts

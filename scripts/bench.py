@@ -1,0 +1,248 @@
+"""``make bench``: throughput and latency of a local 3-node cluster, with two yardsticks in the same run.
+
+Runs wrk (one process per node, together at least 48 connections) with 1 KiB values, 50/50 GET of
+preloaded keys and PUT of fresh keys, against:
+
+1. dynamod, 3 nodes, N=3 R=2 W=2, Berkeley DB with fsync on every commit (peak);
+2. the same cluster at half of that peak rate (latency under moderate load);
+3. one twisted.web process answering a trivial GET (this machine's Python ceiling);
+4. a 3-node etcd cluster on loopback through its v3 JSON gateway, same mix (what a user would
+   otherwise pick).
+
+Prints ops/s and p50/p99/p99.9 for each, and writes them to ``.dynamo/bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dynactl.local import LocalCluster, port_is_free
+from dynamod.client import DynamoClient
+
+HERE = Path(__file__).resolve().parent / "bench"
+VALUE = b"v" * 1024
+
+
+def free_ports(count: int, start: int) -> list[int]:
+    ports, candidate = [], start
+    while len(ports) < count:
+        if port_is_free(candidate):
+            ports.append(candidate)
+        candidate += 1
+    return ports
+
+
+def merge_quantiles(runs: list[dict]) -> dict[str, float]:
+    """Combine wrk runs: their quantile samples weighted by request count."""
+    samples = []
+    for run in runs:
+        weight = run["requests"] / len(run["quantiles_us"])
+        samples += [(q, weight) for q in run["quantiles_us"]]
+    samples.sort()
+    total = sum(w for _, w in samples)
+
+    def quantile(fraction: float) -> float:
+        seen = 0.0
+        for value, weight in samples:
+            seen += weight
+            if seen >= fraction * total:
+                return value / 1000.0
+        return samples[-1][0] / 1000.0
+
+    return {"p50_ms": quantile(0.50), "p99_ms": quantile(0.99), "p999_ms": quantile(0.999)}
+
+
+def run_wrk(targets: list[str], script: str, args: list[str], duration: int, connections: int) -> dict:
+    """Run one wrk per target in parallel; returns combined figures."""
+    env = dict(os.environ, BENCH_DONE_LUA=str(HERE / "done.lua"))
+    per_target = max(1, connections // len(targets))
+    processes = [
+        subprocess.Popen(["wrk", "-t1", f"-c{per_target}", f"-d{duration}s", "--timeout", "10s",
+                          "-s", str(HERE / script), f"http://{target}/", "--", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for target in targets
+    ]
+    runs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=duration + 60)
+        line = next((ln for ln in output.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no result:\n{output}")
+        runs.append(json.loads(line[len("BENCH_RESULT "):]))
+    requests = sum(r["requests"] for r in runs)
+    seconds = max(r["duration_us"] for r in runs) / 1e6
+    errors = sum(r[k] for r in runs for k in ("connect_errors", "read_errors", "write_errors",
+                                               "status_errors", "timeouts"))
+    return {"ops_per_s": requests / seconds, "requests": requests, "errors": errors,
+            "connections": per_target * len(targets), **merge_quantiles(runs)}
+
+
+def preload(put_one, count: int) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(put_one, range(count)))
+
+
+def bench_dynamo(workdir: Path, duration: int, connections: int, keys: int) -> tuple[dict, dict]:
+    cluster = LocalCluster(str(workdir / "dynamo"))
+    base = next(b for b in range(18000, 40000, 100)
+                if all(port_is_free(b + i) and port_is_free(b - 1000 + i) for i in range(1, 4)))
+    cluster.create(3, base_port=base, settings={"n": 3, "r": 2, "w": 2, "partitions": 64, "sync": True,
+                                                  "mode": "vclock", "log_level": "warn"})
+    try:
+        for node in cluster.nodes:
+            cluster.start(node)
+        cluster.wait_until_serving(cluster.nodes)
+        targets = [node.http for node in cluster.nodes]
+
+        def put_one(i: int) -> None:
+            DynamoClient(targets[i % 3]).put(f"pre-{i}", VALUE)
+
+        preload(put_one, keys)
+        peak = run_wrk(targets, "dynamo.lua", [str(keys), "peak"], duration, connections)
+        # Half of peak: each connection pauses so the offered rate is about peak / 2.
+        pause_ms = max(1, round(1000 * peak["connections"] / (peak["ops_per_s"] / 2)))
+        half = run_wrk(targets, "dynamo.lua", [str(keys), "half", str(pause_ms)], duration, connections)
+        half["offered_ops_per_s"] = peak["ops_per_s"] / 2
+        return peak, half
+    finally:
+        for node in cluster.nodes:
+            cluster.stop(node)
+
+
+TRIVIAL_SERVER = """
+import sys
+from twisted.internet import reactor
+from twisted.web import resource, server
+class Ok(resource.Resource):
+    isLeaf = True
+    def render_GET(self, request):
+        return b"ok"
+site = server.Site(Ok())
+site.log = lambda request: None
+reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
+reactor.run()
+"""
+
+
+def bench_twisted(duration: int, connections: int) -> dict:
+    (port,) = free_ports(1, 19500)
+    process = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/")
+        return run_wrk([f"127.0.0.1:{port}"], "trivial.lua", [], duration, connections)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_http(url: str, deadline: float = 30.0, expect: bytes | None = None) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                body = response.read()
+                if expect is None or expect in body:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def bench_etcd(workdir: Path, duration: int, connections: int, keys: int) -> dict | None:
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        print("etcd not installed (Debian package etcd-server): skipping the etcd comparison", flush=True)
+        return None
+    ports = free_ports(6, 23790)
+    clients, peers = ports[:3], ports[3:]
+    initial = ",".join(f"e{i}=http://127.0.0.1:{peers[i]}" for i in range(3))
+    processes = []
+    try:
+        for i in range(3):
+            processes.append(subprocess.Popen(
+                [etcd, "--name", f"e{i}", "--data-dir", str(workdir / f"etcd{i}"),
+                 "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                 "--initial-cluster", initial, "--initial-cluster-state", "new", "--log-level", "error"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in clients:
+            _wait_http(f"http://127.0.0.1:{port}/health", expect=b'"true"')
+        value = base64.b64encode(VALUE).decode()
+
+        def put_one(i: int) -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", clients[i % 3], timeout=10)
+            body = json.dumps({"key": base64.b64encode(f"pre-{i}".encode()).decode(), "value": value})
+            connection.request("POST", "/v3/kv/put", body=body, headers={"Content-Type": "application/json"})
+            connection.getresponse().read()
+            connection.close()
+
+        preload(put_one, keys)
+        return run_wrk([f"127.0.0.1:{p}" for p in clients], "etcd.lua", [str(keys), "peak"], duration, connections)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=48, help="connections in total (>= 48)")
+    parser.add_argument("--keys", type=int, default=2000, help="preloaded keys read by GETs")
+    parser.add_argument("--skip-etcd", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian package wrk; make bench installs it as root)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="dynamo-bench-"))
+    results: dict[str, dict | None] = {}
+    try:
+        print(f"dynamod 3 nodes, N=3 R=2 W=2, fsync, {args.connections} connections, {args.duration}s ...",
+              flush=True)
+        results["dynamod"], results["dynamod_half_peak"] = bench_dynamo(workdir, args.duration, args.connections,
+                                                                        args.keys)
+        print("twisted.web trivial GET ...", flush=True)
+        results["twisted_web_trivial"] = bench_twisted(args.duration, args.connections)
+        if not args.skip_etcd:
+            print("etcd 3 nodes, JSON gateway ...", flush=True)
+            results["etcd"] = bench_etcd(workdir, args.duration, args.connections, args.keys)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"{'target':<24}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}")
+    for name, figures in results.items():
+        if figures is None:
+            continue
+        print(f"{name:<24}{figures['ops_per_s']:>10.0f}{figures['p50_ms']:>10.2f}{figures['p99_ms']:>10.2f}"
+              f"{figures['p999_ms']:>10.2f}{figures['errors']:>8}")
+    if results.get("etcd"):
+        print(f"\ndynamod / etcd throughput: {results['dynamod']['ops_per_s'] / results['etcd']['ops_per_s']:.2f}x")
+    output = Path(".dynamo/bench/results.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
