@@ -95,12 +95,13 @@ def preload(put_one, count: int) -> None:
         list(pool.map(put_one, range(count)))
 
 
-def bench_dynamo(workdir: Path, duration: int, connections: int, keys: int) -> tuple[dict, dict]:
+def bench_dynamo(workdir: Path, duration: int, connections: int, keys: int,
+                 extra: dict) -> tuple[dict, dict]:
     cluster = LocalCluster(str(workdir / "dynamo"))
     base = next(b for b in range(18000, 40000, 100)
                 if all(port_is_free(b + i) and port_is_free(b - 1000 + i) for i in range(1, 4)))
     cluster.create(3, base_port=base, settings={"n": 3, "r": 2, "w": 2, "partitions": 64, "sync": True,
-                                                  "mode": "vclock", "log_level": "warn"})
+                                                  "mode": "vclock", "log_level": "warn", **extra})
     try:
         for node in cluster.nodes:
             cluster.start(node)
@@ -210,6 +211,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=48, help="connections in total (>= 48)")
     parser.add_argument("--keys", type=int, default=2000, help="preloaded keys read by GETs")
     parser.add_argument("--skip-etcd", action="store_true")
+    parser.add_argument("--skip-baselines", action="store_true", help="measure dynamod only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra node setting (TOML value), e.g. --set read_threads=0")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package wrk; make bench installs it as root)", file=sys.stderr)
@@ -219,11 +223,15 @@ def main() -> int:
     try:
         print(f"dynamod 3 nodes, N=3 R=2 W=2, fsync, {args.connections} connections, {args.duration}s ...",
               flush=True)
+        import tomllib
+
+        extra = tomllib.loads("\n".join(args.set))
         results["dynamod"], results["dynamod_half_peak"] = bench_dynamo(workdir, args.duration, args.connections,
-                                                                        args.keys)
-        print("twisted.web trivial GET ...", flush=True)
-        results["twisted_web_trivial"] = bench_twisted(args.duration, args.connections)
-        if not args.skip_etcd:
+                                                                        args.keys, extra)
+        if not args.skip_baselines:
+            print("twisted.web trivial GET ...", flush=True)
+            results["twisted_web_trivial"] = bench_twisted(args.duration, args.connections)
+        if not (args.skip_etcd or args.skip_baselines):
             print("etcd 3 nodes, JSON gateway ...", flush=True)
             results["etcd"] = bench_etcd(workdir, args.duration, args.connections, args.keys)
     finally:

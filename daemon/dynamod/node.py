@@ -25,7 +25,7 @@ from dynamod.core.ring import Ring
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
 from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
-from dynamod.storage.store import Store
+from dynamod.storage.store import Store, run_synchronously
 
 VERSION = "0.1.0"
 
@@ -61,13 +61,16 @@ class Node(service.MultiService):
                                        max_context_entries=config.max_context_entries)
         self.ring = Ring.initial(config.member_ids, config.partitions)
         self.engine = engine or open_engine(config)
-        self._read_pool = ThreadPool(minthreads=1, maxthreads=config.read_threads, name="dynamod-read")
+        self._read_pool = ThreadPool(minthreads=max(1, config.read_threads),
+                                     maxthreads=max(1, config.read_threads), name="dynamod-read")
         # One writer thread: every Berkeley DB transaction begins and commits inside one call.
         self._write_pool = ThreadPool(minthreads=1, maxthreads=1, name="dynamod-write")
         self.store = Store(
             self.engine,
-            reader=lambda fn, *args: deferToThreadPool(reactor, self._read_pool, fn, *args),
+            reader=(lambda fn, *args: deferToThreadPool(reactor, self._read_pool, fn, *args))
+            if config.read_threads else run_synchronously,
             writer=lambda fn, *args: deferToThreadPool(reactor, self._write_pool, fn, *args),
+            read_batches=max(1, config.read_threads),
         )
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,

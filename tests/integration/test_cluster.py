@@ -168,3 +168,21 @@ def test_a_node_stopped_with_sigterm_keeps_its_data(make_cluster):
     cluster.stop("n1")
     cluster.start("n1")
     assert cluster.client("n1").get("k").siblings == [b"v"]
+
+
+def test_chunked_bodies_are_capped_as_they_arrive(make_cluster):
+    cluster = make_cluster(nodes=1, n=1, r=1, w=1)
+    host, port = cluster.cluster.nodes[0].http.split(":")
+    import http.client
+
+    def chunked_put(size: int) -> int:
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        chunks = (b"x" * 65536 for _ in range(size // 65536))
+        connection.request("PUT", "/kv/chunked", body=chunks, encode_chunked=True)
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    assert chunked_put(4 * 65536) == 204
+    assert chunked_put(20 * 65536) == 413
+    assert cluster.client("n1").get("chunked").siblings == [b"x" * 4 * 65536]

@@ -42,21 +42,15 @@ class CausalContext:
     def of(cls, vector: Mapping[str, int] | None = None, cloud: Iterable[Dot] = ()) -> CausalContext:
         """Build a normalised context: cloud dots already covered are dropped, contiguous ones folded."""
         merged = {actor: n for actor, n in (vector or {}).items() if n > 0}
-        pending = sorted(set(cloud), key=lambda d: (d[0], d[1]))
-        remaining: set[Dot] = set()
-        for actor, counter in pending:
-            if counter <= merged.get(actor, 0):
-                continue
-            remaining.add((actor, counter))
-        changed = True
-        while changed:
-            changed = False
-            for dot in sorted(remaining):
-                actor, counter = dot
-                if counter == merged.get(actor, 0) + 1:
-                    merged[actor] = counter
-                    remaining.discard(dot)
-                    changed = True
+        remaining = {dot for dot in cloud if dot[1] > merged.get(dot[0], 0)}
+        if not remaining:
+            return cls(vector=merged, cloud=frozenset())
+        for dot in sorted(remaining):
+            actor, counter = dot
+            # Sorted order visits an actor's dots in ascending counters, so one pass folds runs.
+            if counter == merged.get(actor, 0) + 1:
+                merged[actor] = counter
+                remaining.discard(dot)
         return cls(vector=merged, cloud=frozenset(remaining))
 
     def contains(self, dot: Dot) -> bool:
@@ -194,7 +188,8 @@ class Record:
         when this record has no actor yet and must return one this node never used before."""
         actor = self.actor or allocate_actor()
         seen = max([self.counter, context.max_counter(actor)]
-                   + [s.clock().max_counter(actor) for s in self.siblings])
+                   + [s.past.max_counter(actor) for s in self.siblings]
+                   + [s.dot[1] for s in self.siblings if s.dot[0] == actor])
         dot = (actor, seen + 1)
         return attrs.evolve(self, actor=actor, counter=seen + 1), dot
 

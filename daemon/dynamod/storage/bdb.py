@@ -77,7 +77,7 @@ class BerkeleyEngine(StorageEngine):
         handle = db.DB(self.env)
         handle.set_pagesize(8192)
         handle.open(filename, dbtype=db.DB_BTREE,
-                    flags=db.DB_CREATE | db.DB_THREAD | db.DB_AUTO_COMMIT, mode=0o600)
+                    flags=db.DB_CREATE | db.DB_THREAD | db.DB_AUTO_COMMIT | db.DB_READ_UNCOMMITTED, mode=0o600)
         return handle
 
     def _load_identity(self) -> tuple[str, int]:
@@ -101,7 +101,9 @@ class BerkeleyEngine(StorageEngine):
     def read_raw(self, key: bytes) -> bytes | None:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                return self.records.get(key)
+                # Reads never wait for the writer's locks (which it holds through its fsync): a read
+                # may see a version whose batch is still committing, i.e. not yet acknowledged.
+                return self.records.get(key, flags=db.DB_READ_UNCOMMITTED)
             except db.DBLockDeadlockError:
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise

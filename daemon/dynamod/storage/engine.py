@@ -71,6 +71,17 @@ class StorageEngine(abc.ABC):
         """The decoded record for ``key``; raises ``CorruptRecord`` when it does not decode."""
         return decode_stored(key, self.read_raw(key))
 
+    def read_many(self, keys: list[bytes]) -> list[Any]:
+        """Decoded records for ``keys``: one entry each, the record, None, or the exception
+        (``CorruptRecord``) that reading that key raised."""
+        results: list[Any] = []
+        for key in keys:
+            try:
+                results.append(self.read(key))
+            except Exception as exc:  # noqa: BLE001 - reported to that key's caller
+                results.append(exc)
+        return results
+
     def apply_batch(self, updates: list[tuple[bytes, UpdateFn]]) -> list[Any]:
         """Apply every update in order inside one transaction, then commit once.
 
