@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from dynamod.api.http import ApiSite
+from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
@@ -81,7 +81,7 @@ class Node(service.MultiService):
                                                    handler=self.coordinator.handle_peer_request,
                                                    max_frame=config.max_frame_size)
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size)
-        for address, factory in ((config.peer, peer_factory), (config.http, ApiSite(self))):
+        for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)

@@ -1,15 +1,14 @@
 """The HTTP API (CONTRACT.md): /kv/{key}, /admin/status, /admin/replica/{key}, /metrics.
 
-A thin adapter: it parses and validates, calls the node's coordinator, and maps outcomes and
-errors to status codes in one place (``ApiError``). Bodies are capped while they arrive: a value
-over the limit is never buffered, it becomes a 413. The access log is off (MEASUREMENTS.md: -22%).
+A thin adapter between ``dynamod.api.server`` (HTTP parsing) and the node: it validates, calls the
+coordinator, and maps outcomes and errors to status codes in one place (``ApiError``). Every
+request is counted and timed in the node's Prometheus metrics; there is no access log
+(MEASUREMENTS.md: -22%).
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -18,11 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
 
+from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.quorum import Outcome, QuorumResult
-from dynamod.core.versions import context_of, live_values
+from dynamod.core.versions import CausalContext, Record, context_of, live_values
 from dynamod.storage.engine import CorruptRecord
 
 if TYPE_CHECKING:
@@ -40,35 +39,13 @@ class ApiError(Exception):
         self.code = code
         self.body = {"error": message, **extra}
 
-
-def send_json(request: server.Request, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
-    """Finish ``request`` with a JSON body (unless the client went away)."""
-    if getattr(request, "gone", False):
-        return
-    payload = json.dumps(body).encode()
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    for name, value in (headers or {}).items():
-        request.setHeader(name.encode(), value.encode())
-    request.setHeader(b"content-length", str(len(payload)).encode())
-    request.write(payload)
-    request.finish()
+    def response(self) -> HttpResponse:
+        return HttpResponse.json(self.code, self.body)
 
 
-def send_empty(request: server.Request, code: int, headers: dict[str, str]) -> None:
-    """Finish ``request`` with no body."""
-    if getattr(request, "gone", False):
-        return
-    request.setResponseCode(code)
-    for name, value in headers.items():
-        request.setHeader(name.encode(), value.encode())
-    request.finish()
-
-
-def parse_key(request: server.Request, prefix: bytes) -> bytes:
-    """The key from the raw request path after ``prefix`` (percent-decoded, 1..1024 bytes of UTF-8)."""
-    raw = request.path[len(prefix):]
-    key = unquote_to_bytes(raw)
+def parse_key(request: HttpRequest, prefix: bytes) -> bytes:
+    """The key from the raw path after ``prefix`` (percent-decoded, 1..1024 bytes of UTF-8)."""
+    key = unquote_to_bytes(request.path[len(prefix):])
     if not key:
         raise ApiError(400, "key is empty")
     if len(key) > MAX_KEY_BYTES:
@@ -80,25 +57,27 @@ def parse_key(request: server.Request, prefix: bytes) -> bytes:
     return key
 
 
-def parse_quorum(request: server.Request, name: str, default: int, n: int) -> int:
+def parse_quorum(request: HttpRequest, name: str, default: int, n: int) -> int:
     """``?r=K`` / ``?w=K``: an integer in 1..N."""
-    values = request.args.get(name.encode())
+    if not request.query:
+        return default
+    values = request.arguments().get(name)
     if not values:
         return default
     try:
         value = int(values[-1])
     except ValueError as exc:
-        raise ApiError(400, f"{name} must be an integer, got {values[-1].decode(errors='replace')!r}") from exc
+        raise ApiError(400, f"{name} must be an integer, got {values[-1]!r}") from exc
     if not 1 <= value <= n:
         raise ApiError(400, f"{name} must be between 1 and n={n}, got {value}")
     return value
 
 
-def parse_context(request: server.Request):
+def parse_context(request: HttpRequest) -> CausalContext:
     """The ``X-Context`` header as a causal context (absent: the empty context)."""
-    header = request.getHeader(b"x-context")
+    header = request.headers.get(b"x-context")
     if header is None:
-        return decode_context("")
+        return CausalContext()
     try:
         return decode_context(header.decode("ascii"))
     except (DecodeError, UnicodeDecodeError) as exc:
@@ -111,208 +90,135 @@ def quorum_error(result: QuorumResult) -> ApiError:
                     replicas=result.errors)
 
 
-class _Handler(resource.Resource):
-    """Runs a handler that may return a Deferred, mapping every failure to a JSON error."""
+def replica_document(node_id: str, record: Record | None) -> HttpResponse:
+    """``/admin/replica`` answer for a local record."""
+    if record is None or not record.siblings:
+        return HttpResponse.json(404, {"node": node_id, "error": "no local copy", "siblings": []})
+    siblings = []
+    for sibling in record.siblings:
+        clock = sibling.clock()
+        siblings.append({
+            "value": base64.b64encode(sibling.value).decode("ascii"),
+            "clock": {"vector": dict(clock.vector), "cloud": sorted(list(d) for d in clock.cloud),
+                      "dot": list(sibling.dot)},
+            "deleted": sibling.deleted,
+            "timestamp": sibling.timestamp,
+        })
+    return HttpResponse.json(200, {"node": node_id, "siblings": siblings})
 
-    isLeaf = True
+
+class Api:
+    """Routes requests to handlers and keeps the per-operation metrics."""
 
     def __init__(self, node: Node):
-        super().__init__()
         self.node = node
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
-    def _run(self, request: server.Request, op: str, handler: Any) -> Any:
+    def factory(self) -> HttpFactory:
+        """The Twisted factory serving this API."""
+        return HttpFactory(self.handle, self.node.config.max_value_size)
+
+    def _route(self, request: HttpRequest) -> tuple[str, Any]:
+        path, method = request.path, request.method
+        if path.startswith(b"/kv/") or path == b"/kv":
+            handlers = {"GET": ("get", self.get), "PUT": ("put", self.put), "DELETE": ("delete", self.delete)}
+            return handlers.get(method, ("kv", self._method_not_allowed))
+        if method != "GET":
+            return "other", self._method_not_allowed
+        if path.startswith(b"/admin/replica/") or path == b"/admin/replica":
+            return "replica", self.replica
+        if path == b"/admin/status":
+            return "status", lambda _: HttpResponse.json(200, self.node.status())
+        if path == b"/metrics":
+            return "metrics", self.metrics
+        return "other", self._not_found
+
+    def handle(self, request: HttpRequest) -> HttpResponse | defer.Deferred:
+        """Answer one request (the ``HttpProtocol`` handler)."""
+        op, handler = self._route(request)
         started = time.perf_counter()
-        request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
+        try:
+            result = handler(request)
+        except Exception:  # noqa: BLE001 - mapped to a JSON error below
+            result = self._error(Failure())
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(self._error).addCallback(self._observe, op, started)
+        return self._observe(result, op, started)
 
-        def record(_: Any) -> None:
-            self.node.metrics.requests.labels(op, str(request.code)).inc()
-            self.node.metrics.latency.labels(op).observe(time.perf_counter() - started)
+    def _observe(self, response: HttpResponse, op: str, started: float) -> HttpResponse:
+        counter = self._counters.get((op, response.status))
+        if counter is None:
+            counter = self._counters[(op, response.status)] = \
+                self.node.metrics.requests.labels(op, str(response.status))
+        counter.inc()
+        histogram = self._histograms.get(op)
+        if histogram is None:
+            histogram = self._histograms[op] = self.node.metrics.latency.labels(op)
+        histogram.observe(time.perf_counter() - started)
+        return response
 
-        def fail(failure: Failure) -> None:
-            if failure.check(ApiError):
-                error = failure.value
-            elif failure.check(CorruptRecord):
-                self.node.metrics.corrupt_records.inc()
-                log.error("corrupt record: {reason}", reason=failure.getErrorMessage())
-                error = ApiError(500, failure.getErrorMessage())
-            else:
-                log.failure("{op} failed", failure, op=op)
-                error = ApiError(500, f"internal error: {failure.getErrorMessage()}")
-            send_json(request, error.code, error.body)
+    def _error(self, failure: Failure) -> HttpResponse:
+        if failure.check(ApiError):
+            return failure.value.response()
+        if failure.check(CorruptRecord):
+            self.node.metrics.corrupt_records.inc()
+            log.error("corrupt record: {reason}", reason=failure.getErrorMessage())
+            return ApiError(500, failure.getErrorMessage()).response()
+        log.failure("request failed", failure)
+        return ApiError(500, f"internal error: {failure.getErrorMessage()}").response()
 
-        done = defer.maybeDeferred(handler, request)
-        done.addErrback(fail)
-        done.addBoth(record)
-        return server.NOT_DONE_YET
+    # -- /kv -----------------------------------------------------------------------------------
 
-
-class KeyValueResource(_Handler):
-    """``/kv/{key}``: quorum reads, writes and deletes."""
-
-    def render_GET(self, request: server.Request) -> Any:
-        return self._run(request, "get", self._get)
-
-    def render_PUT(self, request: server.Request) -> Any:
-        return self._run(request, "put", self._put)
-
-    def render_DELETE(self, request: server.Request) -> Any:
-        return self._run(request, "delete", self._delete)
-
-    def _get(self, request: server.Request) -> defer.Deferred:
+    def get(self, request: HttpRequest) -> defer.Deferred:
         key = parse_key(request, b"/kv/")
         settings = self.node.settings
         r = parse_quorum(request, "r", settings.r, settings.n)
 
-        def answer(result: QuorumResult) -> None:
+        def answer(result: QuorumResult) -> HttpResponse:
             if result.outcome is not Outcome.OK:
                 raise quorum_error(result)
             values = live_values(result.siblings)
             body = {"context": encode_context(context_of(result.siblings)),
                     "siblings": [base64.b64encode(v).decode("ascii") for v in values]}
-            send_json(request, 200 if values else 404, body)
+            return HttpResponse.json(200 if values else 404, body)
 
         return self.node.coordinator.get(key, r).addCallback(answer)
 
-    def _write(self, request: server.Request, value: bytes, deleted: bool) -> defer.Deferred:
+    def _write(self, request: HttpRequest, value: bytes, deleted: bool) -> defer.Deferred:
         key = parse_key(request, b"/kv/")
         settings = self.node.settings
         w = parse_quorum(request, "w", settings.w, settings.n)
         context = parse_context(request)
 
-        def answer(put: Any) -> None:
+        def answer(put: Any) -> HttpResponse:
             if put.result.outcome is not Outcome.OK:
                 raise quorum_error(put.result)
-            send_empty(request, 204, {"X-Context": encode_context(put.context)})
+            return HttpResponse(204, headers=(("X-Context", encode_context(put.context)),))
 
         return self.node.coordinator.put(key, value, context, w, deleted=deleted).addCallback(answer)
 
-    def _put(self, request: server.Request) -> defer.Deferred:
-        if getattr(request, "body_too_large", False):
-            raise ApiError(413, f"value exceeds the limit of {self.node.config.max_value_size} bytes",
-                           limit=self.node.config.max_value_size)
-        return self._write(request, request.content.read(), deleted=False)
+    def put(self, request: HttpRequest) -> defer.Deferred:
+        if request.body_too_large:
+            limit = self.node.config.max_value_size
+            raise ApiError(413, f"value exceeds the limit of {limit} bytes", limit=limit)
+        return self._write(request, request.body, deleted=False)
 
-    def _delete(self, request: server.Request) -> defer.Deferred:
+    def delete(self, request: HttpRequest) -> defer.Deferred:
         return self._write(request, b"", deleted=True)
 
+    # -- admin ---------------------------------------------------------------------------------
 
-class ReplicaResource(_Handler):
-    """``/admin/replica/{key}``: this node's local copy, no quorum."""
-
-    def render_GET(self, request: server.Request) -> Any:
-        return self._run(request, "replica", self._replica)
-
-    def _replica(self, request: server.Request) -> defer.Deferred:
+    def replica(self, request: HttpRequest) -> defer.Deferred:
         key = parse_key(request, b"/admin/replica/")
+        return self.node.store.get(key).addCallback(lambda record: replica_document(self.node.node_id, record))
 
-        def answer(record: Any) -> None:
-            if record is None or not record.siblings:
-                send_json(request, 404, {"node": self.node.node_id, "error": "no local copy", "siblings": []})
-                return
-            siblings = []
-            for sibling in record.siblings:
-                clock = sibling.clock()
-                siblings.append({
-                    "value": base64.b64encode(sibling.value).decode("ascii"),
-                    "clock": {"vector": dict(clock.vector), "cloud": sorted(list(d) for d in clock.cloud),
-                              "dot": list(sibling.dot)},
-                    "deleted": sibling.deleted,
-                    "timestamp": sibling.timestamp,
-                })
-            send_json(request, 200, {"node": self.node.node_id, "siblings": siblings})
-
-        return self.node.store.get(key).addCallback(answer)
-
-
-class StatusResource(_Handler):
-    """``/admin/status``: this node's view of the cluster."""
-
-    def render_GET(self, request: server.Request) -> Any:
-        return self._run(request, "status", lambda req: send_json(req, 200, self.node.status()))
-
-
-class MetricsResource(_Handler):
-    """``/metrics`` in Prometheus text format."""
-
-    def render_GET(self, request: server.Request) -> Any:
-        return self._run(request, "metrics", self._metrics)
-
-    def _metrics(self, request: server.Request) -> None:
+    def metrics(self, request: HttpRequest) -> HttpResponse:
         self.node.refresh_gauges()
-        payload = generate_latest(self.node.metrics.registry)
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        request.write(payload)
-        request.finish()
+        return HttpResponse(200, generate_latest(self.node.metrics.registry), CONTENT_TYPE_LATEST)
 
-
-class NotFoundResource(_Handler):
-    """Anything else: a JSON 404."""
-
-    def render(self, request: server.Request) -> Any:
-        return self._run(request, "other", self._missing)
-
-    def _missing(self, request: server.Request) -> None:
+    def _not_found(self, request: HttpRequest) -> HttpResponse:
         raise ApiError(404, f"no such resource: {request.path.decode(errors='replace')}")
 
-
-class RootResource(resource.Resource):
-    """Routes by the first one or two path segments; the rest of the path is the key."""
-
-    def __init__(self, node: Node):
-        super().__init__()
-        self.kv = KeyValueResource(node)
-        self.replica = ReplicaResource(node)
-        self.status = StatusResource(node)
-        self.metrics = MetricsResource(node)
-        self.missing = NotFoundResource(node)
-
-    def getChildWithDefault(self, name: bytes, request: server.Request) -> resource.Resource:
-        path = request.path
-        if path.startswith(b"/kv/") or path == b"/kv":
-            return self.kv
-        if path.startswith(b"/admin/replica/") or path == b"/admin/replica":
-            return self.replica
-        if path == b"/admin/status":
-            return self.status
-        if path == b"/metrics":
-            return self.metrics
-        return self.missing
-
-
-class LimitedRequest(server.Request):
-    """A request that stops buffering its body once it exceeds the site's limit."""
-
-    body_too_large = False
-    _received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.channel.site.max_body:
-            self.body_too_large = True
-            self.content = io.BytesIO()
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        self._received += len(data)
-        if self._received > self.channel.site.max_body:
-            self.body_too_large = True
-            self.content = io.BytesIO()
-            return
-        super().handleContentChunk(data)
-
-
-class ApiSite(server.Site):
-    """The node's HTTP site: size-capped requests, no access log."""
-
-    requestFactory = LimitedRequest
-    noisy = False
-
-    def __init__(self, node: Node):
-        super().__init__(RootResource(node))
-        self.max_body = node.config.max_value_size
-        self.displayTracebacks = False
-
-    def log(self, request: server.Request) -> None:
-        """No access log on the hot path; /metrics counts requests instead."""
+    def _method_not_allowed(self, request: HttpRequest) -> HttpResponse:
+        raise ApiError(405, f"method {request.method} is not allowed on {request.path.decode(errors='replace')}")
