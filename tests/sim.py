@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
 from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.ring import Ring
 from dynamod.net.protocol import PeerError, PeerTimeout, PeerUnavailable
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store
-from twisted.internet import defer
-from twisted.internet.task import Clock
 
 
 class SimNetwork:

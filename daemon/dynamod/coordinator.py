@@ -14,17 +14,25 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from msgpack import packb
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dynamod.core.encoding import context_from_wire, context_to_wire, siblings_from_wire, siblings_to_wire
+from dynamod.core.encoding import (
+    context_from_wire,
+    context_to_wire,
+    siblings_from_wire,
+    siblings_to_wire,
+    unpack,
+)
 from dynamod.core.quorum import GetCore, Outcome, PutCore, QuorumResult
 from dynamod.core.ring import Ring
 from dynamod.core.versions import CausalContext, Record, Sibling, merge_into, put_version
 from dynamod.net.peers import PeerClient
 from dynamod.net.protocol import PeerUnavailable
+from dynamod.storage.engine import CorruptRecord, decode_stored
 from dynamod.storage.store import Store
 
 
@@ -81,7 +89,17 @@ class Coordinator:
     def _read_replica(self, replica: str, key: bytes) -> defer.Deferred:
         if replica == self.node_id:
             return self.store.get(key).addCallback(lambda record: record.siblings if record else ())
-        return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(siblings_from_wire)
+        return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(
+            self._siblings_of_raw, replica, key)
+
+    def _siblings_of_raw(self, raw: bytes | None, replica: str, key: bytes) -> tuple[Sibling, ...]:
+        """A replica's stored record, passed on undecoded, decoded (and validated) here."""
+        try:
+            record = decode_stored(key, raw)
+        except CorruptRecord as exc:
+            self.log.error("replica {replica} holds a corrupt record: {reason}", replica=replica, reason=str(exc))
+            raise
+        return record.siblings if record else ()
 
     def get(self, key: bytes, r: int) -> defer.Deferred:
         """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
@@ -120,7 +138,8 @@ class Coordinator:
             siblings, version = stamped
             core = PutCore(replicas, w)
             core.add_ack(self.node_id)
-            wire = [key, siblings_to_wire(siblings)]
+            # Packed once, sent to every replica.
+            wire = [key, packb(siblings_to_wire(siblings), use_bin_type=True)]
             requests = [
                 (replica, self.peers[replica].call("put", wire, self.settings.timeout),
                  lambda acked, _: core.add_ack(acked))
@@ -203,11 +222,10 @@ class Coordinator:
         """Answer another node's request (the ``PeerProtocol`` handler)."""
         if op == "get":
             (key,) = payload
-            return self.store.get(key).addCallback(
-                lambda record: siblings_to_wire(record.siblings) if record else [])
+            return self.store.get_raw(key)
         if op == "put":
-            key, wire = payload
-            incoming = siblings_from_wire(wire)
+            key, packed = payload
+            incoming = siblings_from_wire(unpack(packed))
             lww = self.settings.lww
             return self.store.update(key, lambda record, _: (merge_into(record, incoming, lww=lww), True))
         if op == "coordinate_put":

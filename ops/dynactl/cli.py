@@ -15,10 +15,10 @@ import sys
 from typing import Any
 
 import click
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
 
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, Output, show_value
+from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
 
 
 class Context:

@@ -6,6 +6,7 @@ import random
 import signal
 
 import pytest
+
 from dynactl.local import LocalCluster, port_is_free
 from dynamod.client import DynamoClient
 

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+
 from dynamod.client import ClientError, NodeUnavailable, QuorumError
 
 pytestmark = pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dynamod.config import SETTINGS, ConfigError, build_config, load_toml, parse_member_flag
 
 

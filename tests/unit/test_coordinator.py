@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dynamod.core.quorum import Outcome
 from dynamod.core.versions import CausalContext, context_of, live_values
-
 from tests.sim import fired, make_cluster
 
 

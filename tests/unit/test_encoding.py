@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dynamod.core.encoding import (
     DecodeError,
     decode_context,
@@ -14,8 +17,6 @@ from dynamod.core.encoding import (
     siblings_to_wire,
 )
 from dynamod.core.versions import CausalContext, Record, Sibling
-from hypothesis import given
-from hypothesis import strategies as st
 
 actors = st.text(min_size=1, max_size=12)
 contexts = st.builds(CausalContext.of, st.dictionaries(actors, st.integers(0, 2**40), max_size=4),

@@ -6,6 +6,12 @@ import struct
 
 import msgpack
 import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
 from dynamod.net.protocol import (
     DEFAULT_MAX_FRAME,
     PeerError,
@@ -14,11 +20,6 @@ from dynamod.net.protocol import (
     PeerUnavailable,
     encode_frame,
 )
-from twisted.internet import defer
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.test import iosim
 
 
 def echo_handler(op, payload):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dynamod.core.quorum import GetCore, Outcome, PutCore
-from dynamod.core.versions import CausalContext, Sibling
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dynamod.core.quorum import GetCore, Outcome, PutCore
+from dynamod.core.versions import CausalContext, Sibling
 
 REPLICAS = ("n1", "n2", "n3")
 

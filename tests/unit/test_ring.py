@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dynamod.core.ring import Ring, partition_of
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dynamod.core.ring import Ring, partition_of
 
 members_st = st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=12, unique=True)
 partitions_st = st.sampled_from([8, 16, 32, 64, 128])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dynamod.core.versions import CausalContext, Record, Sibling, merge_into
 from dynamod.storage.bdb import BerkeleyEngine
 from dynamod.storage.engine import CorruptRecord

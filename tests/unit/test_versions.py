@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
 from dynamod.core.versions import (
     CausalContext,
     Record,
@@ -15,9 +19,6 @@ from dynamod.core.versions import (
     reconcile,
     reconcile_lww,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 ACTORS = ["a", "b", "c"]
 

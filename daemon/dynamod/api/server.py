@@ -112,9 +112,11 @@ class HttpProtocol(Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed HTTP request: {exc}")
-        except _HeadTooLarge:
-            self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
+            # llhttp wraps exceptions raised in callbacks, so the head limit is noted in a flag
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, f"malformed HTTP request: {exc}")
 
     def _refuse(self, status: int, reason: str) -> None:
         if not self._busy:
@@ -198,7 +200,7 @@ class HttpProtocol(Protocol):
 
 
 class _HeadTooLarge(Exception):
-    pass
+    """Raised from a parser callback to stop parsing an oversized head."""
 
 
 class HttpFactory(Factory):

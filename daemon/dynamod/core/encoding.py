@@ -22,7 +22,8 @@ class DecodeError(ValueError):
     """Bytes that do not decode to the expected structure."""
 
 
-def _unpack(data: bytes) -> Any:
+def unpack(data: bytes) -> Any:
+    """msgpack bytes to data; raises ``DecodeError`` on anything else."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
@@ -74,7 +75,7 @@ def decode_context(text: str) -> CausalContext:
         packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise DecodeError("context is not base64") from exc
-    data = _unpack(packed)
+    data = unpack(packed)
     _require(isinstance(data, list) and len(data) == 3 and data[0] == CONTEXT_FORMAT,
              "context has an unknown format")
     return context_from_wire(data[1:])
@@ -117,7 +118,7 @@ def encode_record(record: Record) -> bytes:
 
 def decode_record(data: bytes) -> Record:
     """Inverse of ``encode_record``; raises ``DecodeError`` on anything else."""
-    value = _unpack(data)
+    value = unpack(data)
     _require(isinstance(value, list) and len(value) == 4 and value[0] == RECORD_FORMAT,
              "record has an unknown format")
     _, actor, counter, siblings = value

@@ -54,10 +54,25 @@ class Store:
 
     def get(self, key: bytes) -> defer.Deferred:
         """Fires with the stored ``Record`` or None; fails with ``CorruptRecord``."""
+        if self._reader is run_synchronously:
+            try:
+                return defer.succeed(self.engine.read(key))
+            except Exception:  # noqa: BLE001 - CorruptRecord and engine errors go to the caller
+                return defer.fail()
         done: defer.Deferred = defer.Deferred()
         self._read_queue.append((key, done))
         self._flush_reads()
         return done
+
+    def get_raw(self, key: bytes) -> defer.Deferred:
+        """Fires with the stored bytes of ``key`` (or None), undecoded: a replica answering a peer's
+        read passes them on and the coordinator decodes (and validates) them once."""
+        if self._reader is run_synchronously:
+            try:
+                return defer.succeed(self.engine.read_raw(key))
+            except Exception:  # noqa: BLE001 - engine errors go to the caller
+                return defer.fail()
+        return self._reader(self.engine.read_raw, key)
 
     def _flush_reads(self) -> None:
         while self._reads_in_flight < self._max_read_batches and self._read_queue:

@@ -1,0 +1,3 @@
+from dynactl.cli import main
+
+main()
