@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -28,6 +28,8 @@ from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
 
 VERSION = "0.1.0"
+#: Seconds between storage housekeeping runs (Berkeley DB checkpoints).
+MAINTENANCE_INTERVAL = 10.0
 
 
 def open_engine(config: NodeConfig) -> StorageEngine:
@@ -90,6 +92,9 @@ class Node(service.MultiService):
         self._read_pool.start()
         self._write_pool.start()
         super().startService()
+        self._maintenance = task.LoopingCall(self._maintain)
+        self._maintenance.clock = self.reactor
+        self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
         for peer in self.peers.values():
             peer.start()
         self.log.info("node {node} (incarnation {incarnation}) serving http={http} peer={peer} "
@@ -97,8 +102,14 @@ class Node(service.MultiService):
                       http=self.config.http, peer=self.config.peer, n=self.config.n, r=self.config.r,
                       w=self.config.w, mode=self.config.mode)
 
+    def _maintain(self) -> defer.Deferred:
+        return self.store.maintain().addErrback(
+            lambda failure: self.log.failure("storage maintenance failed", failure))
+
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        if self._maintenance.running:
+            self._maintenance.stop()
         yield super().stopService()
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
         yield self.store.drain()

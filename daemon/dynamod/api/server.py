@@ -23,6 +23,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dynamod.net.writes import write_through
+
 #: Request line plus headers larger than this are refused (431) and the connection closed.
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -191,7 +193,7 @@ class HttpProtocol(Protocol):
         self._busy = False
         if self._closed:
             return
-        self.transport.write(response.encode(keep_alive))
+        write_through(self.transport, response.encode(keep_alive))
         if not keep_alive:
             self._closed = True
             self.transport.loseConnection()

@@ -12,6 +12,7 @@ limit, closes that connection (logged); the node keeps serving everything else.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+
+from dynamod.net.writes import write_through
 
 REQUEST, RESPONSE, ERROR = 0, 1, 2
 
@@ -96,6 +99,9 @@ class PeerProtocol(Int32StringReceiver):
             waiter.errback(PeerUnavailable(f"connection lost: {reason.getErrorMessage()}"))
         if self.on_disconnected:
             self.on_disconnected(self)
+
+    def sendString(self, string: bytes) -> None:
+        write_through(self.transport, struct.pack("!I", len(string)) + string)
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.log.warn("peer {peer} sent a {length}-byte frame over the {limit}-byte limit; closing",

@@ -120,6 +120,10 @@ class BerkeleyEngine(StorageEngine):
             raise
         txn.commit()
         self.epoch = handle.epoch
+
+    def maintain(self) -> None:
+        """Checkpoint when enough log has accumulated, so recovery stays short and old log files
+        can be removed (each call touches the log directory: not for every commit)."""
         self.env.txn_checkpoint(_CHECKPOINT_KBYTES, 0)
 
     def keys(self) -> Iterator[bytes]:

@@ -67,6 +67,9 @@ class StorageEngine(abc.ABC):
     def close(self) -> None:
         """Flush and release everything."""
 
+    def maintain(self) -> None:
+        """Periodic housekeeping (checkpoints); called on the writer thread between batches."""
+
     def read(self, key: bytes) -> Record | None:
         """The decoded record for ``key``; raises ``CorruptRecord`` when it does not decode."""
         return decode_stored(key, self.read_raw(key))

@@ -135,6 +135,10 @@ class Store:
         running.addCallbacks(deliver, fail_all)
         running.addBoth(next_batch)
 
+    def maintain(self) -> defer.Deferred:
+        """Run the engine's housekeeping on the writer (between batches, never during one)."""
+        return self._writer(self.engine.maintain)
+
     def drain(self) -> defer.Deferred:
         """Fires once every queued update has committed (used on shutdown)."""
         if self._in_flight is None and not self._pending:
