@@ -23,6 +23,7 @@ from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.ring import Ring
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
+from dynamod.net.writes import Coalescer
 from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
@@ -74,6 +75,7 @@ class Node(service.MultiService):
             writer=lambda fn, *args: deferToThreadPool(reactor, self._write_pool, fn, *args),
             read_batches=max(1, config.read_threads),
         )
+        self.writer = Coalescer(reactor)
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000))
@@ -81,8 +83,9 @@ class Node(service.MultiService):
             if member.id != self.node_id:
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
                                                    handler=self.coordinator.handle_peer_request,
-                                                   max_frame=config.max_frame_size)
-        peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size)
+                                                   max_frame=config.max_frame_size, writer=self.writer)
+        peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
+                                         self.writer)
         for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged

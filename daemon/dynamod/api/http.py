@@ -117,7 +117,7 @@ class Api:
 
     def factory(self) -> HttpFactory:
         """The Twisted factory serving this API."""
-        return HttpFactory(self.handle, self.node.config.max_value_size)
+        return HttpFactory(self.handle, self.node.config.max_value_size, self.node.writer)
 
     def _route(self, request: HttpRequest) -> tuple[str, Any]:
         path, method = request.path, request.method

@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dynamod.net.writes import write_through
+from dynamod.net.writes import Coalescer, DirectWriter
 
 #: Request line plus headers larger than this are refused (431) and the connection closed.
 MAX_HEAD_BYTES = 64 * 1024
@@ -82,9 +82,10 @@ class HttpProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, handler: Handler, max_body: int):
+    def __init__(self, handler: Handler, max_body: int, writer: Coalescer | DirectWriter | None = None):
         self._handler = handler
         self._max_body = max_body
+        self._writer = writer or DirectWriter()
         self._parser = httptools.HttpRequestParser(self)
         self._queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
         self._busy = False
@@ -122,7 +123,7 @@ class HttpProtocol(Protocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         if not self._busy:
-            self.transport.write(HttpResponse.json(status, {"error": reason}).encode(keep_alive=False))
+            self._writer.write(self.transport, HttpResponse.json(status, {"error": reason}).encode(keep_alive=False))
         self._closed = True
         self.transport.loseConnection()
 
@@ -193,7 +194,7 @@ class HttpProtocol(Protocol):
         self._busy = False
         if self._closed:
             return
-        write_through(self.transport, response.encode(keep_alive))
+        self._writer.write(self.transport, response.encode(keep_alive))
         if not keep_alive:
             self._closed = True
             self.transport.loseConnection()
@@ -210,11 +211,12 @@ class HttpFactory(Factory):
 
     noisy = False
 
-    def __init__(self, handler: Handler, max_body: int):
+    def __init__(self, handler: Handler, max_body: int, writer: Coalescer | None = None):
         self.handler = handler
         self.max_body = max_body
+        self.writer = writer
 
     def buildProtocol(self, addr: Any) -> HttpProtocol:
-        protocol = HttpProtocol(self.handler, self.max_body)
+        protocol = HttpProtocol(self.handler, self.max_body, self.writer)
         protocol.factory = self
         return protocol

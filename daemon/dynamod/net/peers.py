@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 
 from dynamod.net.protocol import DEFAULT_MAX_FRAME, PeerProtocol, PeerUnavailable, RequestHandler
+from dynamod.net.writes import Coalescer
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -32,13 +33,15 @@ class PeerServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, handler: RequestHandler, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME):
+    def __init__(self, handler: RequestHandler, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME,
+                 writer: Coalescer | None = None):
         self.handler = handler
         self.clock = clock
         self.max_frame = max_frame
+        self.writer = writer
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
-        protocol = PeerProtocol(self.handler, self.clock, self.max_frame)
+        protocol = PeerProtocol(self.handler, self.clock, self.max_frame, self.writer)
         protocol.factory = self
         return protocol
 
@@ -67,7 +70,7 @@ class _ClientFactory(Factory):
         self.client = client
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
-        protocol = PeerProtocol(self.client.handler, self.client.clock, self.client.max_frame)
+        protocol = PeerProtocol(self.client.handler, self.client.clock, self.client.max_frame, self.client.writer)
         protocol.on_connected = self.client._connected
         protocol.on_disconnected = self.client._disconnected
         protocol.factory = self
@@ -79,12 +82,13 @@ class PeerClient:
 
     def __init__(self, peer_id: str, address: str, reactor: IReactorTCP, *, clock: IReactorTime | None = None,
                  handler: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 max_backoff: float = 1.0):
+                 max_backoff: float = 1.0, writer: Coalescer | None = None):
         self.peer_id = peer_id
         self.address = address
         self.clock = clock or reactor
         self.handler = handler
         self.max_frame = max_frame
+        self.writer = writer
         self.protocol: PeerProtocol | None = None
         self.last_error: str | None = None
         host, port = split_host_port(address)

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from dynamod.net.writes import write_through
+from dynamod.net.writes import Coalescer, DirectWriter
 
 REQUEST, RESPONSE, ERROR = 0, 1, 2
 
@@ -78,9 +78,11 @@ class PeerProtocol(Int32StringReceiver):
 
     log = Logger()
 
-    def __init__(self, handler: RequestHandler | None, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME):
+    def __init__(self, handler: RequestHandler | None, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME,
+                 writer: Coalescer | DirectWriter | None = None):
         self.handler = handler
         self.clock = clock
+        self.writer = writer or DirectWriter()
         self.MAX_LENGTH = max_frame
         self._ids = itertools.count(1)
         self._pending: dict[int, defer.Deferred] = {}
@@ -101,7 +103,7 @@ class PeerProtocol(Int32StringReceiver):
             self.on_disconnected(self)
 
     def sendString(self, string: bytes) -> None:
-        write_through(self.transport, struct.pack("!I", len(string)) + string)
+        self.writer.write(self.transport, struct.pack("!I", len(string)) + string)
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.log.warn("peer {peer} sent a {length}-byte frame over the {limit}-byte limit; closing",

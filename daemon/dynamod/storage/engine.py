@@ -67,7 +67,7 @@ class StorageEngine(abc.ABC):
     def close(self) -> None:
         """Flush and release everything."""
 
-    def maintain(self) -> None:
+    def maintain(self) -> None:  # noqa: B027 - a no-op unless the engine needs housekeeping
         """Periodic housekeeping (checkpoints); called on the writer thread between batches."""
 
     def read(self, key: bytes) -> Record | None:
