@@ -13,9 +13,7 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
@@ -27,6 +25,7 @@ from dynamod.net.writes import Coalescer
 from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
+from dynamod.storage.threads import WorkerThreads
 
 VERSION = "0.1.0"
 #: Seconds between storage housekeeping runs (Berkeley DB checkpoints).
@@ -64,15 +63,13 @@ class Node(service.MultiService):
                                        max_context_entries=config.max_context_entries)
         self.ring = Ring.initial(config.member_ids, config.partitions)
         self.engine = engine or open_engine(config)
-        self._read_pool = ThreadPool(minthreads=max(1, config.read_threads),
-                                     maxthreads=max(1, config.read_threads), name="dynamod-read")
+        self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
         # One writer thread: every Berkeley DB transaction begins and commits inside one call.
-        self._write_pool = ThreadPool(minthreads=1, maxthreads=1, name="dynamod-write")
+        self._write_pool = WorkerThreads(reactor, 1, name="dynamod-write")
         self.store = Store(
             self.engine,
-            reader=(lambda fn, *args: deferToThreadPool(reactor, self._read_pool, fn, *args))
-            if config.read_threads else run_synchronously,
-            writer=lambda fn, *args: deferToThreadPool(reactor, self._write_pool, fn, *args),
+            reader=self._read_pool.run if config.read_threads else run_synchronously,
+            writer=self._write_pool.run,
             read_batches=max(1, config.read_threads),
         )
         self.writer = Coalescer(reactor)

@@ -41,19 +41,24 @@ def context_to_wire(context: CausalContext) -> list:
 
 
 def context_from_wire(data: Any) -> CausalContext:
-    """Inverse of ``context_to_wire``, validating every field."""
-    _require(isinstance(data, list) and len(data) == 2, "context must be [vector, cloud]")
+    """Inverse of ``context_to_wire``, validating every field (``type(x) is int`` also refuses bools)."""
+    if type(data) is not list or len(data) != 2:
+        raise DecodeError("context must be [vector, cloud]")
     vector, cloud = data
-    _require(isinstance(vector, dict), "context vector must be a map")
+    if type(vector) is not dict:
+        raise DecodeError("context vector must be a map")
     for actor, n in vector.items():
-        _require(isinstance(actor, str) and isinstance(n, int) and not isinstance(n, bool) and n > 0,
-                 "context vector entries must be actor -> positive int")
-    _require(isinstance(cloud, list), "context cloud must be a list")
+        if type(actor) is not str or type(n) is not int or n <= 0:
+            raise DecodeError("context vector entries must be actor -> positive int")
+    if type(cloud) is not list:
+        raise DecodeError("context cloud must be a list")
+    if not cloud:
+        return CausalContext(vector=vector, cloud=frozenset())
     dots = []
     for dot in cloud:
-        _require(isinstance(dot, list) and len(dot) == 2 and isinstance(dot[0], str)
-                 and isinstance(dot[1], int) and not isinstance(dot[1], bool) and dot[1] > 0,
-                 "context cloud entries must be [actor, positive int]")
+        if type(dot) is not list or len(dot) != 2 or type(dot[0]) is not str or type(dot[1]) is not int \
+                or dot[1] <= 0:
+            raise DecodeError("context cloud entries must be [actor, positive int]")
         dots.append((dot[0], dot[1]))
     return CausalContext.of(vector, dots)
 
@@ -89,12 +94,17 @@ def sibling_to_wire(sibling: Sibling) -> list:
 
 def sibling_from_wire(data: Any) -> Sibling:
     """Inverse of ``sibling_to_wire``, validating every field."""
-    _require(isinstance(data, list) and len(data) == 6, "sibling must have 6 fields")
+    if type(data) is not list or len(data) != 6:
+        raise DecodeError("sibling must have 6 fields")
     actor, counter, past, value, deleted, timestamp = data
-    _require(isinstance(actor, str) and isinstance(counter, int) and counter > 0, "bad sibling dot")
-    _require(isinstance(value, bytes), "sibling value must be bytes")
-    _require(isinstance(deleted, bool), "sibling deleted flag must be a bool")
-    _require(isinstance(timestamp, int) and not isinstance(timestamp, bool), "bad sibling timestamp")
+    if type(actor) is not str or type(counter) is not int or counter <= 0:
+        raise DecodeError("bad sibling dot")
+    if type(value) is not bytes:
+        raise DecodeError("sibling value must be bytes")
+    if type(deleted) is not bool:
+        raise DecodeError("sibling deleted flag must be a bool")
+    if type(timestamp) is not int:
+        raise DecodeError("bad sibling timestamp")
     return Sibling(dot=(actor, counter), past=context_from_wire(past), value=value,
                    deleted=deleted, timestamp=timestamp)
 

@@ -86,6 +86,10 @@ class PeerProtocol(Int32StringReceiver):
         self.MAX_LENGTH = max_frame
         self._ids = itertools.count(1)
         self._pending: dict[int, defer.Deferred] = {}
+        # request id -> (deadline, timeout); one timer for the earliest deadline instead of one
+        # timer per request (scheduling and cancelling a timer per message showed in profiles).
+        self._deadlines: dict[int, tuple[float, float]] = {}
+        self._sweep: Any = None
         self.on_connected: Callable[[PeerProtocol], None] | None = None
         self.on_disconnected: Callable[[PeerProtocol], None] | None = None
 
@@ -97,6 +101,9 @@ class PeerProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
         for waiter in pending.values():
             waiter.errback(PeerUnavailable(f"connection lost: {reason.getErrorMessage()}"))
         if self.on_disconnected:
@@ -115,21 +122,30 @@ class PeerProtocol(Int32StringReceiver):
         request_id = next(self._ids)
         waiter: defer.Deferred = defer.Deferred()
         self._pending[request_id] = waiter
-        timer = self.clock.callLater(timeout, self._expire, request_id, timeout)
-
-        def cancel_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        waiter.addBoth(cancel_timer)
+        deadline = self.clock.seconds() + timeout
+        self._deadlines[request_id] = (deadline, timeout)
+        if self._sweep is None or not self._sweep.active() or deadline < self._sweep.getTime():
+            self._schedule_sweep(deadline)
         self.sendString(encode_frame([REQUEST, request_id, op, payload]))
         return waiter
 
-    def _expire(self, request_id: int, timeout: float) -> None:
-        waiter = self._pending.pop(request_id, None)
-        if waiter is not None:
-            waiter.errback(PeerTimeout(f"no answer within {timeout:.3f}s"))
+    def _schedule_sweep(self, when: float) -> None:
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail every request past its deadline, then wait for the next deadline."""
+        now = self.clock.seconds()
+        self._sweep = None
+        expired = [rid for rid, (deadline, _) in self._deadlines.items() if deadline <= now]
+        for request_id in expired:
+            _, timeout = self._deadlines.pop(request_id)
+            waiter = self._pending.pop(request_id, None)
+            if waiter is not None:
+                waiter.errback(PeerTimeout(f"no answer within {timeout:.3f}s"))
+        if self._deadlines:
+            self._schedule_sweep(min(deadline for deadline, _ in self._deadlines.values()))
 
     def stringReceived(self, frame: bytes) -> None:
         try:
@@ -145,6 +161,7 @@ class PeerProtocol(Int32StringReceiver):
         waiter = self._pending.pop(message[1], None)
         if waiter is None:
             return  # answered after its timeout: nobody waits for it any more
+        self._deadlines.pop(message[1], None)
         if message[0] == RESPONSE:
             waiter.callback(message[2])
         else:
