@@ -28,8 +28,8 @@ from dynamod.storage.store import Store, run_synchronously
 from dynamod.storage.threads import WorkerThreads
 
 VERSION = "0.1.0"
-#: Seconds between storage housekeeping runs (Berkeley DB checkpoints).
-MAINTENANCE_INTERVAL = 10.0
+#: Seconds between storage housekeeping runs (Berkeley DB trickle and checkpoint).
+MAINTENANCE_INTERVAL = 2.0
 
 
 def open_engine(config: NodeConfig) -> StorageEngine:
@@ -66,10 +66,12 @@ class Node(service.MultiService):
         self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
         # One writer thread: every Berkeley DB transaction begins and commits inside one call.
         self._write_pool = WorkerThreads(reactor, 1, name="dynamod-write")
+        self._housekeeping_pool = WorkerThreads(reactor, 1, name="dynamod-housekeeping")
         self.store = Store(
             self.engine,
             reader=self._read_pool.run if config.read_threads else run_synchronously,
             writer=self._write_pool.run,
+            housekeeper=self._housekeeping_pool.run,
             read_batches=max(1, config.read_threads),
         )
         self.writer = Coalescer(reactor)
@@ -89,8 +91,8 @@ class Node(service.MultiService):
             listener.setServiceParent(self)
 
     def startService(self) -> None:
-        self._read_pool.start()
-        self._write_pool.start()
+        for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):
+            pool.start()
         super().startService()
         self._maintenance = task.LoopingCall(self._maintain)
         self._maintenance.clock = self.reactor
@@ -113,8 +115,8 @@ class Node(service.MultiService):
         yield super().stopService()
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
         yield self.store.drain()
-        self._read_pool.stop()
-        self._write_pool.stop()
+        for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):
+            pool.stop()
         self.store.close()
         self.log.info("node {node} stopped", node=self.node_id)
 

@@ -68,7 +68,7 @@ class StorageEngine(abc.ABC):
         """Flush and release everything."""
 
     def maintain(self) -> None:  # noqa: B027 - a no-op unless the engine needs housekeeping
-        """Periodic housekeeping (checkpoints); called on the writer thread between batches."""
+        """Periodic housekeeping (checkpoints); runs on its own thread, concurrently with batches."""
 
     def read(self, key: bytes) -> Record | None:
         """The decoded record for ``key``; raises ``CorruptRecord`` when it does not decode."""
