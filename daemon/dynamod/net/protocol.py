@@ -171,16 +171,23 @@ class PeerProtocol(Int32StringReceiver):
         if self.handler is None:
             self.sendString(encode_frame([ERROR, request_id, "this side serves no requests"]))
             return
-        result = defer.maybeDeferred(self.handler, op, payload)
+        try:
+            result = self.handler(op, payload)
+        except Exception:  # noqa: BLE001 - answered as an error
+            self._reply_error(Failure(), request_id, op)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(self._reply, self._reply_error, callbackArgs=(request_id,),
+                                errbackArgs=(request_id, op))
+        else:
+            self._reply(result, request_id)
 
-        def reply(value: Any) -> None:
-            if self.transport is not None and self.connected:
-                self.sendString(encode_frame([RESPONSE, request_id, value]))
+    def _reply(self, value: Any, request_id: int) -> None:
+        if self.connected:
+            self.sendString(encode_frame([RESPONSE, request_id, value]))
 
-        def reply_error(failure: Failure) -> None:
-            if not failure.check(PeerError, ValueError, KeyError):
-                self.log.failure("peer request {op} failed", failure, op=op)
-            if self.transport is not None and self.connected:
-                self.sendString(encode_frame([ERROR, request_id, failure.getErrorMessage()]))
-
-        result.addCallbacks(reply, reply_error)
+    def _reply_error(self, failure: Failure, request_id: int, op: str) -> None:
+        if not failure.check(PeerError, ValueError, KeyError):
+            self.log.failure("peer request {op} failed", failure, op=op)
+        if self.connected:
+            self.sendString(encode_frame([ERROR, request_id, failure.getErrorMessage()]))

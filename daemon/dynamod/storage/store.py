@@ -66,14 +66,12 @@ class Store:
         self._flush_reads()
         return done
 
-    def get_raw(self, key: bytes) -> defer.Deferred:
-        """Fires with the stored bytes of ``key`` (or None), undecoded: a replica answering a peer's
-        read passes them on and the coordinator decodes (and validates) them once."""
+    def get_raw(self, key: bytes) -> bytes | None | defer.Deferred:
+        """The stored bytes of ``key`` (or None), undecoded: a replica answering a peer's read
+        passes them on and the coordinator decodes (and validates) them once. Read at once when
+        reads run inline, else a Deferred."""
         if self._reader is run_synchronously:
-            try:
-                return defer.succeed(self.engine.read_raw(key))
-            except Exception:  # noqa: BLE001 - engine errors go to the caller
-                return defer.fail()
+            return self.engine.read_raw(key)
         return self._reader(self.engine.read_raw, key)
 
     def _flush_reads(self) -> None:
