@@ -70,7 +70,7 @@ def make_cluster(size: int = 3, *, n: int = 3, r: int = 2, w: int = 2, partition
     settings = QuorumSettings(n=n, r=r, w=w, lww=lww, timeout=timeout)
     for node_id in ids:
         peers = {other: SimPeer(network, node_id, other) for other in ids if other != node_id}
-        store = Store(MemoryEngine(node_id))
+        store = Store(MemoryEngine(), node_id)
         network.nodes[node_id] = Coordinator(node_id, ring, store, peers, settings, clock,
                                              wall_clock_ms=lambda: int(clock.seconds() * 1000))
     return network, clock

@@ -35,10 +35,10 @@ MAINTENANCE_INTERVAL = 2.0
 def open_engine(config: NodeConfig) -> StorageEngine:
     """The configured storage engine (Berkeley DB unless ``engine = "memory"``)."""
     if config.engine == "memory":
-        return MemoryEngine(config.node_id)
+        return MemoryEngine()
     from dynamod.storage.bdb import BerkeleyEngine
 
-    return BerkeleyEngine(config.data_dir, config.node_id, sync=config.sync, cache_mb=config.bdb_cache_mb)
+    return BerkeleyEngine(config.data_dir, sync=config.sync, cache_mb=config.bdb_cache_mb)
 
 
 def _listen_description(address: str) -> str:
@@ -68,10 +68,11 @@ class Node(service.MultiService):
         self._write_pool = WorkerThreads(reactor, 1, name="dynamod-write")
         self._housekeeping_pool = WorkerThreads(reactor, 1, name="dynamod-housekeeping")
         self.store = Store(
-            self.engine,
+            self.engine, self.node_id,
             reader=self._read_pool.run if config.read_threads else run_synchronously,
             writer=self._write_pool.run,
             housekeeper=self._housekeeping_pool.run,
+            on_batch=self._observe_batch,
             read_batches=max(1, config.read_threads),
         )
         self.writer = Coalescer(reactor)
@@ -89,6 +90,10 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
 
     def startService(self) -> None:
         for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):

@@ -1,14 +1,18 @@
-"""One conformance suite, run against every storage engine (memory and Berkeley DB)."""
+"""One conformance suite, run against every storage engine (memory and Berkeley DB), and the
+Store's update semantics (staging, group commit, actor allocation) on top of each."""
 
 from __future__ import annotations
 
 import pytest
+from twisted.internet import defer
 
+from dynamod.core.encoding import encode_record
 from dynamod.core.versions import CausalContext, Record, Sibling, merge_into
 from dynamod.storage.bdb import BerkeleyEngine
 from dynamod.storage.engine import CorruptRecord
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store
+from tests.sim import fired
 
 
 @pytest.fixture(params=["memory", "bdb"])
@@ -17,9 +21,9 @@ def make_engine(request, tmp_path):
 
     def make(data_dir=None):
         if request.param == "memory":
-            engine = MemoryEngine("n1")
+            engine = MemoryEngine()
         else:
-            engine = BerkeleyEngine(str(data_dir or tmp_path / "data"), "n1", sync=True)
+            engine = BerkeleyEngine(str(data_dir or tmp_path / "data"), sync=True)
         opened.append(engine)
         return engine
 
@@ -36,123 +40,155 @@ def version(actor: str, counter: int, value: bytes) -> Sibling:
     return Sibling(dot=(actor, counter), past=CausalContext(), value=value)
 
 
-def put(engine, key: bytes, *siblings: Sibling):
-    return engine.apply_batch([(key, lambda record, _: (merge_into(record, siblings), None))])
+def record_of(*siblings: Sibling) -> Record:
+    return Record(siblings=tuple(siblings))
+
+
+# -- engines -------------------------------------------------------------------------------
 
 
 def test_missing_key_reads_as_none(make_engine):
     assert make_engine().read(b"nothing") is None
 
 
-def test_update_then_read(make_engine):
+def test_a_batch_writes_and_deletes(make_engine):
     engine = make_engine()
-    put(engine, b"k", version("a", 1, b"x"))
-    assert engine.read(b"k").siblings == (version("a", 1, b"x"),)
+    engine.write_batch([(b"a", encode_record(record_of(version("x", 1, b"1")))),
+                        (b"b", encode_record(record_of(version("x", 2, b"2"))))])
+    engine.write_batch([(b"a", None), (b"missing", None)])
+    assert engine.read(b"a") is None
+    assert engine.read(b"b") == record_of(version("x", 2, b"2"))
+    assert sorted(engine.keys()) == [b"b"]
 
 
-def test_updates_of_one_key_in_one_batch_see_each_other(make_engine):
+def test_the_epoch_only_grows(make_engine):
     engine = make_engine()
-    results = engine.apply_batch([
-        (b"k", lambda record, _: (merge_into(record, [version("a", 1, b"x")]), 1)),
-        (b"k", lambda record, _: (merge_into(record, [version("b", 1, b"y")]), len(record.siblings))),
-    ])
-    assert results == [1, 1]
-    assert len(engine.read(b"k").siblings) == 2
-
-
-def test_a_failing_update_skips_only_itself(make_engine):
-    engine = make_engine()
-
-    def boom(record, _):
-        raise ValueError("no")
-
-    results = engine.apply_batch([(b"a", boom), (b"b", lambda record, _: (Record(), "ok"))])
-    assert isinstance(results[0], ValueError) and results[1] == "ok"
-    assert engine.read(b"a") is None and engine.read(b"b") == Record()
-
-
-def test_returning_none_deletes(make_engine):
-    engine = make_engine()
-    put(engine, b"k", version("a", 1, b"x"))
-    engine.apply_batch([(b"k", lambda record, _: (None, None))])
-    assert engine.read(b"k") is None
-
-
-def test_allocated_actors_are_fresh_and_carry_the_incarnation(make_engine):
-    engine = make_engine()
-    actors = engine.apply_batch([(b"k%d" % i, lambda record, allocate: (Record(), allocate())) for i in range(3)])
-    assert len(set(actors)) == 3
-    assert all(actor.startswith(f"n1~{engine.incarnation}.") for actor in actors)
-
-
-def test_keys_lists_what_is_stored(make_engine):
-    engine = make_engine()
-    for key in (b"b", b"a"):
-        put(engine, key, version("a", 1, key))
-    assert sorted(engine.keys()) == [b"a", b"b"]
+    engine.write_batch([], epoch=5)
+    engine.write_batch([], epoch=3)
+    assert engine.epoch == 5
 
 
 def test_corrupt_record_is_reported_not_dropped(make_engine):
     engine = make_engine()
-    engine.apply_batch([(b"k", lambda record, _: (Record(), None))])
-    if make_engine.kind == "memory":
-        engine.data[b"k"] = b"\xc1garbage"
-    else:
-        engine.records.put(b"k", b"\xc1garbage")
+    engine.write_batch([(b"k", b"\xc1garbage")])
     with pytest.raises(CorruptRecord):
         engine.read(b"k")
-    result = engine.apply_batch([(b"k", lambda record, _: (Record(), None))])
-    assert isinstance(result[0], CorruptRecord)
+    [result] = engine.read_many([b"k"])
+    assert isinstance(result, CorruptRecord)
 
 
-def test_store_groups_queued_updates_into_one_batch(make_engine):
-    engine = make_engine()
-    held = []
-    store = Store(engine, writer=lambda fn, *args: held.append((fn, args)) or _deferred_for(held))
-    results = []
-    for i in range(5):
-        store.update(b"k%d" % i, lambda record, _, i=i: (Record(), i)).addCallback(results.append)
-    assert store.batches == 1  # the first update went alone; four are waiting for its commit
-    _release(held)
-    assert store.batches == 2
-    _release(held)
-    assert results == [0, 1, 2, 3, 4]
-
-
-def _deferred_for(held):
-    from twisted.internet import defer
-
-    d = defer.Deferred()
-    held[-1] = (*held[-1], d)
-    return d
-
-
-def _release(held):
-    fn, args, d = held.pop(0)
-    d.callback(fn(*args))
-
-
-def test_bdb_survives_reopen_with_same_incarnation(tmp_path):
-    engine = BerkeleyEngine(str(tmp_path / "d"), "n1")
-    put(engine, b"k", version("a", 1, b"x"))
-    actor = engine.apply_batch([(b"j", lambda record, allocate: (Record(), allocate()))])[0]
+def test_bdb_survives_reopen_with_same_incarnation_and_epoch(tmp_path):
+    engine = BerkeleyEngine(str(tmp_path / "d"))
+    engine.write_batch([(b"k", encode_record(record_of(version("a", 1, b"x"))))], epoch=7)
     incarnation = engine.incarnation
     engine.close()
-    again = BerkeleyEngine(str(tmp_path / "d"), "n1")
+    again = BerkeleyEngine(str(tmp_path / "d"))
     try:
-        assert again.incarnation == incarnation
-        assert again.read(b"k").siblings == (version("a", 1, b"x"),)
-        next_actor = again.apply_batch([(b"j", lambda record, allocate: (record, allocate()))])[0]
-        assert next_actor != actor
+        assert (again.incarnation, again.epoch) == (incarnation, 7)
+        assert again.read(b"k") == record_of(version("a", 1, b"x"))
     finally:
         again.close()
 
 
 def test_bdb_wiped_dir_gets_a_new_incarnation(tmp_path):
-    first = BerkeleyEngine(str(tmp_path / "a"), "n1")
-    second = BerkeleyEngine(str(tmp_path / "b"), "n1")
+    first = BerkeleyEngine(str(tmp_path / "a"))
+    second = BerkeleyEngine(str(tmp_path / "b"))
     try:
         assert first.incarnation != second.incarnation
     finally:
         first.close()
         second.close()
+
+
+# -- the store on each engine ----------------------------------------------------------------
+
+
+class HeldWriter:
+    """A writer runner whose batches commit only when the test says so."""
+
+    def __init__(self):
+        self.held: list[tuple] = []
+
+    def __call__(self, fn, *args):
+        waiter = defer.Deferred()
+        self.held.append((fn, args, waiter))
+        return waiter
+
+    def commit_next(self):
+        fn, args, waiter = self.held.pop(0)
+        waiter.callback(fn(*args))
+
+    def fail_next(self):
+        _, _, waiter = self.held.pop(0)
+        waiter.errback(RuntimeError("disk full"))
+
+
+def merge(*siblings: Sibling):
+    return lambda record, _: (merge_into(record, siblings), len(merge_into(record, siblings).siblings))
+
+
+def test_update_then_get(make_engine):
+    store = Store(make_engine(), "n1")
+    assert fired(store.update(b"k", merge(version("a", 1, b"x")))) == 1
+    assert fired(store.get(b"k")).siblings == (version("a", 1, b"x"),)
+
+
+def test_updates_see_earlier_uncommitted_updates_and_commit_in_groups(make_engine):
+    engine = make_engine()
+    writer = HeldWriter()
+    store = Store(engine, "n1", writer=writer)
+    results = []
+    for i in range(5):
+        store.update(b"k", merge(version("a", i + 1, b"%d" % i))).addCallback(results.append)
+    assert results == [] and store.batches == 1  # the first went alone; four wait for its commit
+    assert fired(store.get(b"k")).siblings[-1].value == b"4"  # reads see staged versions
+    writer.commit_next()
+    assert results == [1] and store.batches == 2
+    writer.commit_next()
+    assert results == [1, 2, 3, 4, 5]
+    assert len(engine.read(b"k").siblings) == 5
+
+
+def test_a_failed_batch_fails_its_updates_and_unstages_them(make_engine):
+    engine = make_engine()
+    writer = HeldWriter()
+    store = Store(engine, "n1", writer=writer)
+    failures = []
+    store.update(b"k", merge(version("a", 1, b"x"))).addErrback(failures.append)
+    writer.fail_next()
+    assert len(failures) == 1
+    assert fired(store.get(b"k")) is None
+
+
+def test_a_raising_update_stages_nothing(make_engine):
+    store = Store(make_engine(), "n1")
+
+    def boom(record, _):
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        fired(store.update(b"a", boom))
+    assert fired(store.get(b"a")) is None
+
+
+def test_an_update_on_a_corrupt_record_fails(make_engine):
+    engine = make_engine()
+    engine.write_batch([(b"k", b"\xc1garbage")])
+    store = Store(engine, "n1")
+    with pytest.raises(CorruptRecord):
+        fired(store.update(b"k", merge(version("a", 1, b"x"))))
+
+
+def test_allocated_actors_are_fresh_across_restarts(tmp_path):
+    engine = BerkeleyEngine(str(tmp_path / "d"))
+    store = Store(engine, "n1")
+    first = fired(store.update(b"k", lambda record, allocate: (Record(), allocate())))
+    second = fired(store.update(b"j", lambda record, allocate: (Record(), allocate())))
+    assert first != second and first.startswith(f"n1~{engine.incarnation}.")
+    engine.close()
+    again = BerkeleyEngine(str(tmp_path / "d"))
+    try:
+        third = fired(Store(again, "n1").update(b"x", lambda record, allocate: (Record(), allocate())))
+        assert third not in (first, second)
+    finally:
+        again.close()

@@ -23,5 +23,10 @@ class NodeMetrics:
                                      registry=self.registry)
         self.storage_updates = Gauge("dynamod_storage_updates", "record updates since start",
                                      registry=self.registry)
+        self.batch_seconds = Histogram("dynamod_storage_batch_seconds",
+                                       "time from handing a batch to the writer to its commit",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("dynamod_storage_batch_size", "updates per group commit",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.peers_reachable = Gauge("dynamod_peers_reachable", "peers with an open connection",
                                      registry=self.registry)

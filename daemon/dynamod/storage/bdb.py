@@ -10,14 +10,13 @@ run on any thread; every transaction begins and commits inside one ``apply_batch
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from collections.abc import Iterator
 
 from bsddb3 import db
 
-from dynamod.storage.engine import StorageEngine, new_incarnation
+from dynamod.storage.engine import StorageEngine, Write, new_incarnation
 
 _INCARNATION = b"incarnation"
 _EPOCH = b"epoch"
@@ -29,35 +28,10 @@ _TRICKLE_PERCENT = 20
 _DEADLOCK_RETRIES = 5
 
 
-class _BerkeleyTransaction:
-    def __init__(self, engine: BerkeleyEngine, txn):
-        self._engine = engine
-        self._txn = txn
-        self.epoch = engine.epoch
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._engine.records.get(key, txn=self._txn)
-
-    def put(self, key: bytes, raw: bytes) -> None:
-        self._engine.records.put(key, raw, txn=self._txn)
-
-    def delete(self, key: bytes) -> None:
-        try:
-            self._engine.records.delete(key, txn=self._txn)
-        except db.DBNotFoundError:
-            pass
-
-    def next_epoch(self) -> int:
-        self.epoch += 1
-        self._engine.meta.put(_EPOCH, struct.pack(">Q", self.epoch), txn=self._txn)
-        return self.epoch
-
-
 class BerkeleyEngine(StorageEngine):
     """Records in a Berkeley DB B-tree inside a transactional environment."""
 
-    def __init__(self, data_dir: str, node_id: str, *, sync: bool = True, cache_mb: int = 64):
-        self.node_id = node_id
+    def __init__(self, data_dir: str, *, sync: bool = True, cache_mb: int = 64):
         self.data_dir = data_dir
         os.makedirs(data_dir, exist_ok=True)
         self.env = db.DBEnv()
@@ -112,17 +86,25 @@ class BerkeleyEngine(StorageEngine):
                     raise
         return None
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_BerkeleyTransaction]:
+    def write_batch(self, writes: list[Write], epoch: int | None = None) -> None:
         txn = self.env.txn_begin()
-        handle = _BerkeleyTransaction(self, txn)
         try:
-            yield handle
+            for key, raw in writes:
+                if raw is None:
+                    try:
+                        self.records.delete(key, txn=txn)
+                    except db.DBNotFoundError:
+                        pass
+                else:
+                    self.records.put(key, raw, txn=txn)
+            if epoch is not None and epoch > self.epoch:
+                self.meta.put(_EPOCH, struct.pack(">Q", epoch), txn=txn)
         except BaseException:
             txn.abort()
             raise
         txn.commit()
-        self.epoch = handle.epoch
+        if epoch is not None and epoch > self.epoch:
+            self.epoch = epoch
 
     def maintain(self) -> None:
         """Checkpoint when enough log has accumulated, so recovery stays short and old log files

@@ -1,9 +1,10 @@
 """The storage engine seam: what a replica needs from a local key-value store.
 
-An engine stores one encoded ``Record`` per key. Engines are synchronous and may block (Berkeley
-DB commits with fsync); ``dynamod.storage.store.Store`` runs them off the reactor thread and
-gathers concurrent updates into one transaction (group commit). Every engine passes the same
-conformance suite (tests/unit/test_storage_conformance.py).
+An engine stores one encoded ``Record`` per key and writes batches of encoded records in one
+transaction. Engines are synchronous and may block (Berkeley DB commits with fsync);
+``dynamod.storage.store.Store`` computes new records on the event loop and hands the engine only
+bytes to write, off the reactor thread, grouped into one transaction per batch (group commit).
+Every engine passes the same conformance suite (tests/unit/test_storage_conformance.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dynamod.core.encoding import DecodeError, decode_record, encode_record
+from dynamod.core.encoding import DecodeError, decode_record
 from dynamod.core.versions import Record
 
 #: ``fn(record_or_None, allocate_actor) -> (new_record_or_None, result)``: a pure update of one key.
 UpdateFn = Callable[[Record | None, Callable[[], str]], tuple[Record | None, Any]]
+
+#: One batch entry: the key and its new encoded record, or None to delete it.
+Write = tuple[bytes, bytes | None]
 
 
 class CorruptRecord(Exception):
@@ -45,19 +49,22 @@ def decode_stored(key: bytes, raw: bytes | None) -> Record | None:
 
 
 class StorageEngine(abc.ABC):
-    """A local, durable map from key to encoded record with one-transaction batch updates."""
+    """A local, durable map from key to encoded record, written in atomic batches.
 
-    node_id: str
+    ``incarnation`` is fresh for an empty data dir; ``epoch`` is the highest actor epoch a
+    committed batch recorded (see ``Store``'s actor allocation)."""
+
     incarnation: str
+    epoch: int
 
     @abc.abstractmethod
     def read_raw(self, key: bytes) -> bytes | None:
-        """The stored bytes for ``key``, or None."""
+        """The stored bytes for ``key``, or None. Never waits for an in-flight batch."""
 
     @abc.abstractmethod
-    def _transaction(self) -> Any:
-        """Context manager yielding a transaction handle ``txn`` with ``get(key)``, ``put(key, raw)``,
-        ``delete(key)`` and ``next_epoch()``; commits on success, aborts on exception."""
+    def write_batch(self, writes: list[Write], epoch: int | None = None) -> None:
+        """Apply every write, and record ``epoch`` if given, in one durable transaction: all or
+        nothing."""
 
     @abc.abstractmethod
     def keys(self) -> Iterator[bytes]:
@@ -83,28 +90,4 @@ class StorageEngine(abc.ABC):
                 results.append(self.read(key))
             except Exception as exc:  # noqa: BLE001 - reported to that key's caller
                 results.append(exc)
-        return results
-
-    def apply_batch(self, updates: list[tuple[bytes, UpdateFn]]) -> list[Any]:
-        """Apply every update in order inside one transaction, then commit once.
-
-        Returns one entry per update: its result, or the exception it raised (that update alone
-        is skipped; a corrupt record fails only the updates of its key)."""
-        results: list[Any] = []
-        with self._transaction() as txn:
-            staged: dict[bytes, Record | None] = {}
-            for key, fn in updates:
-                try:
-                    current = staged[key] if key in staged else decode_stored(key, txn.get(key))
-                    new, result = fn(current, lambda: f"{self.node_id}~{self.incarnation}.{txn.next_epoch()}")
-                except Exception as exc:  # noqa: BLE001 - reported to that update's caller
-                    results.append(exc)
-                    continue
-                staged[key] = new
-                results.append(result)
-            for key, record in staged.items():
-                if record is None:
-                    txn.delete(key)
-                else:
-                    txn.put(key, encode_record(record))
         return results
