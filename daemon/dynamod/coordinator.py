@@ -134,30 +134,28 @@ class Coordinator:
                 max_context_entries=self.settings.max_context_entries)
             return new_record, (new_record.siblings, version)
 
-        def replicate(stamped: tuple[tuple[Sibling, ...], Sibling]) -> defer.Deferred:
-            siblings, version = stamped
-            core = PutCore(replicas, w)
-            core.add_ack(self.node_id)
-            # Packed once, sent to every replica.
-            wire = [key, packb(siblings_to_wire(siblings), use_bin_type=True)]
-            requests = [
-                (replica, self.peers[replica].call("put", wire, self.settings.timeout),
-                 lambda acked, _: core.add_ack(acked))
-                for replica in replicas if replica != self.node_id
-            ]
-            answer = self._drive(core, requests)
-            return answer.addCallback(lambda result: PutAnswer(result, version.clock()))
-
-        def local_failure(failure: Failure) -> PutAnswer:
+        try:
+            (siblings, version), committed = self.store.stage(key, stamp)
+        except Exception:  # noqa: BLE001 - a corrupt local record or a storage failure
+            failure = Failure()
             self.log.failure("local write of {key!r} failed", failure, key=key)
             core = PutCore(replicas, w)
             core.add_error(self.node_id, describe(failure))
             for replica in replicas:
                 if replica != self.node_id:
-                    core.add_error(replica, "not sent: the coordinator could not store the version")
-            return PutAnswer(core.response())
+                    core.add_error(replica, "not sent: the coordinator could not stage the version")
+            return defer.succeed(PutAnswer(core.response()))
+        core = PutCore(replicas, w)
+        # The local commit is one more replica acknowledgement: the other replicas get the new
+        # sibling set at once instead of after it (one commit round per PUT, not two in a row).
+        wire = [key, packb(siblings_to_wire(siblings), use_bin_type=True)]  # packed once for all
+        def ack(replica: str, _: Any) -> None:
+            core.add_ack(replica)
 
-        return self.store.update(key, stamp).addCallbacks(replicate, local_failure)
+        requests = [(self.node_id, committed, ack)]
+        requests += [(replica, self.peers[replica].call("put", wire, self.settings.timeout), ack)
+                     for replica in replicas if replica != self.node_id]
+        return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock()))
 
     def _forward_put(self, candidates: list[str], key: bytes, value: bytes, context: CausalContext,
                      w: int, deleted: bool) -> defer.Deferred:

@@ -138,17 +138,24 @@ class Store:
         transaction holding the new record has committed. Fails at once (and stages nothing)
         when fn raises or the stored record is corrupt."""
         try:
-            current = self._staged[key][0] if key in self._staged else self.engine.read(key)
-            new, result = fn(current, self.allocate_actor)
-            raw = None if new is None else encode_record(new)
+            _, committed = self.stage(key, fn)
         except Exception:  # noqa: BLE001 - reported to this update's caller
             return defer.fail()
+        return committed
+
+    def stage(self, key: bytes, fn: UpdateFn) -> tuple[Any, defer.Deferred]:
+        """Apply ``fn`` to the key's newest record now and queue the new record for commit.
+        Returns fn's result at once, and a Deferred that fires with it after the commit. Raises
+        (and stages nothing) when fn raises or the stored record is corrupt."""
+        current = self._staged[key][0] if key in self._staged else self.engine.read(key)
+        new, result = fn(current, self.allocate_actor)
+        raw = None if new is None else encode_record(new)
         self._sequence += 1
         self._staged[key] = (new, self._sequence)
-        done: defer.Deferred = defer.Deferred()
-        self._pending.append((key, raw, self._sequence, result, done))
+        committed: defer.Deferred = defer.Deferred()
+        self._pending.append((key, raw, self._sequence, result, committed))
         self._flush()
-        return done
+        return result, committed
 
     def _flush(self) -> None:
         if self._in_flight is not None or not self._pending:
