@@ -117,12 +117,12 @@ class Coordinator:
         replicas = self.replicas(key)
         if self.node_id not in replicas:
             return self._forward_put(list(replicas), key, value, context, w, deleted)
-        return self.coordinate_put(key, value, context, w, deleted)
+        return self.coordinate_put(key, value, context, w, deleted, replicas)
 
     def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
-                       deleted: bool) -> defer.Deferred:
+                       deleted: bool, replicas: tuple[str, ...] | None = None) -> defer.Deferred:
         """Stamp and store the version here, then replicate it to the other replicas."""
-        replicas = self.replicas(key)
+        replicas = replicas or self.replicas(key)
         if self.node_id not in replicas:
             return defer.fail(NotAReplica(f"{self.node_id} is not a replica of this key"))
         timestamp = self.wall_clock_ms()

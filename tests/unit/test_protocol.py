@@ -117,3 +117,20 @@ def test_disconnect_mid_message_fails_pending_calls():
     protocol.connectionLost(Failure(ConnectionError("peer went away")))
     with pytest.raises(PeerUnavailable):
         result_of(answer)
+
+
+def test_the_coalescer_sends_a_turns_writes_to_a_connection_together():
+    from dynamod.net.writes import Coalescer
+
+    clock = Clock()
+    coalescer = Coalescer(clock)
+    first, second = StringTransport(), StringTransport()
+    coalescer.write(first, b"a")
+    coalescer.write(second, b"x")
+    coalescer.write(first, b"b")
+    assert first.value() == b"" and second.value() == b""
+    clock.advance(0)
+    assert first.value() == b"ab" and second.value() == b"x"
+    coalescer.write(first, b"c")
+    clock.advance(0)
+    assert first.value() == b"abc"
