@@ -67,7 +67,7 @@ def merge_quantiles(runs: list[dict]) -> dict[str, float]:
 
 def run_wrk(targets: list[str], script: str, args: list[str], duration: int, connections: int) -> dict:
     """Run one wrk per target in parallel; returns combined figures."""
-    env = dict(os.environ, BENCH_DONE_LUA=str(HERE / "done.lua"))
+    env = dict(os.environ, BENCH_LUA_DIR=str(HERE))
     per_target = max(1, connections // len(targets))
     processes = [
         subprocess.Popen(["wrk", "-t1", f"-c{per_target}", f"-d{duration}s", "--timeout", "10s",

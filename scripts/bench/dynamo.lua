@@ -1,23 +1,9 @@
 -- wrk script: 50/50 GET of preloaded keys / PUT of fresh keys, 1 KiB values, against one dynamod node.
--- args: <preloaded key count> <fresh key prefix> [delay ms between requests per connection]
-local threads = {}
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
+dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 function init(args)
-  preloaded = tonumber(args[1])
-  prefix = args[2]
-  pause = tonumber(args[3] or "0")
+  read_args(args)
   value = string.rep("v", 1024)
-  counter = 0
-  math.randomseed(os.time() * 1000 + tid)
-end
-
-function delay()
-  return pause
 end
 
 function request()
@@ -28,5 +14,3 @@ function request()
   return wrk.format("PUT", "/kv/" .. prefix .. "-" .. tid .. "-" .. counter,
                     {["Content-Type"] = "application/octet-stream"}, value)
 end
-
-done = dofile(os.getenv("BENCH_DONE_LUA"))

@@ -1,6 +1,5 @@
 -- wrk script: the same mix against etcd's v3 JSON gateway (range of preloaded keys / put of fresh keys).
--- args: <preloaded key count> <fresh key prefix> [delay ms]
-local threads = {}
+dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 local function b64(data)
@@ -16,23 +15,10 @@ local function b64(data)
   end) .. ({ "", "==", "=" })[#data % 3 + 1])
 end
 
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-
 function init(args)
-  preloaded = tonumber(args[1])
-  prefix = args[2]
-  pause = tonumber(args[3] or "0")
+  read_args(args)
   value = b64(string.rep("v", 1024))
-  counter = 0
   headers = {["Content-Type"] = "application/json"}
-  math.randomseed(os.time() * 1000 + tid)
-end
-
-function delay()
-  return pause
 end
 
 function request()
@@ -44,5 +30,3 @@ function request()
   return wrk.format("POST", "/v3/kv/put", headers,
                     '{"key":"' .. b64(prefix .. "-" .. tid .. "-" .. counter) .. '","value":"' .. value .. '"}')
 end
-
-done = dofile(os.getenv("BENCH_DONE_LUA"))

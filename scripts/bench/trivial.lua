@@ -1,2 +1,2 @@
 -- wrk script: plain GET / (the twisted.web ceiling).
-done = dofile(os.getenv("BENCH_DONE_LUA"))
+done = dofile(os.getenv("BENCH_LUA_DIR") .. "/done.lua")

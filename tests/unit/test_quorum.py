@@ -16,7 +16,7 @@ def version(actor: str, counter: int = 1, past: CausalContext | None = None) -> 
 
 
 def test_put_succeeds_at_w_acks():
-    core = PutCore(REPLICAS, w=2)
+    core = PutCore(REPLICAS, needed=2)
     core.add_ack("n1")
     assert not core.done()
     core.add_ack("n2")
@@ -24,7 +24,7 @@ def test_put_succeeds_at_w_acks():
 
 
 def test_put_fails_as_soon_as_w_is_out_of_reach():
-    core = PutCore(REPLICAS, w=3)
+    core = PutCore(REPLICAS, needed=3)
     core.add_ack("n1")
     core.add_error("n2", "down")
     result = core.response()
@@ -32,7 +32,7 @@ def test_put_fails_as_soon_as_w_is_out_of_reach():
 
 
 def test_put_times_out_when_replicas_stay_silent():
-    core = PutCore(REPLICAS, w=2)
+    core = PutCore(REPLICAS, needed=2)
     core.add_ack("n1")
     core.timed_out()
     assert core.response().outcome is Outcome.FAILED
@@ -40,7 +40,7 @@ def test_put_times_out_when_replicas_stay_silent():
 
 
 def test_duplicate_acks_count_once():
-    core = PutCore(REPLICAS, w=2)
+    core = PutCore(REPLICAS, needed=2)
     core.add_ack("n1")
     core.add_ack("n1")
     assert not core.done()
@@ -48,7 +48,7 @@ def test_duplicate_acks_count_once():
 
 @given(st.lists(st.tuples(st.sampled_from(REPLICAS), st.booleans()), max_size=6), st.integers(1, 3))
 def test_put_outcome_matches_counts(events, w):
-    core = PutCore(REPLICAS, w=w)
+    core = PutCore(REPLICAS, needed=w)
     for replica, ok in events:
         (core.add_ack(replica) if ok else core.add_error(replica, "x"))
     acks, errors = len(core.acks), len(core.errors)
@@ -61,7 +61,7 @@ def test_get_answers_after_r_replies_with_reconciled_siblings():
     older = version("a")
     newer = version("b", past=older.clock())
     concurrent = version("c")
-    core = GetCore(REPLICAS, r=2)
+    core = GetCore(REPLICAS, needed=2)
     core.add_reply("n1", (older, concurrent))
     assert not core.done()
     core.add_reply("n2", (newer,))
@@ -72,14 +72,14 @@ def test_get_answers_after_r_replies_with_reconciled_siblings():
 
 
 def test_get_with_not_found_replies_is_an_empty_answer():
-    core = GetCore(REPLICAS, r=2)
+    core = GetCore(REPLICAS, needed=2)
     core.add_reply("n1", ())
     core.add_reply("n2", ())
     assert core.response().outcome is Outcome.OK and core.response().siblings == ()
 
 
 def test_get_fails_when_r_is_out_of_reach():
-    core = GetCore(REPLICAS, r=3)
+    core = GetCore(REPLICAS, needed=3)
     core.add_reply("n1", ())
     core.add_error("n3", "down")
     assert core.response().outcome is Outcome.FAILED

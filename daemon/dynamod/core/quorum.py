@@ -43,23 +43,20 @@ def validate_quorum(n: int, value: int, name: str) -> None:
 
 
 @attrs.define
-class PutCore:
-    """Counts write acknowledgements until W arrive, or until W can no longer be reached."""
+class _QuorumCore:
+    """What PUT and GET share: ``needed`` successes out of ``replicas``, failures, a deadline."""
 
     replicas: Sequence[str]
-    w: int
-    acks: set[str] = attrs.field(factory=set)
+    needed: int
     errors: dict[str, str] = attrs.field(factory=dict)
     _timed_out: bool = False
 
-    def add_ack(self, replica: str) -> None:
-        """A replica durably stored the version."""
-        if replica not in self.errors:
-            self.acks.add(replica)
+    def _answered(self) -> set[str] | dict:
+        raise NotImplementedError
 
     def add_error(self, replica: str, reason: str) -> None:
-        """A replica refused, failed or could not be reached."""
-        if replica not in self.acks:
+        """A replica refused, failed or could not be reached (ignored once it succeeded)."""
+        if replica not in self._answered():
             self.errors[replica] = reason
 
     def timed_out(self) -> None:
@@ -67,11 +64,11 @@ class PutCore:
         self._timed_out = True
 
     def outcome(self) -> Outcome:
-        """OK at W acks; FAILED when too many replicas failed for W to be reached, or on timeout."""
-        if len(self.acks) >= self.w:
+        """OK at ``needed`` successes; FAILED as soon as too many replicas failed for that, or on
+        timeout; else PENDING."""
+        if len(self._answered()) >= self.needed:
             return Outcome.OK
-        reachable = len(self.replicas) - len(self.errors)
-        if reachable < self.w or self._timed_out:
+        if len(self.replicas) - len(self.errors) < self.needed or self._timed_out:
             return Outcome.FAILED
         return Outcome.PENDING
 
@@ -79,53 +76,49 @@ class PutCore:
         """True once the answer is known."""
         return self.outcome() is not Outcome.PENDING
 
-    def response(self) -> QuorumResult:
-        """The answer to give the client."""
-        outcome = self.outcome()
-        reason = ""
-        if outcome is Outcome.FAILED:
-            reason = "timeout" if self._timed_out and len(self.replicas) - len(self.errors) >= self.w \
-                else "too many replicas failed"
-        return QuorumResult(outcome=outcome, needed=self.w, acks=len(self.acks),
-                            errors=dict(self.errors), reason=reason)
+    def _reason(self, outcome: Outcome) -> str:
+        if outcome is not Outcome.FAILED:
+            return ""
+        if len(self.replicas) - len(self.errors) < self.needed:
+            return "too many replicas failed"
+        return "timeout"
 
 
 @attrs.define
-class GetCore:
+class PutCore(_QuorumCore):
+    """Counts write acknowledgements until W arrive, or until W can no longer be reached."""
+
+    acks: set[str] = attrs.field(factory=set)
+
+    def _answered(self) -> set[str]:
+        return self.acks
+
+    def add_ack(self, replica: str) -> None:
+        """A replica durably stored the version."""
+        if replica not in self.errors:
+            self.acks.add(replica)
+
+    def response(self) -> QuorumResult:
+        """The answer to give the client."""
+        outcome = self.outcome()
+        return QuorumResult(outcome=outcome, needed=self.needed, acks=len(self.acks),
+                            errors=dict(self.errors), reason=self._reason(outcome))
+
+
+@attrs.define
+class GetCore(_QuorumCore):
     """Collects replica replies until R arrive; the answer reconciles every reply received."""
 
-    replicas: Sequence[str]
-    r: int
     lww: bool = False
     replies: dict[str, tuple[Sibling, ...]] = attrs.field(factory=dict)
-    errors: dict[str, str] = attrs.field(factory=dict)
-    _timed_out: bool = False
+
+    def _answered(self) -> dict[str, tuple[Sibling, ...]]:
+        return self.replies
 
     def add_reply(self, replica: str, siblings: tuple[Sibling, ...]) -> None:
         """A replica answered with its sibling set (empty when it holds nothing)."""
         if replica not in self.errors:
             self.replies[replica] = siblings
-
-    def add_error(self, replica: str, reason: str) -> None:
-        """A replica failed or could not be reached."""
-        if replica not in self.replies:
-            self.errors[replica] = reason
-
-    def timed_out(self) -> None:
-        """The deadline passed."""
-        self._timed_out = True
-
-    def outcome(self) -> Outcome:
-        """OK at R replies; FAILED when R can no longer be reached, or on timeout."""
-        if len(self.replies) >= self.r:
-            return Outcome.OK
-        if len(self.replicas) - len(self.errors) < self.r or self._timed_out:
-            return Outcome.FAILED
-        return Outcome.PENDING
-
-    def done(self) -> bool:
-        """True once the answer is known."""
-        return self.outcome() is not Outcome.PENDING
 
     def merged(self) -> tuple[Sibling, ...]:
         """The reconciled sibling set of every reply received so far."""
@@ -140,10 +133,7 @@ class GetCore:
     def response(self) -> QuorumResult:
         """The answer to give the client."""
         outcome = self.outcome()
-        reason = ""
-        if outcome is Outcome.FAILED:
-            reason = "timeout" if self._timed_out else "too many replicas failed"
-        return QuorumResult(outcome=outcome, needed=self.r, acks=len(self.replies),
+        return QuorumResult(outcome=outcome, needed=self.needed, acks=len(self.replies),
                             errors=dict(self.errors),
                             siblings=self.merged() if outcome is Outcome.OK else (),
-                            reason=reason)
+                            reason=self._reason(outcome))
