@@ -71,7 +71,8 @@ class Coordinator:
     log = Logger()
 
     def __init__(self, node_id: str, ring: Ring, store: Store, peers: Mapping[str, PeerClient],
-                 settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int]):
+                 settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int],
+                 on_corrupt: Callable[[], None] = lambda: None):
         self.node_id = node_id
         self.ring = ring
         self.store = store
@@ -79,6 +80,7 @@ class Coordinator:
         self.settings = settings
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms
+        self.on_corrupt = on_corrupt
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
         """The key's preference list."""
@@ -88,7 +90,8 @@ class Coordinator:
 
     def _read_replica(self, replica: str, key: bytes) -> defer.Deferred:
         if replica == self.node_id:
-            return self.store.get(key).addCallback(lambda record: record.siblings if record else ())
+            return self.store.get(key).addCallbacks(lambda record: record.siblings if record else (),
+                                                    self._report_corrupt, errbackArgs=(replica,))
         return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(
             self._siblings_of_raw, replica, key)
 
@@ -96,10 +99,18 @@ class Coordinator:
         """A replica's stored record, passed on undecoded, decoded (and validated) here."""
         try:
             record = decode_stored(key, raw)
-        except CorruptRecord as exc:
-            self.log.error("replica {replica} holds a corrupt record: {reason}", replica=replica, reason=str(exc))
+        except CorruptRecord:
+            self._report_corrupt(Failure(), replica)
             raise
         return record.siblings if record else ()
+
+    def _report_corrupt(self, failure: Failure, replica: str) -> Failure:
+        """Log and count a record that does not decode; the replica's answer stays a failure."""
+        if failure.check(CorruptRecord):
+            self.on_corrupt()
+            self.log.error("replica {replica} holds a corrupt record: {reason}", replica=replica,
+                           reason=failure.getErrorMessage())
+        return failure
 
     def get(self, key: bytes, r: int) -> defer.Deferred:
         """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""

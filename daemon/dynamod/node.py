@@ -78,7 +78,8 @@ class Node(service.MultiService):
         self.writer = Coalescer(reactor)
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
-                                       clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000))
+                                       clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
+                                       on_corrupt=self.metrics.corrupt_records.inc)
         for member in config.members:
             if member.id != self.node_id:
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,

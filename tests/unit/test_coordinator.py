@@ -106,3 +106,16 @@ def test_lww_mode_keeps_one_value():
     clock.advance(1)
     put(network, "n2", b"k", b"second")
     assert live_values(get(network, "n3", b"k", r=3).siblings) == [b"second"]
+
+
+def test_a_corrupt_replica_record_is_reported_and_the_quorum_uses_the_others():
+    network, _ = make_cluster()
+    put(network, "n1", b"k", b"v", w=3)
+    reports = []
+    network.nodes["n1"].on_corrupt = lambda: reports.append("corrupt")
+    network.nodes["n2"].store.engine.data[b"k"] = b"\xc1not a record"
+    result = get(network, "n1", b"k", r=2)
+    assert live_values(result.siblings) == [b"v"]
+    assert reports == ["corrupt"]
+    failed = get(network, "n1", b"k", r=3)
+    assert failed.outcome is Outcome.FAILED and "CorruptRecord" in failed.errors["n2"]

@@ -100,6 +100,11 @@ class PeerProtocol(Int32StringReceiver):
             self.on_connected(self)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        partial = len(getattr(self, "_unprocessed", b""))
+        if partial or self._pending:
+            self.log.warn("peer connection {peer} lost with {pending} requests unanswered and a "
+                          "{partial}-byte partial frame: {reason}", peer=str(self.transport.getPeer()),
+                          pending=len(self._pending), partial=partial, reason=reason.getErrorMessage())
         pending, self._pending = self._pending, {}
         self._deadlines.clear()
         if self._sweep is not None and self._sweep.active():
