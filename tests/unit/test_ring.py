@@ -80,3 +80,26 @@ def test_claim_spreads_the_newcomer_so_its_preference_lists_stay_distinct():
 def test_claim_of_an_existing_member_changes_nothing():
     ring = Ring.initial(["n1", "n2"], 8)
     assert ring.claim("n1", 3) is ring
+
+
+@given(members_st, st.integers(1, 5), st.binary(max_size=16), st.data())
+def test_sloppy_targets_replace_each_down_owner_with_a_distinct_live_fallback(members, n, key, data):
+    if len(members) > 32:
+        return
+    ring = Ring.initial(members, 32)
+    down = set(data.draw(st.lists(st.sampled_from(members), unique=True)))
+    targets = ring.sloppy_targets(key, n, lambda node: node not in down)
+    nodes = [node for node, _ in targets]
+    owners = ring.preference_list(key, n)
+    assert len(nodes) == len(set(nodes)) and not set(nodes) & down
+    assert [node for node, hint in targets if hint is None] == [o for o in owners if o not in down]
+    hints = [hint for _, hint in targets if hint is not None]
+    assert len(hints) == len(set(hints)) and set(hints) <= set(owners) & down
+    alive = len(set(members) - down)
+    assert len(targets) == min(n, alive, len(members))
+    assert all(node not in owners for node, hint in targets if hint is not None)
+
+
+def test_walk_lists_every_member_once_starting_at_the_partition_owner():
+    ring = Ring.initial(["a", "b", "c", "d"], 8)
+    assert ring.walk(1) == ("b", "c", "d", "a")

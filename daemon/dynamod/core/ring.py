@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def key_hash(key: bytes) -> int:
@@ -27,7 +27,7 @@ def partition_of(key: bytes, partitions: int) -> int:
 class Ring:
     """Partition ownership: ``ownership[p]`` is the node that owns partition ``p``."""
 
-    __slots__ = ("ownership", "partitions", "_preference_cache")
+    __slots__ = ("ownership", "partitions", "_preference_cache", "_walk_cache")
 
     def __init__(self, ownership: Sequence[str]):
         if not ownership:
@@ -35,6 +35,7 @@ class Ring:
         self.ownership: tuple[str, ...] = tuple(ownership)
         self.partitions = len(self.ownership)
         self._preference_cache: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._walk_cache: dict[int, tuple[str, ...]] = {}
 
     @classmethod
     def initial(cls, members: Sequence[str], partitions: int) -> Ring:
@@ -76,6 +77,29 @@ class Ring:
     def preference_list(self, key: bytes, n: int) -> tuple[str, ...]:
         """The nodes responsible for ``key``, coordinator candidates first."""
         return self.preference_list_for_partition(partition_of(key, self.partitions), n)
+
+    def walk(self, partition: int) -> tuple[str, ...]:
+        """Every member once, in the order met walking clockwise from ``partition``."""
+        cached = self._walk_cache.get(partition)
+        if cached is None:
+            found: dict[str, None] = {}
+            for step in range(self.partitions):
+                found.setdefault(self.ownership[(partition + step) % self.partitions], None)
+            cached = self._walk_cache[partition] = tuple(found)
+        return cached
+
+    def sloppy_targets(self, key: bytes, n: int, is_up: Callable[[str], bool]) -> list[tuple[str, str | None]]:
+        """Dynamo §4.6 sloppy quorum: the key's first N distinct owners that are up, and for each
+        owner that is down the next node up beyond them on the ring, carrying that owner as its
+        hint: ``[(node, None), ..., (fallback, owner_it_stands_in_for), ...]``. Fewer than N when
+        too few nodes are up."""
+        order = self.walk(partition_of(key, self.partitions))
+        primaries, spares = order[:n], [node for node in order[n:] if is_up(node)]
+        targets: list[tuple[str, str | None]] = [(node, None) for node in primaries if is_up(node)]
+        for owner in primaries:
+            if not is_up(owner) and spares:
+                targets.append((spares.pop(0), owner))
+        return targets
 
     def claim(self, node: str, n: int) -> Ring:
         """Ownership after ``node`` joins: it takes floor(Q/M) partitions, each from a node that

@@ -1,0 +1,121 @@
+"""Local failure detection (Dynamo §4.8.3): each node decides on its own whether a peer is up.
+
+Two kinds of evidence, both fed in with the time they happened (no clock reads here):
+
+* **Arrivals** (gossip received, any request answered): a phi-accrual detector (Hayashibara et al.,
+  as in Cassandra and Akka) turns the time since the last arrival into a suspicion level ``phi``,
+  scaled by the usual spacing of arrivals, so a peer that always gossips every second is suspected
+  sooner than one that is naturally irregular.
+* **Failures** (a refused connection, a timed-out request): ``failures_to_suspect`` in a row mark
+  the peer down at once, without waiting for phi to climb (the coordinator's own evidence, §4.6).
+
+Any arrival clears the failure count, so a peer is up again as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import attrs
+
+#: Default suspicion threshold: phi 8 means a false positive about once in 10^8 heartbeats.
+DEFAULT_PHI_THRESHOLD = 8.0
+
+
+@attrs.define
+class PhiAccrual:
+    """Arrival history of one peer and the phi it implies."""
+
+    window: int = 100
+    min_std: float = 0.1
+    first_interval: float = 1.0
+    acceptable_pause: float = 0.0
+    intervals: collections.deque = attrs.field(factory=collections.deque)
+    last_arrival: float | None = None
+
+    def arrival(self, now: float) -> None:
+        """Something arrived from the peer at ``now``."""
+        if self.last_arrival is not None and now > self.last_arrival:
+            self.intervals.append(now - self.last_arrival)
+            while len(self.intervals) > self.window:
+                self.intervals.popleft()
+        if self.last_arrival is None or now > self.last_arrival:
+            self.last_arrival = now
+
+    def _mean_and_std(self) -> tuple[float, float]:
+        if not self.intervals:
+            # Before any history: assume the configured spacing, with a generous spread.
+            return self.first_interval, self.first_interval / 4
+        mean = sum(self.intervals) / len(self.intervals)
+        variance = sum((x - mean) ** 2 for x in self.intervals) / len(self.intervals)
+        return mean, max(math.sqrt(variance), self.min_std)
+
+    def phi(self, now: float) -> float:
+        """Suspicion that the peer is gone: -log10 of the chance that the next arrival is still
+        coming, under a normal model of past intervals (Akka's logistic approximation)."""
+        if self.last_arrival is None:
+            return 0.0
+        elapsed = max(0.0, now - self.last_arrival - self.acceptable_pause)
+        mean, std = self._mean_and_std()
+        y = (elapsed - mean) / std
+        # phi = -log10(e / (1 + e)) with e = exp(-z), computed without under- or overflow
+        z = y * (1.5976 + 0.070566 * y * y)
+        if z > 0:
+            return (z + math.log1p(math.exp(-z))) / math.log(10)
+        return math.log1p(math.exp(z)) / math.log(10)
+
+
+@attrs.define
+class PeerHealth:
+    """One peer's evidence: arrivals (phi) and consecutive failures."""
+
+    accrual: PhiAccrual = attrs.field(factory=PhiAccrual)
+    consecutive_failures: int = 0
+    last_failure: float | None = None
+
+    def arrival(self, now: float) -> None:
+        """The peer answered or gossiped: evidence it is up."""
+        self.accrual.arrival(now)
+        self.consecutive_failures = 0
+
+    def failure(self, now: float) -> None:
+        """A request to the peer failed or timed out."""
+        self.consecutive_failures += 1
+        self.last_failure = now
+
+
+@attrs.define
+class FailureDetector:
+    """Decides, for every peer this node knows, whether it is up."""
+
+    phi_threshold: float = DEFAULT_PHI_THRESHOLD
+    failures_to_suspect: int = 1
+    first_interval: float = 1.0
+    peers: dict[str, PeerHealth] = attrs.field(factory=dict)
+
+    def _health(self, peer: str) -> PeerHealth:
+        health = self.peers.get(peer)
+        if health is None:
+            health = self.peers[peer] = PeerHealth(PhiAccrual(first_interval=self.first_interval))
+        return health
+
+    def arrival(self, peer: str, now: float) -> None:
+        """Record that ``peer`` answered or gossiped at ``now``."""
+        self._health(peer).arrival(now)
+
+    def failure(self, peer: str, now: float) -> None:
+        """Record that a request to ``peer`` failed at ``now``."""
+        self._health(peer).failure(now)
+
+    def phi(self, peer: str, now: float) -> float:
+        """The peer's current suspicion level."""
+        return self._health(peer).accrual.phi(now)
+
+    def is_up(self, peer: str, now: float) -> bool:
+        """Up unless requests keep failing or the peer has been silent for too long. A peer never
+        heard from is up until evidence says otherwise (so a new cluster can start talking)."""
+        health = self._health(peer)
+        if health.consecutive_failures >= self.failures_to_suspect:
+            return False
+        return health.accrual.phi(now) < self.phi_threshold

@@ -1,0 +1,119 @@
+"""Merkle trees for anti-entropy (Dynamo §4.7): find the keys two replicas disagree on cheaply.
+
+One tree per partition. Keys fall into ``2**depth`` leaf buckets by a hash of the key; a leaf's
+hash is the XOR of ``H(key, digest)`` over its keys, so a write updates the tree in O(depth)
+(XOR the old entry out and the new one in) without rescanning the bucket; inner nodes hash their
+two children. Two replicas compare roots, then descend only into differing subtrees; the keys of
+the differing leaves are the ones to exchange. A record's digest names its sibling set (dots and
+tombstone flags), so equal sets give equal digests whatever order they arrived in.
+
+Pure: no I/O, no clock. The exchange over the network is the anti-entropy service's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from dynamod.core.versions import Sibling
+
+DEFAULT_DEPTH = 10
+_EMPTY = b"\x00" * 16
+
+
+def record_digest(siblings: Iterable[Sibling]) -> bytes:
+    """16 bytes naming a sibling set: its dots and tombstone flags, in dot order."""
+    hasher = hashlib.md5()
+    for sibling in sorted(siblings, key=lambda s: s.dot):
+        hasher.update(b"%s\x00%d\x00%d\x01" % (sibling.dot[0].encode(), sibling.dot[1], sibling.deleted))
+    return hasher.digest()
+
+
+def leaf_of(key: bytes, depth: int) -> int:
+    """The leaf bucket of ``key`` (independent of the partition a key falls in)."""
+    return int.from_bytes(hashlib.md5(b"merkle:" + key).digest()[:4], "big") >> (32 - depth)
+
+
+def _entry(key: bytes, digest: bytes) -> int:
+    return int.from_bytes(hashlib.md5(len(key).to_bytes(4, "big") + key + digest).digest(), "big")
+
+
+class MerkleTree:
+    """A fixed-depth hash tree over (key, digest) pairs."""
+
+    __slots__ = ("depth", "_leaves", "_levels")
+
+    def __init__(self, depth: int = DEFAULT_DEPTH):
+        if not 1 <= depth <= 24:
+            raise ValueError("depth must be between 1 and 24")
+        self.depth = depth
+        self._leaves = [0] * (1 << depth)
+        self._levels: list[list[bytes]] | None = None
+
+    @classmethod
+    def build(cls, items: Mapping[bytes, bytes], depth: int = DEFAULT_DEPTH) -> MerkleTree:
+        """A tree over ``{key: digest}``."""
+        tree = cls(depth)
+        for key, digest in items.items():
+            tree.update(key, None, digest)
+        return tree
+
+    def update(self, key: bytes, old_digest: bytes | None, new_digest: bytes | None) -> None:
+        """Replace the key's entry (None: absent) in O(1); inner hashes are recomputed lazily."""
+        if old_digest == new_digest:
+            return
+        leaf = leaf_of(key, self.depth)
+        if old_digest is not None:
+            self._leaves[leaf] ^= _entry(key, old_digest)
+        if new_digest is not None:
+            self._leaves[leaf] ^= _entry(key, new_digest)
+        self._levels = None
+
+    def levels(self) -> list[list[bytes]]:
+        """Hashes level by level: ``levels()[0]`` is ``[root]``, the last level the leaves."""
+        if self._levels is None:
+            level = [leaf.to_bytes(16, "big") for leaf in self._leaves]
+            levels = [level]
+            while len(level) > 1:
+                level = [_EMPTY if a == b == _EMPTY else hashlib.md5(a + b).digest()
+                         for a, b in zip(level[0::2], level[1::2], strict=True)]
+                levels.append(level)
+            levels.reverse()
+            self._levels = levels
+        return self._levels
+
+    def root(self) -> bytes:
+        """The root hash: equal roots mean equal contents (up to hash collisions)."""
+        return self.levels()[0][0]
+
+    def hashes(self, level: int, indices: Iterable[int]) -> dict[int, bytes]:
+        """The hashes at ``level`` for ``indices`` (what one replica sends the other)."""
+        row = self.levels()[level]
+        return {index: row[index] for index in indices}
+
+
+def differing_children(level: int, mine: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> list[int]:
+    """Given two replicas' hashes for some nodes at ``level``, the indices at ``level + 1`` to
+    compare next: the children of every node whose hashes differ."""
+    return [child for index in sorted(mine) if mine[index] != theirs.get(index)
+            for child in (2 * index, 2 * index + 1)]
+
+
+def differing_leaves(a: MerkleTree, b: MerkleTree) -> list[int]:
+    """Leaves whose contents differ, found by descending only into differing subtrees (the same
+    walk two nodes make over the network, one level per round trip)."""
+    if a.depth != b.depth:
+        raise ValueError("trees of different depths cannot be compared")
+    frontier = [0]
+    for level in range(a.depth):
+        frontier = differing_children(level, a.hashes(level, frontier), b.hashes(level, frontier))
+        if not frontier:
+            return []
+    leaves_a, leaves_b = a.hashes(a.depth, frontier), b.hashes(b.depth, frontier)
+    return [leaf for leaf in frontier if leaves_a[leaf] != leaves_b[leaf]]
+
+
+def keys_in_leaves(keys: Iterable[bytes], leaves: Iterable[int], depth: int) -> list[bytes]:
+    """The keys (of one replica's partition) that fall into ``leaves``."""
+    wanted = set(leaves)
+    return [key for key in keys if leaf_of(key, depth) in wanted]
