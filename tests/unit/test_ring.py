@@ -103,3 +103,24 @@ def test_sloppy_targets_replace_each_down_owner_with_a_distinct_live_fallback(me
 def test_walk_lists_every_member_once_starting_at_the_partition_owner():
     ring = Ring.initial(["a", "b", "c", "d"], 8)
     assert ring.walk(1) == ("b", "c", "d", "a")
+
+
+@given(members_st, partitions_st, st.integers(1, 5), st.data())
+def test_a_leaving_node_moves_only_its_own_partitions_and_balance_holds(members, partitions, n, data):
+    if len(members) < 2 or len(members) > partitions:
+        return
+    before = grown_ring(members, partitions, n)
+    leaving = data.draw(st.sampled_from(members))
+    after = before.release(leaving, n)
+    moved = [p for p in range(partitions) if before.ownership[p] != after.ownership[p]]
+    assert moved == before.partitions_of(leaving)
+    counts = Counter(after.ownership)
+    assert leaving not in counts and set(counts) == set(members) - {leaving}
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_the_last_member_cannot_leave():
+    import pytest
+
+    with pytest.raises(ValueError, match="last member"):
+        Ring.initial(["a"], 8).release("a", 3)

@@ -123,6 +123,28 @@ class Ring:
             taken.append(best)
         return Ring(ownership)
 
+    def release(self, node: str, n: int) -> Ring:
+        """Ownership after ``node`` leaves: each of its partitions goes to a remaining node that
+        owns the fewest, preferring one whose own partitions are far from it (so preference lists
+        stay distinct). Only the leaving node's partitions change owner."""
+        remaining = sorted(set(self.ownership) - {node})
+        if not remaining:
+            raise ValueError("the last member cannot leave")
+        if node not in self.ownership:
+            return self
+        ownership = list(self.ownership)
+        counts = Counter(owner for owner in ownership if owner != node)
+        for member in remaining:
+            counts.setdefault(member, 0)
+        for partition in self.partitions_of(node):
+            poorest = min(counts.values())
+            candidates = [member for member in remaining if counts[member] == poorest]
+            best = max(candidates, key=lambda member: (
+                self._spacing(partition, [p for p, o in enumerate(ownership) if o == member], n), member))
+            ownership[partition] = best
+            counts[best] += 1
+        return Ring(ownership)
+
     def _spacing(self, partition: int, taken: list[int], n: int) -> int:
         """Distance from ``partition`` to the nearest of ``taken`` (capped at ``n``), so choices
         that keep N consecutive partitions distinct score highest."""
