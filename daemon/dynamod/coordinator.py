@@ -72,7 +72,7 @@ class Coordinator:
 
     def __init__(self, node_id: str, ring: Ring, store: Store, peers: Mapping[str, PeerClient],
                  settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int],
-                 on_corrupt: Callable[[], None] = lambda: None):
+                 on_event: Callable[[str], None] = lambda event: None):
         self.node_id = node_id
         self.ring = ring
         self.store = store
@@ -80,7 +80,8 @@ class Coordinator:
         self.settings = settings
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms
-        self.on_corrupt = on_corrupt
+        #: Called with "corrupt_record" or "read_repair" (the node counts them in its metrics).
+        self.on_event = on_event
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
         """The key's preference list."""
@@ -107,7 +108,7 @@ class Coordinator:
     def _report_corrupt(self, failure: Failure, replica: str) -> Failure:
         """Log and count a record that does not decode; the replica's answer stays a failure."""
         if failure.check(CorruptRecord):
-            self.on_corrupt()
+            self.on_event("corrupt_record")
             self.log.error("replica {replica} holds a corrupt record: {reason}", replica=replica,
                            reason=failure.getErrorMessage())
         return failure
@@ -116,9 +117,35 @@ class Coordinator:
         """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
         replicas = self.replicas(key)
         core = GetCore(replicas, r, lww=self.settings.lww)
-        return self._drive(core, [
-            (replica, self._read_replica(replica, key), core.add_reply) for replica in replicas
-        ])
+        requests = [(replica, self._read_replica(replica, key), core.add_reply) for replica in replicas]
+        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core))
+
+    def _repair(self, key: bytes, core: GetCore) -> None:
+        """Read repair (Dynamo §4.5): once every replica has answered or failed, those whose reply
+        lacked part of the reconciled versions (or held superseded ones) get them, in the
+        background; the client's answer never waits for this."""
+        replies = list(core.replies.values())
+        if all(reply == replies[0] for reply in replies[1:]) and len(replies) == len(core.replicas):
+            return  # the common case: every replica holds the same versions
+        stale = core.stale_replicas()
+        if not stale:
+            return
+        merged = core.merged()
+        packed = packb(siblings_to_wire(merged), use_bin_type=True)
+        for replica in stale:
+            self.on_event("read_repair")
+            if replica == self.node_id:
+                repaired = self.store.update(key, self._merge_update(merged))
+            else:
+                repaired = self.peers[replica].call("put", [key, packed], self.settings.timeout)
+            repaired.addErrback(lambda failure, replica=replica: self.log.debug(
+                "read repair of {key!r} at {replica} failed: {reason}", key=key, replica=replica,
+                reason=failure.getErrorMessage()))
+
+    def _merge_update(self, incoming: tuple[Sibling, ...]) -> Callable[..., tuple[Record, bool]]:
+        """A store update merging ``incoming`` into the local record."""
+        lww = self.settings.lww
+        return lambda record, _: (merge_into(record, incoming, lww=lww), True)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -196,10 +223,18 @@ class Coordinator:
 
     # -- quorum driving ------------------------------------------------------------------------
 
-    def _drive(self, core: GetCore | PutCore,
-               requests: list[tuple[str, defer.Deferred, Callable[..., None]]]) -> defer.Deferred:
-        """Feed replica answers to ``core`` until it is done or the deadline passes."""
+    def _drive(self, core: GetCore | PutCore, requests: list[tuple[str, defer.Deferred, Callable[..., None]]],
+               when_all_answered: Callable[[], None] | None = None) -> defer.Deferred:
+        """Feed replica answers to ``core`` until it is done or the deadline passes; answers that
+        come later still reach the core, and ``when_all_answered`` runs once every request has
+        succeeded or failed."""
         answer: defer.Deferred = defer.Deferred()
+        outstanding = [len(requests)]
+
+        def count_down() -> None:
+            outstanding[0] -= 1
+            if outstanding[0] == 0 and when_all_answered is not None:
+                when_all_answered()
 
         def settle() -> None:
             if not answer.called and core.done():
@@ -216,10 +251,12 @@ class Coordinator:
             def succeeded(value: Any, replica: str = replica, on_success: Callable = on_success) -> None:
                 on_success(replica, value)
                 settle()
+                count_down()
 
             def failed(failure: Failure, replica: str = replica) -> None:
                 core.add_error(replica, describe(failure))
                 settle()
+                count_down()
 
             request.addCallbacks(succeeded, failed)
         settle()
@@ -234,9 +271,7 @@ class Coordinator:
             return self.store.get_raw(key)
         if op == "put":
             key, packed = payload
-            incoming = siblings_from_wire(unpack(packed))
-            lww = self.settings.lww
-            return self.store.update(key, lambda record, _: (merge_into(record, incoming, lww=lww), True))
+            return self.store.update(key, self._merge_update(siblings_from_wire(unpack(packed))))
         if op == "coordinate_put":
             key, value, context_wire, deleted, w = payload
             put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)

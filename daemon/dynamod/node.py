@@ -79,7 +79,7 @@ class Node(service.MultiService):
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
-                                       on_corrupt=self.metrics.corrupt_records.inc)
+                                       on_event=self._count_event)
         for member in config.members:
             if member.id != self.node_id:
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
@@ -91,6 +91,9 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
+
+    def _count_event(self, event: str) -> None:
+        {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs}[event].inc()
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

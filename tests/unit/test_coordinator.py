@@ -112,10 +112,37 @@ def test_a_corrupt_replica_record_is_reported_and_the_quorum_uses_the_others():
     network, _ = make_cluster()
     put(network, "n1", b"k", b"v", w=3)
     reports = []
-    network.nodes["n1"].on_corrupt = lambda: reports.append("corrupt")
+    network.nodes["n1"].on_event = reports.append
     network.nodes["n2"].store.engine.data[b"k"] = b"\xc1not a record"
     result = get(network, "n1", b"k", r=2)
     assert live_values(result.siblings) == [b"v"]
-    assert reports == ["corrupt"]
+    assert reports[0] == "corrupt_record"
     failed = get(network, "n1", b"k", r=3)
     assert failed.outcome is Outcome.FAILED and "CorruptRecord" in failed.errors["n2"]
+
+
+def test_read_repair_brings_a_replica_that_missed_a_write_up_to_date():
+    network, _ = make_cluster()
+    network.down.add("n3")
+    put(network, "n1", b"k", b"v")
+    network.down.clear()
+    assert network.nodes["n3"].store.engine.read(b"k") is None
+    events = []
+    network.nodes["n2"].on_event = events.append
+    assert live_values(get(network, "n2", b"k", r=2).siblings) == [b"v"]
+    assert events == ["read_repair"]
+    assert live_values(network.nodes["n3"].store.engine.read(b"k").siblings) == [b"v"]
+    events.clear()
+    get(network, "n2", b"k", r=3)
+    assert events == []
+
+
+def test_read_repair_removes_superseded_versions_from_a_stale_replica():
+    network, _ = make_cluster()
+    put(network, "n1", b"k", b"old", w=3)
+    network.down.add("n3")
+    context = context_of(get(network, "n1", b"k").siblings)
+    put(network, "n1", b"k", b"new", context=context)
+    network.down.clear()
+    get(network, "n1", b"k", r=3)
+    assert live_values(network.nodes["n3"].store.engine.read(b"k").siblings) == [b"new"]

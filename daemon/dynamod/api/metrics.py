@@ -23,6 +23,8 @@ class NodeMetrics:
                                      registry=self.registry)
         self.storage_updates = Gauge("dynamod_storage_updates", "record updates since start",
                                      registry=self.registry)
+        self.read_repairs = Counter("dynamod_read_repairs", "replicas sent reconciled versions after a read",
+                                    registry=self.registry)
         self.batch_seconds = Histogram("dynamod_storage_batch_seconds",
                                        "time from handing a batch to the writer to its commit",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
