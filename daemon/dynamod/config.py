@@ -56,6 +56,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_threads", int, 0, "threads serving storage reads (each takes a batch of reads); "
             "0 reads on the event loop (faster while the data fits the cache, stalls on a miss)"),
     Setting("request_timeout", float, 3.0, "seconds a quorum waits for replicas before answering 503"),
+    Setting("heartbeat_interval", float, 1.0, "seconds between pings of every peer (failure detection)"),
+    Setting("phi_threshold", float, 8.0, "phi-accrual suspicion level above which a silent peer is down"),
     Setting("max_value_size", int, 1024 * 1024, "largest value accepted, in bytes (413 above)"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, "largest node-to-node frame, in bytes"),
     Setting("max_context_entries", int, 64, "bound on a version's causal context (see README: truncation)"),
@@ -88,6 +90,8 @@ class NodeConfig:
     bdb_cache_mb: int
     read_threads: int
     request_timeout: float
+    heartbeat_interval: float
+    phi_threshold: float
     max_value_size: int
     max_frame_size: int
     max_context_entries: int
@@ -183,8 +187,9 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
         raise ConfigError("max_frame_size must be at least twice max_value_size")
-    if resolved["request_timeout"] <= 0:
-        raise ConfigError("request_timeout must be positive")
+    for name in ("request_timeout", "heartbeat_interval", "phi_threshold"):
+        if resolved[name] <= 0:
+            raise ConfigError(f"{name} must be positive")
     resolved["members"] = tuple(members)
     return NodeConfig(**resolved)
 

@@ -269,6 +269,8 @@ class Coordinator:
         if op == "get":
             (key,) = payload
             return self.store.get_raw(key)
+        if op == "ping":
+            return True
         if op == "put":
             key, packed = payload
             return self.store.update(key, self._merge_update(siblings_from_wire(unpack(packed))))

@@ -19,7 +19,9 @@ from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
+from dynamod.core.detector import FailureDetector
 from dynamod.core.ring import Ring
+from dynamod.health import HealthService
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
 from dynamod.net.writes import Coalescer
 from dynamod.storage.engine import StorageEngine
@@ -85,6 +87,11 @@ class Node(service.MultiService):
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
                                                    handler=self.coordinator.handle_peer_request,
                                                    max_frame=config.max_frame_size, writer=self.writer)
+        self.health = HealthService(
+            FailureDetector(phi_threshold=config.phi_threshold, failures_to_suspect=2,
+                            first_interval=config.heartbeat_interval),
+            self.peers, reactor, config.heartbeat_interval)
+        self.health.setServiceParent(self)
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
         for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
@@ -130,10 +137,10 @@ class Node(service.MultiService):
         self.log.info("node {node} stopped", node=self.node_id)
 
     def member_status(self, member_id: str) -> str:
-        """``up`` or ``down`` as this node sees the member: up while its peer link is connected."""
+        """``up`` or ``down`` as this node's failure detector sees the member."""
         if member_id == self.node_id:
             return "up"
-        return "up" if self.peers[member_id].reachable else "down"
+        return "up" if self.health.is_up(member_id) else "down"
 
     def status(self) -> dict[str, Any]:
         """The /admin/status document."""

@@ -187,3 +187,19 @@ def test_chunked_bodies_are_capped_as_they_arrive(make_cluster):
     assert chunked_put(4 * 65536) == 204
     assert chunked_put(20 * 65536) == 413
     assert cluster.client("n1").get("chunked").siblings == [b"x" * 4 * 65536]
+
+
+def _statuses(cluster, observer: str) -> dict[str, str]:
+    return {m["id"]: m["status"] for m in cluster.client(observer).status()["members"]}
+
+
+def test_a_killed_node_is_marked_down_by_the_others_and_up_after_restart(make_cluster):
+    cluster = make_cluster(heartbeat_interval=0.2)
+    assert all(_statuses(cluster, node) == dict.fromkeys(cluster.ids, "up") for node in cluster.ids)
+    cluster.kill("n3")
+    deadline = time.monotonic() + 10
+    while any(_statuses(cluster, node)["n3"] != "down" for node in ("n1", "n2")):
+        assert time.monotonic() < deadline, "n3 was never marked down"
+        time.sleep(0.1)
+    cluster.start("n3")  # waits until every running node sees every running member up
+    assert all(_statuses(cluster, node)["n3"] == "up" for node in cluster.ids)

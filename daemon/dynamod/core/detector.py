@@ -9,7 +9,8 @@ Two kinds of evidence, both fed in with the time they happened (no clock reads h
 * **Failures** (a refused connection, a timed-out request): ``failures_to_suspect`` in a row mark
   the peer down at once, without waiting for phi to climb (the coordinator's own evidence, §4.6).
 
-Any arrival clears the failure count, so a peer is up again as soon as it answers.
+Any arrival clears the failure count, so a peer is up again as soon as it answers; a peer never
+heard from is not up yet.
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ class FailureDetector:
         return self._health(peer).accrual.phi(now)
 
     def is_up(self, peer: str, now: float) -> bool:
-        """Up unless requests keep failing or the peer has been silent for too long. A peer never
-        heard from is up until evidence says otherwise (so a new cluster can start talking)."""
+        """Up once heard from, until requests keep failing or the peer has been silent for too
+        long. A peer never heard from is not known to be up."""
         health = self._health(peer)
-        if health.consecutive_failures >= self.failures_to_suspect:
+        if health.accrual.last_arrival is None or health.consecutive_failures >= self.failures_to_suspect:
             return False
         return health.accrual.phi(now) < self.phi_threshold

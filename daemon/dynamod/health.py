@@ -1,0 +1,77 @@
+"""Heartbeats and the local view of which peers are up (the shell around ``core.detector``).
+
+Every ``interval`` seconds the node pings each peer over its peer connection; each answer is an
+arrival for the phi-accrual detector and each refused or timed-out ping a failure, so a killed
+peer is marked down within a couple of intervals and a silent (paused, partitioned) one once its
+silence is improbable given its history. Any answer marks it up again. Gossip will carry these
+arrivals once membership is gossiped; the decisions stay in ``FailureDetector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dynamod.core.detector import FailureDetector
+from dynamod.net.peers import PeerClient
+from dynamod.net.protocol import PeerTimeout, PeerUnavailable
+
+
+class HealthService(service.Service):
+    """Pings peers on a schedule and answers ``is_up``."""
+
+    log = Logger()
+
+    def __init__(self, detector: FailureDetector, peers: Mapping[str, PeerClient], clock: IReactorTime,
+                 interval: float):
+        self.detector = detector
+        self.peers = peers
+        self.clock = clock
+        self.interval = interval
+        self._loop: task.LoopingCall | None = None
+        self._last_state: dict[str, bool] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self.beat)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+    def beat(self) -> None:
+        """Ping every peer once."""
+        for peer_id, client in self.peers.items():
+            ping = client.call("ping", None, timeout=2 * self.interval)
+            ping.addCallbacks(lambda _, peer_id=peer_id: self.arrival(peer_id),
+                              lambda failure, peer_id=peer_id: self._failed(peer_id, failure))
+
+    def arrival(self, peer_id: str) -> None:
+        """The peer answered something."""
+        self.detector.arrival(peer_id, self.clock.seconds())
+        self._note(peer_id)
+
+    def _failed(self, peer_id: str, failure: Any) -> None:
+        if failure.check(PeerUnavailable, PeerTimeout):
+            self.detector.failure(peer_id, self.clock.seconds())
+            self._note(peer_id)
+        else:
+            self.log.warn("ping of {peer} failed: {reason}", peer=peer_id, reason=failure.getErrorMessage())
+
+    def _note(self, peer_id: str) -> None:
+        up = self.is_up(peer_id)
+        if self._last_state.get(peer_id, True) != up:
+            self.log.info("peer {peer} is {state}", peer=peer_id, state="up" if up else "down")
+        self._last_state[peer_id] = up
+
+    def is_up(self, peer_id: str) -> bool:
+        """This node's current judgement of ``peer_id``."""
+        return self.detector.is_up(peer_id, self.clock.seconds())
