@@ -72,7 +72,8 @@ def make_cluster(size: int = 3, *, n: int = 3, r: int = 2, w: int = 2, partition
         peers = {other: SimPeer(network, node_id, other) for other in ids if other != node_id}
         store = Store(MemoryEngine(), node_id)
         network.nodes[node_id] = Coordinator(node_id, ring, store, peers, settings, clock,
-                                             wall_clock_ms=lambda: int(clock.seconds() * 1000))
+                                             wall_clock_ms=lambda: int(clock.seconds() * 1000),
+                                             is_up=lambda node: node not in network.down)
     return network, clock
 
 

@@ -57,6 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
             "0 reads on the event loop (faster while the data fits the cache, stalls on a miss)"),
     Setting("request_timeout", float, 3.0, "seconds a quorum waits for replicas before answering 503"),
     Setting("heartbeat_interval", float, 1.0, "seconds between pings of every peer (failure detection)"),
+    Setting("handoff_interval", float, 2.0, "seconds between rounds of hinted handoff to owners that are up"),
     Setting("phi_threshold", float, 8.0, "phi-accrual suspicion level above which a silent peer is down"),
     Setting("max_value_size", int, 1024 * 1024, "largest value accepted, in bytes (413 above)"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, "largest node-to-node frame, in bytes"),
@@ -91,6 +92,7 @@ class NodeConfig:
     read_threads: int
     request_timeout: float
     heartbeat_interval: float
+    handoff_interval: float
     phi_threshold: float
     max_value_size: int
     max_frame_size: int
@@ -187,7 +189,7 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
         raise ConfigError("max_frame_size must be at least twice max_value_size")
-    for name in ("request_timeout", "heartbeat_interval", "phi_threshold"):
+    for name in ("request_timeout", "heartbeat_interval", "handoff_interval", "phi_threshold"):
         if resolved[name] <= 0:
             raise ConfigError(f"{name} must be positive")
     resolved["members"] = tuple(members)

@@ -29,7 +29,15 @@ from dynamod.core.encoding import (
 )
 from dynamod.core.quorum import GetCore, Outcome, PutCore, QuorumResult
 from dynamod.core.ring import Ring
-from dynamod.core.versions import CausalContext, Record, Sibling, merge_into, put_version
+from dynamod.core.versions import (
+    CausalContext,
+    Record,
+    Sibling,
+    after_handoff,
+    merge_into,
+    put_version,
+    with_hint,
+)
 from dynamod.net.peers import PeerClient
 from dynamod.net.protocol import PeerUnavailable
 from dynamod.storage.engine import CorruptRecord, decode_stored
@@ -72,7 +80,8 @@ class Coordinator:
 
     def __init__(self, node_id: str, ring: Ring, store: Store, peers: Mapping[str, PeerClient],
                  settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int],
-                 on_event: Callable[[str], None] = lambda event: None):
+                 on_event: Callable[[str], None] = lambda event: None,
+                 is_up: Callable[[str], bool] = lambda node: True):
         self.node_id = node_id
         self.ring = ring
         self.store = store
@@ -82,10 +91,19 @@ class Coordinator:
         self.wall_clock_ms = wall_clock_ms
         #: Called with "corrupt_record" or "read_repair" (the node counts them in its metrics).
         self.on_event = on_event
+        #: This node's failure detector: peers judged down are replaced by fallbacks.
+        self.is_up = is_up
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
-        """The key's preference list."""
+        """The key's preference list (its N owners, up or not)."""
         return self.ring.preference_list(key, self.settings.n)
+
+    def targets(self, key: bytes) -> dict[str, str | None]:
+        """Sloppy quorum (Dynamo §4.6): the owners of ``key`` that are up, then for each owner that
+        is down the next node up on the ring, mapped to the owner it stands in for."""
+        up = self.is_up
+        return dict(self.ring.sloppy_targets(key, self.settings.n,
+                                             lambda node: node == self.node_id or up(node)))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -115,12 +133,13 @@ class Coordinator:
 
     def get(self, key: bytes, r: int) -> defer.Deferred:
         """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
-        replicas = self.replicas(key)
-        core = GetCore(replicas, r, lww=self.settings.lww)
-        requests = [(replica, self._read_replica(replica, key), core.add_reply) for replica in replicas]
-        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core))
+        targets = self.targets(key)
+        core = GetCore(tuple(targets) + self._unreplaced(key, targets), r, lww=self.settings.lww)
+        self._mark_unreplaced(core, key, targets)
+        requests = [(replica, self._read_replica(replica, key), core.add_reply) for replica in targets]
+        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, targets))
 
-    def _repair(self, key: bytes, core: GetCore) -> None:
+    def _repair(self, key: bytes, core: GetCore, targets: dict[str, str | None]) -> None:
         """Read repair (Dynamo §4.5): once every replica has answered or failed, those whose reply
         lacked part of the reconciled versions (or held superseded ones) get them, in the
         background; the client's answer never waits for this."""
@@ -135,34 +154,37 @@ class Coordinator:
         for replica in stale:
             self.on_event("read_repair")
             if replica == self.node_id:
-                repaired = self.store.update(key, self._merge_update(merged))
+                repaired = self.store.update(key, self._merge_update(merged, targets[replica]))
             else:
-                repaired = self.peers[replica].call("put", [key, packed], self.settings.timeout)
+                repaired = self.peers[replica].call("put", [key, packed, targets[replica]], self.settings.timeout)
             repaired.addErrback(lambda failure, replica=replica: self.log.debug(
                 "read repair of {key!r} at {replica} failed: {reason}", key=key, replica=replica,
                 reason=failure.getErrorMessage()))
 
-    def _merge_update(self, incoming: tuple[Sibling, ...]) -> Callable[..., tuple[Record, bool]]:
-        """A store update merging ``incoming`` into the local record."""
+    def _merge_update(self, incoming: tuple[Sibling, ...], hint: str | None) -> Callable[..., tuple[Record, bool]]:
+        """A store update merging ``incoming`` into the local record, held for ``hint`` if given."""
         lww = self.settings.lww
-        return lambda record, _: (merge_into(record, incoming, lww=lww), True)
+        return lambda record, _: (with_hint(merge_into(record, incoming, lww=lww), hint), True)
 
     # -- writes --------------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, context: CausalContext, w: int,
             deleted: bool = False) -> defer.Deferred:
         """Fires with the ``PutAnswer`` of writing a new version of ``key``."""
-        replicas = self.replicas(key)
-        if self.node_id not in replicas:
-            return self._forward_put(list(replicas), key, value, context, w, deleted)
-        return self.coordinate_put(key, value, context, w, deleted, replicas)
+        targets = self.targets(key)
+        if self.node_id not in targets:
+            return self._forward_put(list(targets), key, value, context, w, deleted)
+        return self.coordinate_put(key, value, context, w, deleted, targets)
 
     def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
-                       deleted: bool, replicas: tuple[str, ...] | None = None) -> defer.Deferred:
-        """Stamp and store the version here, then replicate it to the other replicas."""
-        replicas = replicas or self.replicas(key)
-        if self.node_id not in replicas:
+                       deleted: bool, targets: dict[str, str | None] | None = None) -> defer.Deferred:
+        """Stamp and store the version here, then replicate it to the other targets (owners that
+        are up, and fallbacks carrying the owner they stand in for as a hint)."""
+        targets = targets if targets is not None else self.targets(key)
+        if self.node_id not in targets:
             return defer.fail(NotAReplica(f"{self.node_id} is not a replica of this key"))
+        replicas = tuple(targets) + self._unreplaced(key, targets)
+        my_hint = targets[self.node_id]
         timestamp = self.wall_clock_ms()
 
         def stamp(record: Record | None, allocate_actor: Callable[[], str]) -> tuple[Record, Any]:
@@ -170,7 +192,7 @@ class Coordinator:
                 record, value=value, context=context, allocate_actor=allocate_actor,
                 timestamp=timestamp, deleted=deleted, lww=self.settings.lww,
                 max_context_entries=self.settings.max_context_entries)
-            return new_record, (new_record.siblings, version)
+            return with_hint(new_record, my_hint), (new_record.siblings, version)
 
         try:
             (siblings, version), committed = self.store.stage(key, stamp)
@@ -184,16 +206,28 @@ class Coordinator:
                     core.add_error(replica, "not sent: the coordinator could not stage the version")
             return defer.succeed(PutAnswer(core.response()))
         core = PutCore(replicas, w)
+        self._mark_unreplaced(core, key, targets)
         # The local commit is one more replica acknowledgement: the other replicas get the new
         # sibling set at once instead of after it (one commit round per PUT, not two in a row).
-        wire = [key, packb(siblings_to_wire(siblings), use_bin_type=True)]  # packed once for all
+        packed = packb(siblings_to_wire(siblings), use_bin_type=True)  # packed once for all
+
         def ack(replica: str, _: Any) -> None:
             core.add_ack(replica)
 
         requests = [(self.node_id, committed, ack)]
-        requests += [(replica, self.peers[replica].call("put", wire, self.settings.timeout), ack)
-                     for replica in replicas if replica != self.node_id]
+        requests += [(replica, self.peers[replica].call("put", [key, packed, targets[replica]],
+                                                        self.settings.timeout), ack)
+                     for replica in targets if replica != self.node_id]
         return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock()))
+
+    def _unreplaced(self, key: bytes, targets: dict[str, str | None]) -> tuple[str, ...]:
+        """Owners that are down with no fallback up to stand in for them."""
+        covered = set(targets) | set(targets.values())
+        return tuple(owner for owner in self.replicas(key) if owner not in covered)
+
+    def _mark_unreplaced(self, core: GetCore | PutCore, key: bytes, targets: dict[str, str | None]) -> None:
+        for owner in self._unreplaced(key, targets):
+            core.add_error(owner, "down (failure detector), and no fallback is up")
 
     def _forward_put(self, candidates: list[str], key: bytes, value: bytes, context: CausalContext,
                      w: int, deleted: bool) -> defer.Deferred:
@@ -220,6 +254,32 @@ class Coordinator:
             return call.addCallbacks(_answer_from_wire, failed)
 
         return attempt()
+
+    # -- hinted handoff ------------------------------------------------------------------------
+
+    def hand_off(self, key: bytes, owner: str) -> defer.Deferred:
+        """Deliver the versions held for ``owner`` (Dynamo §4.6) and, once it acknowledged them,
+        drop the hint, and the record when no hint is left and this node does not own the key.
+        Fires with True when the hint is gone."""
+        def deliver(record: Record | None) -> Any:
+            if record is None or owner not in record.hints:
+                return True
+            delivered = record.siblings
+            packed = packb(siblings_to_wire(delivered), use_bin_type=True)
+            sent = self.peers[owner].call("put", [key, packed, None], self.settings.timeout)
+            return sent.addCallback(lambda _: self._forget_hint(key, owner, delivered))
+
+        return self.store.get(key).addCallback(deliver)
+
+    def _forget_hint(self, key: bytes, owner: str, delivered: tuple[Sibling, ...]) -> defer.Deferred:
+        keep_copy = self.node_id in self.replicas(key)
+        self.on_event("handoff")
+
+        def forget(record: Record | None, _: Any) -> tuple[Record | None, bool]:
+            after = after_handoff(record, owner, delivered, keep_copy)
+            return after, after is None or owner not in after.hints
+
+        return self.store.update(key, forget)
 
     # -- quorum driving ------------------------------------------------------------------------
 
@@ -272,8 +332,10 @@ class Coordinator:
         if op == "ping":
             return True
         if op == "put":
-            key, packed = payload
-            return self.store.update(key, self._merge_update(siblings_from_wire(unpack(packed))))
+            key, packed, hint = payload
+            if hint is not None and not isinstance(hint, str):
+                raise ValueError("a hint names a node")
+            return self.store.update(key, self._merge_update(siblings_from_wire(unpack(packed)), hint))
         if op == "coordinate_put":
             key, value, context_wire, deleted, w = payload
             put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)

@@ -72,6 +72,13 @@ class HealthService(service.Service):
             self.log.info("peer {peer} is {state}", peer=peer_id, state="up" if up else "down")
         self._last_state[peer_id] = up
 
+    def heard_ago(self, peer_id: str) -> float | None:
+        """Seconds since the peer last answered (None: never)."""
+        health = self.detector.peers.get(peer_id)
+        if health is None or health.accrual.last_arrival is None:
+            return None
+        return max(0.0, self.clock.seconds() - health.accrual.last_arrival)
+
     def is_up(self, peer_id: str) -> bool:
         """This node's current judgement of ``peer_id``."""
         return self.detector.is_up(peer_id, self.clock.seconds())

@@ -21,6 +21,7 @@ from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.detector import FailureDetector
 from dynamod.core.ring import Ring
+from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
 from dynamod.net.writes import Coalescer
@@ -46,6 +47,10 @@ def open_engine(config: NodeConfig) -> StorageEngine:
 def _listen_description(address: str) -> str:
     host, port = split_host_port(address)
     return f"tcp:{port}:interface={host}"
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 class Node(service.MultiService):
@@ -81,7 +86,7 @@ class Node(service.MultiService):
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
-                                       on_event=self._count_event)
+                                       on_event=self._count_event, is_up=self._is_up)
         for member in config.members:
             if member.id != self.node_id:
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
@@ -92,6 +97,8 @@ class Node(service.MultiService):
                             first_interval=config.heartbeat_interval),
             self.peers, reactor, config.heartbeat_interval)
         self.health.setServiceParent(self)
+        self.handoff = HandoffService(self.coordinator, self._is_up, reactor, config.handoff_interval)
+        self.handoff.setServiceParent(self)
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
         for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
@@ -99,8 +106,12 @@ class Node(service.MultiService):
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
 
+    def _is_up(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.health.is_up(node_id)
+
     def _count_event(self, event: str) -> None:
-        {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs}[event].inc()
+        {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
+         "handoff": self.metrics.handoffs}[event].inc()
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -151,13 +162,15 @@ class Node(service.MultiService):
             "uptime": round(time.time() - self.started_at, 3),
             "members": [
                 {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
-                 "partitions": len(self.ring.partitions_of(m.id))}
+                 "partitions": len(self.ring.partitions_of(m.id)),
+                 "heard_ago": 0.0 if m.id == self.node_id else _rounded(self.health.heard_ago(m.id))}
                 for m in sorted(self.config.members, key=lambda m: m.id)
             ],
             "n": self.config.n, "r": self.config.r, "w": self.config.w,
             "mode": self.config.mode, "partitions": self.config.partitions,
             "engine": self.config.engine, "sync": self.config.sync,
             "storage": {"batches": self.store.batches, "updates": self.store.updates},
+            "hinted_keys": self.handoff.pending(),
         }
 
     def refresh_gauges(self) -> None:

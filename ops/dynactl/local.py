@@ -209,18 +209,23 @@ class LocalCluster:
 
     def _not_ready(self, nodes: list[LocalNode]) -> list[str]:
         running = {n.id for n in self.nodes if self.running(n)}
-        problems = []
-        for node in self.nodes:
-            if node.id not in running:
-                continue
-            status = fetch_status(node.http)
+        statuses = {n.id: fetch_status(n.http) for n in self.nodes if n.id in running}
+        # A view of a node that started just now counts only if it was formed after the start.
+        uptimes = {n.id: statuses[n.id]["uptime"] for n in nodes if statuses.get(n.id)}
+        problems = [f"{n.id} does not answer" for n in nodes if n.id in running and statuses.get(n.id) is None]
+        for observer, status in statuses.items():
             if status is None:
-                if node in nodes:
-                    problems.append(f"{node.id} does not answer")
                 continue
-            down = [m["id"] for m in status.get("members", []) if m["id"] in running and m["status"] != "up"]
-            if down:
-                problems.append(f"{node.id} sees {', '.join(down)} down")
+            stale = []
+            for member in status.get("members", []):
+                if member["id"] not in running or member["id"] == observer:
+                    continue
+                heard = member.get("heard_ago")
+                fresh = member["id"] not in uptimes or (heard is not None and heard < uptimes[member["id"]])
+                if member["status"] != "up" or not fresh:
+                    stale.append(member["id"])
+            if stale:
+                problems.append(f"{observer} does not yet see {', '.join(stale)} up")
         return problems
 
     def signal(self, node: LocalNode, signum: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 import threading
@@ -203,3 +204,28 @@ def test_a_killed_node_is_marked_down_by_the_others_and_up_after_restart(make_cl
         time.sleep(0.1)
     cluster.start("n3")  # waits until every running node sees every running member up
     assert all(_statuses(cluster, node)["n3"] == "up" for node in cluster.ids)
+
+
+def test_a_write_with_an_owner_down_lands_on_a_fallback_and_reaches_the_owner_after_restart(make_cluster):
+    from dynamod.core.ring import Ring
+
+    cluster = make_cluster(nodes=4, partitions=32, heartbeat_interval=0.2, handoff_interval=0.3)
+    ring = Ring.initial(cluster.ids, 32)
+    key = b"hinted"
+    owners = ring.preference_list(key, 3)
+    fallback = next(node for node in ring.walk(0) if node not in owners)
+    owner = owners[2]
+    cluster.stop(owner)
+    deadline = time.monotonic() + 10
+    while _statuses(cluster, owners[0])[owner] != "down":
+        assert time.monotonic() < deadline, "the owner was never marked down"
+        time.sleep(0.05)
+    cluster.client(owners[0]).put(key, b"kept", w=3)  # two owners + the fallback
+    held = cluster.client(fallback).replica(key)
+    assert held is not None and base64.b64decode(held["siblings"][0]["value"]) == b"kept"
+    cluster.start(owner)
+    deadline = time.monotonic() + 20
+    while cluster.client(fallback).replica(key) is not None or cluster.client(owner).replica(key) is None:
+        assert time.monotonic() < deadline, "the hinted copy was never handed off"
+        time.sleep(0.1)
+    assert cluster.client(owner).get(key, r=3).siblings == [b"kept"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dynamod.core.quorum import Outcome
 from dynamod.core.versions import CausalContext, context_of, live_values
 from tests.sim import fired, make_cluster
@@ -146,3 +148,51 @@ def test_read_repair_removes_superseded_versions_from_a_stale_replica():
     network.down.clear()
     get(network, "n1", b"k", r=3)
     assert live_values(network.nodes["n3"].store.engine.read(b"k").siblings) == [b"new"]
+
+
+def owners_and_spare(network, key):
+    owners = network.nodes["n1"].replicas(key)
+    spare = next(node for node in network.nodes["n1"].ring.walk(0) if node not in owners)
+    return owners, spare
+
+
+def test_with_an_owner_down_a_write_lands_on_a_fallback_that_hands_it_off_later():
+    network, _ = make_cluster(size=5)
+    key = b"sloppy"
+    owners = network.nodes["n1"].replicas(key)
+    down = owners[2]
+    network.down.add(down)
+    coordinator = owners[0]
+    targets = network.nodes[coordinator].targets(key)
+    [(fallback, hint)] = [(node, hint) for node, hint in targets.items() if hint is not None]
+    assert hint == down and fallback not in owners
+    answer = put(network, coordinator, key, b"v", w=3)
+    assert answer.result.outcome is Outcome.OK  # W counts the fallback's ack
+    held = network.nodes[fallback].store.engine.read(key)
+    assert held.hints == {down} and network.nodes[fallback].store.hinted == {key: frozenset({down})}
+    assert live_values(get(network, owners[1], key, r=3).siblings) == [b"v"]
+
+    network.down.clear()
+    assert fired(network.nodes[fallback].hand_off(key, down)) is True
+    assert live_values(network.nodes[down].store.engine.read(key).siblings) == [b"v"]
+    assert network.nodes[fallback].store.engine.read(key) is None
+    assert network.nodes[fallback].store.hinted == {}
+
+
+def test_a_handoff_that_fails_keeps_the_hint():
+    network, _ = make_cluster(size=5)
+    key = b"sloppy"
+    owners = network.nodes["n1"].replicas(key)
+    network.down.add(owners[2])
+    put(network, owners[0], key, b"v", w=2)
+    [fallback] = [n for n, h in network.nodes[owners[0]].targets(key).items() if h is not None]
+    with pytest.raises(Exception, match="unreachable"):
+        fired(network.nodes[fallback].hand_off(key, owners[2]))
+    assert network.nodes[fallback].store.engine.read(key).hints == {owners[2]}
+
+
+def test_too_few_live_nodes_still_answer_503():
+    network, _ = make_cluster(size=3)
+    network.down.update({"n2", "n3"})
+    result = put(network, "n1", b"k", b"v", w=2).result
+    assert result.outcome is Outcome.FAILED and result.needed == 2

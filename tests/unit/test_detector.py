@@ -69,3 +69,21 @@ def test_phi_is_finite_non_negative_and_monotone_in_silence(gaps, extra):
         accrual.arrival(now)
     a, b = accrual.phi(now + extra), accrual.phi(now + extra + 1.0)
     assert 0.0 <= a <= b and b < float("inf")
+
+
+@given(st.lists(st.floats(0.01, 5.0), min_size=1, max_size=300), st.integers(2, 50))
+def test_running_statistics_match_a_direct_computation(gaps, window):
+    import math
+
+    accrual = PhiAccrual(window=window, min_std=0.0)
+    now = 0.0
+    accrual.arrival(now)
+    for gap in gaps:
+        now += gap
+        accrual.arrival(now)
+    kept = gaps[-window:]
+    mean = sum(kept) / len(kept)
+    std = math.sqrt(sum((g - mean) ** 2 for g in kept) / len(kept))
+    got_mean, got_std = accrual._mean_and_std()
+    assert math.isclose(got_mean, mean, rel_tol=1e-6, abs_tol=1e-9)
+    assert math.isclose(got_std, std, rel_tol=1e-4, abs_tol=1e-4)

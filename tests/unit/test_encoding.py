@@ -24,7 +24,8 @@ contexts = st.builds(CausalContext.of, st.dictionaries(actors, st.integers(0, 2*
 siblings = st.builds(Sibling, dot=st.tuples(actors, st.integers(1, 2**40)), past=contexts,
                      value=st.binary(max_size=64), deleted=st.booleans(), timestamp=st.integers(0, 2**62))
 records = st.builds(Record, siblings=st.lists(siblings, max_size=4).map(tuple),
-                    actor=st.none() | actors, counter=st.integers(0, 2**40))
+                    actor=st.none() | actors, counter=st.integers(0, 2**40),
+                    hints=st.frozensets(actors, max_size=3))
 
 
 @given(contexts)
@@ -63,11 +64,13 @@ def test_random_bytes_never_decode_to_a_record_silently(data):
 
 
 @pytest.mark.parametrize("value", [
-    [1, None, -1, []],
-    [1, None, 0, [["a", 0, [{}, []], b"", False, 0]]],
-    [1, None, 0, [["a", 1, [{"b": "x"}, []], b"", False, 0]]],
-    [1, 7, 0, []],
-    [2, None, 0, []],
+    [1, None, -1, [], []],
+    [1, None, 0, [["a", 0, [{}, []], b"", False, 0]], []],
+    [1, None, 0, [["a", 1, [{"b": "x"}, []], b"", False, 0]], []],
+    [1, 7, 0, [], []],
+    [1, None, 0, [], [3]],
+    [2, None, 0, [], []],
+    [1, None, 0, []],
 ])
 def test_malformed_records_are_refused(value):
     with pytest.raises(DecodeError):

@@ -12,12 +12,14 @@ from dynamod.core.versions import (
     CausalContext,
     Record,
     Sibling,
+    after_handoff,
     context_of,
     live_values,
     merge_into,
     put_version,
     reconcile,
     reconcile_lww,
+    with_hint,
 )
 
 ACTORS = ["a", "b", "c"]
@@ -251,3 +253,29 @@ class ReplicatedObject(RuleBasedStateMachine):
 
 TestReplicatedObject = ReplicatedObject.TestCase
 TestReplicatedObject.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def _version(actor: str, counter: int, past: CausalContext | None = None) -> Sibling:
+    return Sibling(dot=(actor, counter), past=past or CausalContext(), value=b"%s%d" % (actor.encode(), counter))
+
+
+def test_a_handed_off_record_is_dropped_once_its_last_owner_acknowledged():
+    v = _version("a", 1)
+    record = with_hint(with_hint(Record(siblings=(v,)), "n3"), "n4")
+    record = after_handoff(record, "n3", [v], keep_copy=False)
+    assert record.hints == {"n4"}
+    assert after_handoff(record, "n4", [v], keep_copy=False) is None
+    assert after_handoff(with_hint(Record(siblings=(v,)), "n3"), "n3", [v], keep_copy=True).hints == frozenset()
+
+
+def test_a_write_that_arrived_during_handoff_keeps_the_hint():
+    delivered = _version("a", 1)
+    record = with_hint(Record(siblings=(delivered, _version("b", 1))), "n3")
+    assert after_handoff(record, "n3", [delivered], keep_copy=False) == record
+
+
+def test_versions_superseded_by_delivered_ones_count_as_delivered():
+    old = _version("a", 1)
+    new = _version("a", 2, past=old.clock())
+    record = with_hint(Record(siblings=(old,)), "n3")
+    assert after_handoff(record, "n3", [new], keep_copy=False) is None

@@ -34,13 +34,21 @@ class PhiAccrual:
     acceptable_pause: float = 0.0
     intervals: collections.deque = attrs.field(factory=collections.deque)
     last_arrival: float | None = None
+    # Running sums keep phi O(1): it is asked on every request for every owner of the key.
+    _sum: float = 0.0
+    _sum_of_squares: float = 0.0
 
     def arrival(self, now: float) -> None:
         """Something arrived from the peer at ``now``."""
         if self.last_arrival is not None and now > self.last_arrival:
-            self.intervals.append(now - self.last_arrival)
+            interval = now - self.last_arrival
+            self.intervals.append(interval)
+            self._sum += interval
+            self._sum_of_squares += interval * interval
             while len(self.intervals) > self.window:
-                self.intervals.popleft()
+                dropped = self.intervals.popleft()
+                self._sum -= dropped
+                self._sum_of_squares -= dropped * dropped
         if self.last_arrival is None or now > self.last_arrival:
             self.last_arrival = now
 
@@ -48,8 +56,9 @@ class PhiAccrual:
         if not self.intervals:
             # Before any history: assume the configured spacing, with a generous spread.
             return self.first_interval, self.first_interval / 4
-        mean = sum(self.intervals) / len(self.intervals)
-        variance = sum((x - mean) ** 2 for x in self.intervals) / len(self.intervals)
+        count = len(self.intervals)
+        mean = self._sum / count
+        variance = max(0.0, self._sum_of_squares / count - mean * mean)
         return mean, max(math.sqrt(variance), self.min_std)
 
     def phi(self, now: float) -> float:

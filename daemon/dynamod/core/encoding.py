@@ -122,16 +122,17 @@ def siblings_from_wire(data: Any) -> tuple[Sibling, ...]:
 
 def encode_record(record: Record) -> bytes:
     """A stored record as bytes."""
-    return msgpack.packb([RECORD_FORMAT, record.actor, record.counter, siblings_to_wire(record.siblings)],
-                         use_bin_type=True)
+    return msgpack.packb([RECORD_FORMAT, record.actor, record.counter, siblings_to_wire(record.siblings),
+                          sorted(record.hints)], use_bin_type=True)
 
 
 def decode_record(data: bytes) -> Record:
     """Inverse of ``encode_record``; raises ``DecodeError`` on anything else."""
     value = unpack(data)
-    _require(isinstance(value, list) and len(value) == 4 and value[0] == RECORD_FORMAT,
+    _require(isinstance(value, list) and len(value) == 5 and value[0] == RECORD_FORMAT,
              "record has an unknown format")
-    _, actor, counter, siblings = value
+    _, actor, counter, siblings, hints = value
     _require(actor is None or isinstance(actor, str), "record actor must be a string")
     _require(isinstance(counter, int) and counter >= 0, "record counter must be a natural number")
-    return Record(siblings=siblings_from_wire(siblings), actor=actor, counter=counter)
+    _require(isinstance(hints, list) and all(isinstance(h, str) for h in hints), "record hints must be names")
+    return Record(siblings=siblings_from_wire(siblings), actor=actor, counter=counter, hints=frozenset(hints))

@@ -182,6 +182,9 @@ class Record:
     siblings: tuple[Sibling, ...] = ()
     actor: str | None = None
     counter: int = 0
+    #: Owners this node holds the record for as a sloppy-quorum fallback (Dynamo §4.6): the
+    #: versions are handed to each of them, and the record dropped once none is left.
+    hints: frozenset[str] = frozenset()
 
     def next_dot(self, context: CausalContext, allocate_actor: Callable[[], str]) -> tuple[Record, Dot]:
         """Allocate the dot of a new version coordinated here. ``allocate_actor`` is called only
@@ -221,6 +224,32 @@ def merge_into(record: Record | None, incoming: Iterable[Sibling], *, lww: bool 
     record = record or Record()
     merge = reconcile_lww if lww else reconcile
     return attrs.evolve(record, siblings=merge(record.siblings, incoming))
+
+
+def with_hint(record: Record, owner: str | None) -> Record:
+    """``record`` also held on behalf of ``owner`` (None: for no one)."""
+    if owner is None or owner in record.hints:
+        return record
+    return attrs.evolve(record, hints=record.hints | {owner})
+
+
+def after_handoff(record: Record | None, owner: str, delivered: Iterable[Sibling],
+                  keep_copy: bool) -> Record | None:
+    """The fallback's record once ``owner`` acknowledged ``delivered``: the hint goes only if
+    every version held now was delivered or is superseded by one that was (a write that arrived
+    during the handoff keeps it); without hints the record is dropped unless ``keep_copy`` (this
+    node became an owner itself)."""
+    if record is None or owner not in record.hints:
+        return record
+    sent = tuple(delivered)
+    covered = {s.dot for s in sent}
+    for sibling in record.siblings:
+        if sibling.dot not in covered and not any(s.supersedes(sibling) for s in sent):
+            return record
+    remaining = record.hints - {owner}
+    if not remaining and not keep_copy:
+        return None
+    return attrs.evolve(record, hints=remaining)
 
 
 def live_values(siblings: Iterable[Sibling]) -> list[bytes]:

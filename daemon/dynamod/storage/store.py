@@ -68,6 +68,20 @@ class Store:
         self._max_read_batches = read_batches
         self.batches = 0
         self.updates = 0
+        #: key -> owners it is held for as a fallback (kept current by ``stage``; built at start
+        #: by one scan of the stored records).
+        self.hinted: dict[bytes, frozenset[str]] = self._scan_hints()
+
+    def _scan_hints(self) -> dict[bytes, frozenset[str]]:
+        hinted = {}
+        for key in self.engine.keys():
+            try:
+                record = self.engine.read(key)
+            except Exception:  # noqa: BLE001 - a corrupt record is reported when it is read
+                continue
+            if record is not None and record.hints:
+                hinted[key] = record.hints
+        return hinted
 
     @property
     def incarnation(self) -> str:
@@ -150,6 +164,10 @@ class Store:
         current = self._staged[key][0] if key in self._staged else self.engine.read(key)
         new, result = fn(current, self.allocate_actor)
         raw = None if new is None else encode_record(new)
+        if new is not None and new.hints:
+            self.hinted[key] = new.hints
+        else:
+            self.hinted.pop(key, None)
         self._sequence += 1
         self._staged[key] = (new, self._sequence)
         committed: defer.Deferred = defer.Deferred()
