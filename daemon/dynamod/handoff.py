@@ -11,40 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import service
-from twisted.internet import task
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dynamod.coordinator import Coordinator
 
 
-class HandoffService(service.Service):
+class HandoffService(TimerService):
     """Delivers hinted records to their owners on a schedule."""
 
     log = Logger()
 
     def __init__(self, coordinator: Coordinator, is_up: Callable[[str], bool], clock: IReactorTime,
                  interval: float, max_per_round: int = 100):
+        super().__init__(interval, self.round)
+        self.clock = clock
         self.coordinator = coordinator
         self.is_up = is_up
-        self.clock = clock
-        self.interval = interval
         self.max_per_round = max_per_round
         self._in_flight: set[tuple[bytes, str]] = set()
-        self._loop: task.LoopingCall | None = None
         self.delivered = 0
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self.round)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return super().stopService()
 
     def pending(self) -> int:
         """Keys still held for another owner."""

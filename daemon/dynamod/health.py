@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application import service
-from twisted.internet import task
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -22,30 +21,19 @@ from dynamod.net.peers import PeerClient
 from dynamod.net.protocol import PeerTimeout, PeerUnavailable
 
 
-class HealthService(service.Service):
+class HealthService(TimerService):
     """Pings peers on a schedule and answers ``is_up``."""
 
     log = Logger()
 
     def __init__(self, detector: FailureDetector, peers: Mapping[str, PeerClient], clock: IReactorTime,
                  interval: float):
+        super().__init__(interval, self.beat)
+        self.clock = clock
         self.detector = detector
         self.peers = peers
-        self.clock = clock
         self.interval = interval
-        self._loop: task.LoopingCall | None = None
         self._last_state: dict[str, bool] = {}
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self.beat)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> Any:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return super().stopService()
 
     def beat(self) -> None:
         """Ping every peer once."""
