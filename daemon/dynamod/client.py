@@ -135,6 +135,13 @@ class DynamoClient:
             self._raise_for(status, payload)
         return self._json(status, payload)
 
+    def ring(self) -> dict[str, Any]:
+        """``/admin/ring``."""
+        status, _, payload = self._request("GET", "/admin/ring")
+        if status != 200:
+            self._raise_for(status, payload)
+        return self._json(status, payload)
+
     def replica(self, key: bytes | str) -> dict[str, Any] | None:
         """``/admin/replica/{key}``: this node's local copy, or None when it holds none."""
         status, _, payload = self._request("GET", key_path("/admin/replica/", key))

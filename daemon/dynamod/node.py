@@ -173,6 +173,18 @@ class Node(service.MultiService):
             "hinted_keys": self.handoff.pending(),
         }
 
+    def ring_document(self) -> dict[str, Any]:
+        """The /admin/ring document: partition ownership and each partition's preference list."""
+        n = self.config.n
+        return {
+            "node": self.node_id,
+            "partitions": self.ring.partitions,
+            "n": n,
+            "ownership": list(self.ring.ownership),
+            "preference_lists": [list(self.ring.preference_list_for_partition(p, n))
+                                 for p in range(self.ring.partitions)],
+        }
+
     def refresh_gauges(self) -> None:
         """Copy counters kept elsewhere into the metric gauges before a scrape."""
         self.metrics.storage_batches.set(self.store.batches)

@@ -123,6 +123,40 @@ def delete(ctx: Context, key: str, context: str | None, w: int | None) -> None:
     ctx.out.document({"key": key, "context": new_context}, text="ok, deleted")
 
 
+# -- cluster admin -----------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_context
+def status(ctx: Context) -> None:
+    """Show the cluster's members as the node sees them (exit 1 when any member is down)."""
+    client = ctx.client()
+    document = _client_call(ctx, client.status)
+    rows = [[m["id"], m["status"], m["http"], m["peer"], m.get("partitions", "-"),
+             "-" if m.get("heard_ago") is None else f"{m['heard_ago']:.1f}s"] for m in document["members"]]
+    text = (f"node {document['node']}  N={document['n']} R={document['r']} W={document['w']}  "
+            f"mode={document['mode']}  partitions={document.get('partitions', '?')}")
+    ctx.out.document(document, table=rows, headers=["member", "status", "http", "peer", "partitions", "heard"],
+                     text=text)
+    if any(m["status"] == "down" for m in document["members"]):
+        sys.exit(EXIT_NO)
+
+
+@cli.command()
+@pass_context
+def ring(ctx: Context) -> None:
+    """Show partition ownership and each partition's preference list."""
+    client = ctx.client()
+    document = _client_call(ctx, client.ring)
+    rows = [[p, owner, ",".join(document["preference_lists"][p])] for p, owner in enumerate(document["ownership"])]
+    counts: dict[str, int] = {}
+    for owner in document["ownership"]:
+        counts[owner] = counts.get(owner, 0) + 1
+    summary = ", ".join(f"{node}: {count}" for node, count in sorted(counts.items()))
+    ctx.out.document(document, table=rows, headers=["partition", "owner", "preference list"],
+                     text=f"{document['partitions']} partitions, N={document['n']}; owned: {summary}")
+
+
 # -- local clusters ----------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -72,3 +73,17 @@ def test_quorum_failure_exits_1_with_counts(local_cluster):
     dynactl(*node, "put", "k", "v", "--w", "2")
     dynactl("local", "start", "n3", "--dir", directory)
     dynactl(*node, "get", "k", "--r", "3")
+
+
+def test_status_and_ring_show_the_cluster(local_cluster):
+    directory, cluster = local_cluster
+    node = ["--node", cluster["nodes"][0]["http"]]
+    status = json.loads(dynactl(*node, "--format", "json", "status").stdout)
+    assert {m["id"]: m["status"] for m in status["members"]} == {"n1": "up", "n2": "up", "n3": "up"}
+    ring = json.loads(dynactl(*node, "--format", "json", "ring").stdout)
+    assert len(ring["ownership"]) == 16 and all(len(set(p)) == 3 for p in ring["preference_lists"])
+    assert "16 partitions" in dynactl(*node, "ring").stdout
+    dynactl("local", "kill", "n2", "--dir", directory)
+    deadline = time.monotonic() + 10
+    while dynactl(*node, "status", check=None).returncode != 1:
+        assert time.monotonic() < deadline, "status never reported n2 down"

@@ -130,6 +130,8 @@ class Api:
             return "replica", self.replica
         if path == b"/admin/status":
             return "status", lambda _: HttpResponse.json(200, self.node.status())
+        if path == b"/admin/ring":
+            return "ring", lambda _: HttpResponse.json(200, self.node.ring_document())
         if path == b"/metrics":
             return "metrics", self.metrics
         return "other", self._not_found
