@@ -30,7 +30,7 @@ class SimNetwork:
         self.sent.append((source, target, op))
         if target in self.down or source in self.down:
             return defer.fail(PeerUnavailable(f"{target} unreachable"))
-        wire = msgpack.unpackb(msgpack.packb(payload, use_bin_type=True), raw=False)
+        wire = msgpack.unpackb(msgpack.packb(payload, use_bin_type=True), raw=False, strict_map_key=False)
         if target in self.silent:
             answer: defer.Deferred = defer.Deferred()
             self.clock.callLater(timeout, lambda: answer.called or answer.errback(PeerTimeout("silent")))
@@ -38,7 +38,7 @@ class SimNetwork:
         reply = defer.maybeDeferred(self.nodes[target].handle_peer_request, op, wire)
 
         def to_wire(value: Any) -> Any:
-            return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
+            return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
 
         def to_error(failure: Any) -> None:
             raise PeerError(failure.getErrorMessage())

@@ -58,6 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_timeout", float, 3.0, "seconds a quorum waits for replicas before answering 503"),
     Setting("heartbeat_interval", float, 1.0, "seconds between pings of every peer (failure detection)"),
     Setting("handoff_interval", float, 2.0, "seconds between rounds of hinted handoff to owners that are up"),
+    Setting("anti_entropy_interval", float, 5.0,
+            "seconds between anti-entropy exchanges (one partition with one other replica each)"),
     Setting("phi_threshold", float, 8.0, "phi-accrual suspicion level above which a silent peer is down"),
     Setting("max_value_size", int, 1024 * 1024, "largest value accepted, in bytes (413 above)"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, "largest node-to-node frame, in bytes"),
@@ -93,6 +95,7 @@ class NodeConfig:
     request_timeout: float
     heartbeat_interval: float
     handoff_interval: float
+    anti_entropy_interval: float
     phi_threshold: float
     max_value_size: int
     max_frame_size: int
@@ -189,7 +192,8 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
         raise ConfigError("max_frame_size must be at least twice max_value_size")
-    for name in ("request_timeout", "heartbeat_interval", "handoff_interval", "phi_threshold"):
+    for name in ("request_timeout", "heartbeat_interval", "handoff_interval", "anti_entropy_interval",
+                 "phi_threshold"):
         if resolved[name] <= 0:
             raise ConfigError(f"{name} must be positive")
     resolved["members"] = tuple(members)

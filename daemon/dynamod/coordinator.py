@@ -93,6 +93,8 @@ class Coordinator:
         self.on_event = on_event
         #: This node's failure detector: peers judged down are replaced by fallbacks.
         self.is_up = is_up
+        #: Further peer operations served by other services: ``op -> handler(payload)``.
+        self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
         """The key's preference list (its N owners, up or not)."""
@@ -154,14 +156,14 @@ class Coordinator:
         for replica in stale:
             self.on_event("read_repair")
             if replica == self.node_id:
-                repaired = self.store.update(key, self._merge_update(merged, targets[replica]))
+                repaired = self.store.update(key, self.merge_update(merged, targets[replica]))
             else:
                 repaired = self.peers[replica].call("put", [key, packed, targets[replica]], self.settings.timeout)
             repaired.addErrback(lambda failure, replica=replica: self.log.debug(
                 "read repair of {key!r} at {replica} failed: {reason}", key=key, replica=replica,
                 reason=failure.getErrorMessage()))
 
-    def _merge_update(self, incoming: tuple[Sibling, ...], hint: str | None) -> Callable[..., tuple[Record, bool]]:
+    def merge_update(self, incoming: tuple[Sibling, ...], hint: str | None) -> Callable[..., tuple[Record, bool]]:
         """A store update merging ``incoming`` into the local record, held for ``hint`` if given."""
         lww = self.settings.lww
         return lambda record, _: (with_hint(merge_into(record, incoming, lww=lww), hint), True)
@@ -331,11 +333,13 @@ class Coordinator:
             return self.store.get_raw(key)
         if op == "ping":
             return True
+        if op in self.extra_handlers:
+            return self.extra_handlers[op](payload)
         if op == "put":
             key, packed, hint = payload
             if hint is not None and not isinstance(hint, str):
                 raise ValueError("a hint names a node")
-            return self.store.update(key, self._merge_update(siblings_from_wire(unpack(packed)), hint))
+            return self.store.update(key, self.merge_update(siblings_from_wire(unpack(packed)), hint))
         if op == "coordinate_put":
             key, value, context_wire, deleted, w = payload
             put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)

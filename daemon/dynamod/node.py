@@ -15,6 +15,7 @@ from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from dynamod.antientropy import AntiEntropyService
 from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
@@ -99,6 +100,9 @@ class Node(service.MultiService):
         self.health.setServiceParent(self)
         self.handoff = HandoffService(self.coordinator, self._is_up, reactor, config.handoff_interval)
         self.handoff.setServiceParent(self)
+        self.anti_entropy = AntiEntropyService(self.coordinator, self._is_up, reactor, config.anti_entropy_interval)
+        self.anti_entropy.setServiceParent(self)
+        self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
         for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
@@ -171,6 +175,7 @@ class Node(service.MultiService):
             "engine": self.config.engine, "sync": self.config.sync,
             "storage": {"batches": self.store.batches, "updates": self.store.updates},
             "hinted_keys": self.handoff.pending(),
+            "anti_entropy": self.anti_entropy.report(),
         }
 
     def ring_document(self) -> dict[str, Any]:

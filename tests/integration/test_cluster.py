@@ -229,3 +229,32 @@ def test_a_write_with_an_owner_down_lands_on_a_fallback_and_reaches_the_owner_af
         assert time.monotonic() < deadline, "the hinted copy was never handed off"
         time.sleep(0.1)
     assert cluster.client(owner).get(key, r=3).siblings == [b"kept"]
+
+
+def test_a_wiped_node_is_restored_by_anti_entropy_without_reads(make_cluster):
+    import shutil
+
+    cluster = make_cluster(partitions=16, heartbeat_interval=0.2, anti_entropy_interval=0.05)
+    client = cluster.client("n1")
+    keys = [f"aae-{i}" for i in range(120)]
+    for key in keys:
+        client.put(key, key.encode(), w=3)
+    incarnation = cluster.client("n3").status()["incarnation"]
+    cluster.stop("n3")
+    shutil.rmtree(cluster.cluster.node("n3").data_dir)
+    cluster.start("n3")
+    wiped = cluster.client("n3")
+    assert wiped.status()["incarnation"] != incarnation
+    deadline = time.monotonic() + 60
+    missing = keys
+    while missing:
+        assert time.monotonic() < deadline, f"{len(missing)} keys never restored, e.g. {missing[:3]}"
+        missing = [key for key in missing if wiped.replica(key) is None]
+        time.sleep(0.2)
+    progress = wiped.status()["anti_entropy"]
+    assert progress["keys_received"] + cluster.client("n1").status()["anti_entropy"]["keys_sent"] \
+        + cluster.client("n2").status()["anti_entropy"]["keys_sent"] >= len(keys)
+    for node in cluster.ids:  # no quorum read ran anywhere: nothing could have read-repaired n3
+        metrics = urllib.request.urlopen(f"http://{cluster.cluster.node(node).http}/metrics").read().decode()
+        assert 'dynamod_requests_total{code="200",op="get"}' not in metrics
+        assert 'op="replica"' in metrics or node != "n3"

@@ -68,20 +68,34 @@ class Store:
         self._max_read_batches = read_batches
         self.batches = 0
         self.updates = 0
-        #: key -> owners it is held for as a fallback (kept current by ``stage``; built at start
-        #: by one scan of the stored records).
-        self.hinted: dict[bytes, frozenset[str]] = self._scan_hints()
+        #: key -> owners it is held for as a fallback (kept current by ``stage``, built by ``scan``).
+        self.hinted: dict[bytes, frozenset[str]] = {}
+        #: Called as ``observer(key, old_record, new_record)`` for every staged change.
+        self._observers: list[Callable[[bytes, Record | None, Record | None], None]] = [self._index_hints]
 
-    def _scan_hints(self) -> dict[bytes, frozenset[str]]:
-        hinted = {}
-        for key in self.engine.keys():
+    def observe(self, observer: Callable[[bytes, Record | None, Record | None], None]) -> None:
+        """Have ``observer`` told of every change (and of every stored record by ``scan``)."""
+        self._observers.append(observer)
+
+    def scan(self) -> int:
+        """Tell every observer about every stored record, once, at start; returns the count.
+        Corrupt records are skipped here and reported when read."""
+        count = 0
+        for key in list(self.engine.keys()):
             try:
                 record = self.engine.read(key)
-            except Exception:  # noqa: BLE001 - a corrupt record is reported when it is read
+            except Exception:  # noqa: BLE001 - reported when the key is read
                 continue
-            if record is not None and record.hints:
-                hinted[key] = record.hints
-        return hinted
+            count += 1
+            for observer in self._observers:
+                observer(key, None, record)
+        return count
+
+    def _index_hints(self, key: bytes, old: Record | None, new: Record | None) -> None:
+        if new is not None and new.hints:
+            self.hinted[key] = new.hints
+        else:
+            self.hinted.pop(key, None)
 
     @property
     def incarnation(self) -> str:
@@ -164,10 +178,8 @@ class Store:
         current = self._staged[key][0] if key in self._staged else self.engine.read(key)
         new, result = fn(current, self.allocate_actor)
         raw = None if new is None else encode_record(new)
-        if new is not None and new.hints:
-            self.hinted[key] = new.hints
-        else:
-            self.hinted.pop(key, None)
+        for observer in self._observers:
+            observer(key, current, new)
         self._sequence += 1
         self._staged[key] = (new, self._sequence)
         committed: defer.Deferred = defer.Deferred()

@@ -1,0 +1,174 @@
+"""Active anti-entropy (Dynamo §4.7): replicas of a partition compare Merkle trees and exchange
+the versions of the keys they disagree on, with no client reads involved.
+
+The node keeps one tree per partition, updated on every change the store stages (and built by the
+store's scan at start), plus the keys of each leaf. Every ``interval`` seconds it takes the next
+partition it replicates and one other replica of it that is up, walks the two trees from the root
+down, only into differing subtrees (one round trip per level), fetches the other side's records
+for the differing leaves and merges them here, and sends its own records for those leaves there.
+Merging is reconciliation, so the exchange is safe in both directions and in any order. A wiped
+node (new incarnation, empty disk) is refilled this way, partition by partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from msgpack import packb
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dynamod.coordinator import Coordinator
+from dynamod.core.encoding import siblings_to_wire
+from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of, record_digest
+from dynamod.core.ring import partition_of
+from dynamod.core.versions import Record
+from dynamod.storage.engine import decode_stored
+
+
+class AntiEntropyService(TimerService):
+    """Keeps Merkle trees current and runs one exchange per interval."""
+
+    log = Logger()
+
+    def __init__(self, coordinator: Coordinator, is_up: Callable[[str], bool], clock: IReactorTime,
+                 interval: float, depth: int = DEFAULT_DEPTH):
+        super().__init__(interval, self.round)
+        self.clock = clock
+        self.coordinator = coordinator
+        self.is_up = is_up
+        self.depth = depth
+        self.trees: dict[int, MerkleTree] = {}
+        self.leaf_keys: dict[tuple[int, int], set[bytes]] = {}
+        self._cursor = 0
+        self._running: defer.Deferred | None = None
+        self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
+                      "failed_exchanges": 0, "last_exchange": None}
+        coordinator.store.observe(self.observe)
+        coordinator.extra_handlers["aae_hashes"] = self._answer_hashes
+        coordinator.extra_handlers["aae_records"] = self._answer_records
+
+    # -- trees ---------------------------------------------------------------------------------
+
+    def _tree(self, partition: int) -> MerkleTree:
+        tree = self.trees.get(partition)
+        if tree is None:
+            tree = self.trees[partition] = MerkleTree(self.depth)
+        return tree
+
+    def observe(self, key: bytes, old: Record | None, new: Record | None) -> None:
+        """A store change: update the key's partition tree and leaf index."""
+        old_digest = record_digest(old.siblings) if old is not None and old.siblings else None
+        new_digest = record_digest(new.siblings) if new is not None and new.siblings else None
+        if old_digest == new_digest:
+            return
+        partition = partition_of(key, self.coordinator.ring.partitions)
+        self._tree(partition).update(key, old_digest, new_digest)
+        leaf = (partition, leaf_of(key, self.depth))
+        if new_digest is None:
+            self.leaf_keys.get(leaf, set()).discard(key)
+        else:
+            self.leaf_keys.setdefault(leaf, set()).add(key)
+
+    # -- answering a peer ----------------------------------------------------------------------
+
+    def _answer_hashes(self, payload: Any) -> dict[int, bytes]:
+        partition, level, indices = payload
+        if not (isinstance(level, int) and 0 <= level <= self.depth and isinstance(indices, list)
+                and all(isinstance(i, int) and 0 <= i < (1 << level) for i in indices)):
+            raise ValueError("bad tree request")
+        return self._tree(int(partition)).hashes(level, indices)
+
+    def _answer_records(self, payload: Any) -> list[list[Any]]:
+        partition, leaves = payload
+        keys = sorted(k for leaf in leaves for k in self.leaf_keys.get((int(partition), int(leaf)), ()))
+        records = []
+        for key in keys:
+            raw = self.coordinator.store.get_raw(key)
+            if isinstance(raw, defer.Deferred):
+                raise ValueError("anti-entropy needs reads on the event loop (read_threads = 0)")
+            if raw is not None:
+                records.append([key, raw])
+        return records
+
+    # -- exchanging ----------------------------------------------------------------------------
+
+    def my_partitions(self) -> list[int]:
+        """Partitions this node is a primary replica of."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        return [p for p in range(ring.partitions) if me in ring.preference_list_for_partition(p, n)]
+
+    def round(self) -> None:
+        """Exchange the next partition with one of its other replicas that is up."""
+        if self._running is not None:
+            return
+        partitions = self.my_partitions()
+        if not partitions:
+            return
+        partition = partitions[self._cursor % len(partitions)]
+        self._cursor += 1
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        peers = [node for node in ring.preference_list_for_partition(partition, n)
+                 if node != me and self.is_up(node)]
+        if not peers:
+            return
+        peer = peers[(self._cursor // len(partitions)) % len(peers)]
+        self._running = self.exchange(partition, peer)
+        self._running.addBoth(self._finished, partition, peer)
+
+    def _finished(self, result: Any, partition: int, peer: str) -> None:
+        self._running = None
+        if isinstance(result, int):
+            self.stats["exchanges"] += 1
+            self.stats["last_exchange"] = {"partition": partition, "peer": peer, "keys": result,
+                                           "at": round(self.clock.seconds(), 3)}
+            if result == 0:
+                self.stats["partitions_in_sync"] += 1
+        else:
+            self.stats["failed_exchanges"] += 1
+            self.log.info("anti-entropy with {peer} on partition {partition} failed: {reason}", peer=peer,
+                          partition=partition, reason=result.getErrorMessage())
+
+    @defer.inlineCallbacks
+    def exchange(self, partition: int, peer: str) -> Any:
+        """Reconcile one partition with ``peer``; fires with the number of keys exchanged."""
+        call = self.coordinator.peers[peer].call
+        timeout = self.coordinator.settings.timeout
+        tree = self._tree(partition)
+        frontier = [0]
+        for level in range(self.depth + 1):
+            theirs = yield call("aae_hashes", [partition, level, frontier], timeout)
+            mine = tree.hashes(level, frontier)
+            if level == self.depth:
+                frontier = [leaf for leaf in frontier if mine[leaf] != theirs.get(leaf)]
+            else:
+                frontier = differing_children(level, mine, theirs)
+            if not frontier:
+                return 0
+        incoming = yield call("aae_records", [partition, frontier], timeout)
+        received = 0
+        for key, raw in incoming:
+            record = decode_stored(key, raw)
+            if record is not None:
+                received += 1
+                self.coordinator.store.update(key, self.coordinator.merge_update(record.siblings, None))
+        sent = 0
+        for leaf in frontier:
+            for key in sorted(self.leaf_keys.get((partition, leaf), ())):
+                record = yield self.coordinator.store.get(key)
+                if record is None or not record.siblings:
+                    continue
+                packed = packb(siblings_to_wire(record.siblings), use_bin_type=True)
+                yield call("put", [key, packed, None], timeout)
+                sent += 1
+        self.stats["keys_received"] += received
+        self.stats["keys_sent"] += sent
+        return received + sent
+
+    def report(self) -> dict[str, Any]:
+        """Progress for /admin/status."""
+        return {**self.stats, "partitions": len(self.my_partitions()),
+                "keys": sum(len(keys) for keys in self.leaf_keys.values())}
