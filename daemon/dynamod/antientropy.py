@@ -82,17 +82,17 @@ class AntiEntropyService(TimerService):
             raise ValueError("bad tree request")
         return self._tree(int(partition)).hashes(level, indices)
 
-    def _answer_records(self, payload: Any) -> list[list[Any]]:
+    def _answer_records(self, payload: Any) -> list[list[Any]] | defer.Deferred:
         partition, leaves = payload
         keys = sorted(k for leaf in leaves for k in self.leaf_keys.get((int(partition), int(leaf)), ()))
-        records = []
-        for key in keys:
-            raw = self.coordinator.store.get_raw(key)
-            if isinstance(raw, defer.Deferred):
-                raise ValueError("anti-entropy needs reads on the event loop (read_threads = 0)")
-            if raw is not None:
-                records.append([key, raw])
-        return records
+        raws = [self.coordinator.store.get_raw(key) for key in keys]
+
+        def pair(found: list[bytes | None]) -> list[list[Any]]:
+            return [[key, raw] for key, raw in zip(keys, found, strict=True) if raw is not None]
+
+        if any(isinstance(raw, defer.Deferred) for raw in raws):  # reads on threads (read_threads > 0)
+            return defer.gatherResults([defer.maybeDeferred(lambda r=raw: r) for raw in raws]).addCallback(pair)
+        return pair(raws)
 
     # -- exchanging ----------------------------------------------------------------------------
 

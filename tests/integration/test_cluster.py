@@ -231,10 +231,12 @@ def test_a_write_with_an_owner_down_lands_on_a_fallback_and_reaches_the_owner_af
     assert cluster.client(owner).get(key, r=3).siblings == [b"kept"]
 
 
-def test_a_wiped_node_is_restored_by_anti_entropy_without_reads(make_cluster):
+@pytest.mark.parametrize("read_threads", [0, 2])
+def test_a_wiped_node_is_restored_by_anti_entropy_without_reads(make_cluster, read_threads):
     import shutil
 
-    cluster = make_cluster(partitions=16, heartbeat_interval=0.2, anti_entropy_interval=0.05)
+    cluster = make_cluster(partitions=16, heartbeat_interval=0.2, anti_entropy_interval=0.05,
+                           read_threads=read_threads)
     client = cluster.client("n1")
     keys = [f"aae-{i}" for i in range(120)]
     for key in keys:
