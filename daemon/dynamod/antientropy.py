@@ -23,8 +23,8 @@ from twisted.logger import Logger
 
 from dynamod.coordinator import Coordinator
 from dynamod.core.encoding import siblings_to_wire
-from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of, record_digest
-from dynamod.core.ring import partition_of
+from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of_hash, record_digest
+from dynamod.core.ring import key_hash, partition_of_hash
 from dynamod.core.versions import Record
 from dynamod.storage.engine import decode_stored
 
@@ -43,6 +43,8 @@ class AntiEntropyService(TimerService):
         self.depth = depth
         self.trees: dict[int, MerkleTree] = {}
         self.leaf_keys: dict[tuple[int, int], set[bytes]] = {}
+        #: key -> digest of the sibling set the trees hold for it
+        self.digests: dict[bytes, bytes] = {}
         self._cursor = 0
         self._running: defer.Deferred | None = None
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
@@ -61,16 +63,20 @@ class AntiEntropyService(TimerService):
 
     def observe(self, key: bytes, old: Record | None, new: Record | None) -> None:
         """A store change: update the key's partition tree and leaf index."""
-        old_digest = record_digest(old.siblings) if old is not None and old.siblings else None
+        old_digest = self.digests.get(key)
         new_digest = record_digest(new.siblings) if new is not None and new.siblings else None
         if old_digest == new_digest:
             return
-        partition = partition_of(key, self.coordinator.ring.partitions)
-        self._tree(partition).update(key, old_digest, new_digest)
-        leaf = (partition, leaf_of(key, self.depth))
+        hashed = key_hash(key)
+        partition = partition_of_hash(hashed, self.coordinator.ring.partitions)
+        leaf_index = leaf_of_hash(hashed, self.depth)
+        self._tree(partition).update(key, old_digest, new_digest, leaf_index)
+        leaf = (partition, leaf_index)
         if new_digest is None:
+            self.digests.pop(key, None)
             self.leaf_keys.get(leaf, set()).discard(key)
         else:
+            self.digests[key] = new_digest
             self.leaf_keys.setdefault(leaf, set()).add(key)
 
     # -- answering a peer ----------------------------------------------------------------------

@@ -104,6 +104,9 @@ class Coordinator:
         """Sloppy quorum (Dynamo §4.6): the owners of ``key`` that are up, then for each owner that
         is down the next node up on the ring, mapped to the owner it stands in for."""
         up = self.is_up
+        owners = self.replicas(key)
+        if all(node == self.node_id or up(node) for node in owners):
+            return dict.fromkeys(owners)  # the common case: every owner is up
         return dict(self.ring.sloppy_targets(key, self.settings.n,
                                              lambda node: node == self.node_id or up(node)))
 
@@ -224,6 +227,8 @@ class Coordinator:
 
     def _unreplaced(self, key: bytes, targets: dict[str, str | None]) -> tuple[str, ...]:
         """Owners that are down with no fallback up to stand in for them."""
+        if len(targets) >= self.settings.n:
+            return ()
         covered = set(targets) | set(targets.values())
         return tuple(owner for owner in self.replicas(key) if owner not in covered)
 

@@ -34,9 +34,14 @@ class HealthService(TimerService):
         self.peers = peers
         self.interval = interval
         self._last_state: dict[str, bool] = {}
+        # The judgement is asked several times per request: it is recomputed on every piece of
+        # evidence and at every beat (so silence is noticed within one interval), and read here.
+        self._up: dict[str, bool] = {}
 
     def beat(self) -> None:
-        """Ping every peer once."""
+        """Re-judge every peer, then ping each once."""
+        for peer_id in self.peers:
+            self._note(peer_id)
         for peer_id, client in self.peers.items():
             ping = client.call("ping", None, timeout=2 * self.interval)
             ping.addCallbacks(lambda _, peer_id=peer_id: self.arrival(peer_id),
@@ -55,7 +60,7 @@ class HealthService(TimerService):
             self.log.warn("ping of {peer} failed: {reason}", peer=peer_id, reason=failure.getErrorMessage())
 
     def _note(self, peer_id: str) -> None:
-        up = self.is_up(peer_id)
+        up = self._up[peer_id] = self.detector.is_up(peer_id, self.clock.seconds())
         if self._last_state.get(peer_id, True) != up:
             self.log.info("peer {peer} is {state}", peer=peer_id, state="up" if up else "down")
         self._last_state[peer_id] = up
@@ -68,5 +73,5 @@ class HealthService(TimerService):
         return max(0.0, self.clock.seconds() - health.accrual.last_arrival)
 
     def is_up(self, peer_id: str) -> bool:
-        """This node's current judgement of ``peer_id``."""
-        return self.detector.is_up(peer_id, self.clock.seconds())
+        """This node's judgement of ``peer_id`` as of the latest evidence or beat."""
+        return self._up.get(peer_id, False)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
+import msgpack
+
+from dynamod.core.ring import key_hash
 from dynamod.core.versions import Sibling
 
 DEFAULT_DEPTH = 10
@@ -23,15 +26,18 @@ _EMPTY = b"\x00" * 16
 
 def record_digest(siblings: Iterable[Sibling]) -> bytes:
     """16 bytes naming a sibling set: its dots and tombstone flags, in dot order."""
-    hasher = hashlib.md5()
-    for sibling in sorted(siblings, key=lambda s: s.dot):
-        hasher.update(b"%s\x00%d\x00%d\x01" % (sibling.dot[0].encode(), sibling.dot[1], sibling.deleted))
-    return hasher.digest()
+    return hashlib.md5(msgpack.packb(sorted((s.dot[0], s.dot[1], s.deleted) for s in siblings))).digest()
 
 
 def leaf_of(key: bytes, depth: int) -> int:
-    """The leaf bucket of ``key`` (independent of the partition a key falls in)."""
-    return int.from_bytes(hashlib.md5(b"merkle:" + key).digest()[:4], "big") >> (32 - depth)
+    """The leaf bucket of ``key``: the low bits of its MD5, independent of the partition (which
+    the high bits choose)."""
+    return leaf_of_hash(key_hash(key), depth)
+
+
+def leaf_of_hash(hashed: int, depth: int) -> int:
+    """``leaf_of`` for a key whose ``key_hash`` is already known."""
+    return hashed & ((1 << depth) - 1)
 
 
 def _entry(key: bytes, digest: bytes) -> int:
@@ -58,11 +64,14 @@ class MerkleTree:
             tree.update(key, None, digest)
         return tree
 
-    def update(self, key: bytes, old_digest: bytes | None, new_digest: bytes | None) -> None:
-        """Replace the key's entry (None: absent) in O(1); inner hashes are recomputed lazily."""
+    def update(self, key: bytes, old_digest: bytes | None, new_digest: bytes | None,
+               leaf: int | None = None) -> None:
+        """Replace the key's entry (None: absent) in O(1); inner hashes are recomputed lazily.
+        ``leaf`` may be passed when the caller already knows it."""
         if old_digest == new_digest:
             return
-        leaf = leaf_of(key, self.depth)
+        if leaf is None:
+            leaf = leaf_of(key, self.depth)
         if old_digest is not None:
             self._leaves[leaf] ^= _entry(key, old_digest)
         if new_digest is not None:

@@ -21,7 +21,12 @@ def key_hash(key: bytes) -> int:
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition (0..Q-1) that holds ``key``: equal slices of the 2^128 hash space."""
-    return (key_hash(key) * partitions) >> 128
+    return partition_of_hash(key_hash(key), partitions)
+
+
+def partition_of_hash(hashed: int, partitions: int) -> int:
+    """``partition_of`` for a key whose ``key_hash`` is already known."""
+    return (hashed * partitions) >> 128
 
 
 class Ring:
