@@ -52,10 +52,6 @@ class SimPeer:
     def __init__(self, network: SimNetwork, source: str, target: str):
         self.network, self.source, self.target = network, source, target
 
-    @property
-    def reachable(self) -> bool:
-        return self.target not in self.network.down
-
     def call(self, op: str, payload: Any, timeout: float) -> defer.Deferred:
         return self.network.deliver(self.source, self.target, op, payload, timeout)
 

@@ -36,12 +36,6 @@ class QuorumResult:
     reason: str = ""
 
 
-def validate_quorum(n: int, value: int, name: str) -> None:
-    """Raise ``ValueError`` unless ``1 <= value <= n``."""
-    if not 1 <= value <= n:
-        raise ValueError(f"{name} must be between 1 and n={n}, got {value}")
-
-
 @attrs.define
 class _QuorumCore:
     """What PUT and GET share: ``needed`` successes out of ``replicas``, failures, a deadline."""

@@ -107,13 +107,6 @@ class PeerClient:
         """Disconnect and stop retrying."""
         return self.service.stopService()
 
-    @property
-    def reachable(self) -> bool | None:
-        """True when connected, False when the latest attempt failed, None when not known yet."""
-        if self.protocol is not None:
-            return True
-        return False if self.last_error else None
-
     def _connected(self, protocol: PeerProtocol) -> None:
         self.protocol = protocol
         self.last_error = None

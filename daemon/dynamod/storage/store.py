@@ -97,11 +97,6 @@ class Store:
         else:
             self.hinted.pop(key, None)
 
-    @property
-    def incarnation(self) -> str:
-        """The engine's node incarnation."""
-        return self.engine.incarnation
-
     def allocate_actor(self) -> str:
         """A fresh actor id for this node: never returned before, across restarts."""
         self._epoch += 1
