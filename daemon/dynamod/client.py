@@ -135,6 +135,13 @@ class DynamoClient:
             self._raise_for(status, payload)
         return self._json(status, payload)
 
+    def metrics(self) -> str:
+        """``/metrics`` (Prometheus text)."""
+        status, _, payload = self._request("GET", "/metrics")
+        if status != 200:
+            self._raise_for(status, payload)
+        return payload.decode()
+
     def ring(self) -> dict[str, Any]:
         """``/admin/ring``."""
         status, _, payload = self._request("GET", "/admin/ring")

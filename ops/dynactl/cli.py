@@ -157,6 +157,23 @@ def ring(ctx: Context) -> None:
                      text=f"{document['partitions']} partitions, N={document['n']}; owned: {summary}")
 
 
+@cli.command()
+@pass_context
+def stats(ctx: Context) -> None:
+    """Requests per operation and status code, latency bounds from the node's histograms, and its
+    counters (storage batches, read repairs, handoffs, corrupt records)."""
+    from dynactl.stats import summarise
+
+    client = ctx.client()
+    document = summarise(_client_call(ctx, client.metrics))
+    rows = [[op, o["count"], " ".join(f"{c}:{n}" for c, n in o["by_code"].items()),
+             o["mean_ms"], o["p50_le_ms"], o["p99_le_ms"]] for op, o in document["operations"].items()]
+    counters = ", ".join(f"{name}={value:g}" for name, value in sorted(document["counters"].items()))
+    ctx.out.document(document, table=rows,
+                     headers=["op", "requests", "by status", "mean ms", "p50 <= ms", "p99 <= ms"],
+                     text=counters)
+
+
 # -- local clusters ----------------------------------------------------------------------------
 
 

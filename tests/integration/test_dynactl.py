@@ -87,3 +87,17 @@ def test_status_and_ring_show_the_cluster(local_cluster):
     deadline = time.monotonic() + 10
     while dynactl(*node, "status", check=None).returncode != 1:
         assert time.monotonic() < deadline, "status never reported n2 down"
+
+
+def test_stats_summarises_the_metrics(local_cluster):
+    _, cluster = local_cluster
+    node = ["--node", cluster["nodes"][0]["http"]]
+    dynactl(*node, "put", "s", "v")
+    dynactl(*node, "get", "s")
+    dynactl(*node, "get", "missing", check=1)
+    stats = json.loads(dynactl(*node, "--format", "json", "stats").stdout)
+    assert stats["operations"]["put"]["by_code"] == {"204": 1}
+    assert stats["operations"]["get"]["by_code"] == {"200": 1, "404": 1}
+    assert stats["operations"]["get"]["p99_le_ms"] is not None
+    assert stats["counters"]["storage_batches"] >= 1
+    assert "requests" in dynactl(*node, "stats").stdout
