@@ -103,12 +103,13 @@ class Coordinator:
     def targets(self, key: bytes) -> dict[str, str | None]:
         """Sloppy quorum (Dynamo §4.6): the owners of ``key`` that are up, then for each owner that
         is down the next node up on the ring, mapped to the owner it stands in for."""
-        up = self.is_up
+        def up(node: str) -> bool:
+            return node == self.node_id or self.is_up(node)
+
         owners = self.replicas(key)
-        if all(node == self.node_id or up(node) for node in owners):
+        if all(up(node) for node in owners):
             return dict.fromkeys(owners)  # the common case: every owner is up
-        return dict(self.ring.sloppy_targets(key, self.settings.n,
-                                             lambda node: node == self.node_id or up(node)))
+        return dict(self.ring.sloppy_targets(key, self.settings.n, up))
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -87,7 +87,8 @@ class Node(service.MultiService):
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
-                                       on_event=self._count_event, is_up=self._is_up)
+                                       on_event=self._count_event,
+                                       is_up=lambda node: self.health.is_up(node))  # health comes next
         for member in config.members:
             if member.id != self.node_id:
                 self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
@@ -98,9 +99,10 @@ class Node(service.MultiService):
                             first_interval=config.heartbeat_interval),
             self.peers, reactor, config.heartbeat_interval)
         self.health.setServiceParent(self)
-        self.handoff = HandoffService(self.coordinator, self._is_up, reactor, config.handoff_interval)
+        self.handoff = HandoffService(self.coordinator, self.health.is_up, reactor, config.handoff_interval)
         self.handoff.setServiceParent(self)
-        self.anti_entropy = AntiEntropyService(self.coordinator, self._is_up, reactor, config.anti_entropy_interval)
+        self.anti_entropy = AntiEntropyService(self.coordinator, self.health.is_up, reactor,
+                                               config.anti_entropy_interval)
         self.anti_entropy.setServiceParent(self)
         self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
@@ -109,9 +111,6 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
-
-    def _is_up(self, node_id: str) -> bool:
-        return node_id == self.node_id or self.health.is_up(node_id)
 
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,

@@ -123,9 +123,8 @@ class LocalCluster:
     def save(self) -> None:
         """Write cluster.json atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        document = {"nodes": [node.as_json() for node in self.nodes], **self.settings}
         temporary = self.path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        temporary.write_text(json.dumps(self.contract_document(), indent=2) + "\n")
         temporary.replace(self.path)
 
     def node(self, node_id: str) -> LocalNode:
@@ -167,10 +166,9 @@ class LocalCluster:
                 peer=f"127.0.0.1:{peer_ports[index - 1]}", pid=None,
                 data_dir=str(node_dir / "data"), log=str(node_dir / "dynamod.log"),
                 config=str(node_dir / "node.toml")))
-        node_settings = {k: v for k, v in self.settings.items()}
         for node in self.nodes:
             Path(node.config).parent.mkdir(parents=True, exist_ok=True)
-            Path(node.config).write_text(node_toml(node, self.nodes, node_settings))
+            Path(node.config).write_text(node_toml(node, self.nodes, self.settings))
         self.save()
 
     def start(self, node: LocalNode) -> None:
@@ -272,7 +270,7 @@ class LocalCluster:
 
     def contract_document(self) -> dict[str, Any]:
         """cluster.json's content as CONTRACT describes it."""
-        return {"nodes": [{k: v for k, v in n.as_json().items()} for n in self.nodes], **self.settings}
+        return {"nodes": [node.as_json() for node in self.nodes], **self.settings}
 
 
 def _reap(pid: int | None) -> None:
