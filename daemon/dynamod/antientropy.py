@@ -45,6 +45,8 @@ class AntiEntropyService(TimerService):
         self.leaf_keys: dict[tuple[int, int], set[bytes]] = {}
         #: key -> digest of the sibling set the trees hold for it
         self.digests: dict[bytes, bytes] = {}
+        #: partition -> keys held here (what ownership transfers walk)
+        self.partition_keys: dict[int, set[bytes]] = {}
         self._cursor = 0
         self._running: defer.Deferred | None = None
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
@@ -75,9 +77,11 @@ class AntiEntropyService(TimerService):
         if new_digest is None:
             self.digests.pop(key, None)
             self.leaf_keys.get(leaf, set()).discard(key)
+            self.partition_keys.get(partition, set()).discard(key)
         else:
             self.digests[key] = new_digest
             self.leaf_keys.setdefault(leaf, set()).add(key)
+            self.partition_keys.setdefault(partition, set()).add(key)
 
     # -- answering a peer ----------------------------------------------------------------------
 

@@ -60,6 +60,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("handoff_interval", float, 2.0, "seconds between rounds of hinted handoff to owners that are up"),
     Setting("anti_entropy_interval", float, 5.0,
             "seconds between anti-entropy exchanges (one partition with one other replica each)"),
+    Setting("gossip_interval", float, 1.0, "seconds between gossip exchanges with a random member (and a seed)"),
+    Setting("seeds", list, [], "ids of seed members every node also gossips with (default: the configured members)"),
+    Setting("transfer_interval", float, 1.0,
+            "seconds between rounds of ownership transfer (records for partitions this node no longer replicates)"),
+    Setting("tombstone_grace", float, 60.0,
+            "seconds a delete stays as a tombstone after every replica holds it, before it is removed"),
+    Setting("background_rate", float, 2000.0,
+            "records per second that handoff, transfers, anti-entropy and read repair may move (healthy foreground)"),
+    Setting("background_latency_target", float, 0.05,
+            "seconds of smoothed client latency above which background work slows down (halved each second)"),
     Setting("phi_threshold", float, 8.0, "phi-accrual suspicion level above which a silent peer is down"),
     Setting("max_value_size", int, 1024 * 1024, "largest value accepted, in bytes (413 above)"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, "largest node-to-node frame, in bytes"),
@@ -96,6 +106,12 @@ class NodeConfig:
     heartbeat_interval: float
     handoff_interval: float
     anti_entropy_interval: float
+    gossip_interval: float
+    seeds: tuple[str, ...]
+    transfer_interval: float
+    tombstone_grace: float
+    background_rate: float
+    background_latency_target: float
     phi_threshold: float
     max_value_size: int
     max_frame_size: int
@@ -192,10 +208,16 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
         raise ConfigError("max_frame_size must be at least twice max_value_size")
+    if not all(isinstance(seed, str) for seed in resolved["seeds"]):
+        raise ConfigError("seeds must be a list of member ids")
+    resolved["seeds"] = tuple(resolved["seeds"])
     for name in ("request_timeout", "heartbeat_interval", "handoff_interval", "anti_entropy_interval",
+                 "gossip_interval", "transfer_interval", "background_rate", "background_latency_target",
                  "phi_threshold"):
         if resolved[name] <= 0:
             raise ConfigError(f"{name} must be positive")
+    if resolved["tombstone_grace"] < 0:
+        raise ConfigError("tombstone_grace must be 0 or more")
     resolved["members"] = tuple(members)
     return NodeConfig(**resolved)
 

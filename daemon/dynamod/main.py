@@ -22,6 +22,8 @@ def _option_for(setting: Any):
     if setting.name == "members":
         return click.option("--member", "members", multiple=True, metavar="ID=PEER,HTTP",
                             help="a cluster member (repeat for each); replaces the file's list")
+    if setting.name == "seeds":
+        return click.option("--seed", "seeds", multiple=True, metavar="ID", help=setting.help)
     if setting.type is bool:
         return click.option(f"{flag}/--no-{setting.name.replace('_', '-')}", setting.name, default=None,
                             help=f"{setting.help} [default: {str(setting.default).lower()}]")
@@ -44,9 +46,10 @@ def cli(config_path: str | None, check_config: bool, **flags: Any) -> None:
     try:
         values = load_toml(config_path) if config_path else {}
         for name, value in flags.items():
-            if value is None or (name == "members" and not value):
+            if value is None or (name in ("members", "seeds") and not value):
                 continue
-            values[name] = [parse_member_flag(m) for m in value] if name == "members" else value
+            values[name] = [parse_member_flag(m) for m in value] if name == "members" else \
+                list(value) if name == "seeds" else value
         config = build_config(values)
     except ConfigError as exc:
         click.echo(f"dynamod: {exc}", err=True)
@@ -85,6 +88,7 @@ def run(config: NodeConfig) -> None:
             click.echo(f"dynamod: cannot start node {config.node_id}: {exc}", err=True)
             reactor.stop()
 
+    node.on_departed = reactor.stop
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: node.stopService() if node.running else None)
     reactor.run()

@@ -2,13 +2,16 @@
 
 ``Node`` is a ``MultiService``: the HTTP and peer listeners are children, peer clients start and
 stop with it, and stopping drains queued writes before the Berkeley DB environment closes, so
-SIGTERM never loses an acknowledged write. Later mechanisms (gossip, hinted handoff, anti-entropy)
-join the tree as further child services.
+SIGTERM never loses an acknowledged write. Failure detection, gossip, hinted handoff, ownership
+transfer and anti-entropy are further child services. The ring and the set of peer connections
+follow the gossiped cluster state (``_membership_changed``).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
@@ -21,7 +24,8 @@ from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.detector import FailureDetector
-from dynamod.core.ring import Ring
+from dynamod.core.membership import ACTIVE, LEFT, ClusterState, MalformedState, MemberEntry
+from dynamod.gossip import GossipService, MembershipError, StateFile
 from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
@@ -30,10 +34,13 @@ from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
 from dynamod.storage.threads import WorkerThreads
+from dynamod.transfers import TransferService
 
 VERSION = "0.1.0"
 #: Seconds between storage housekeeping runs (Berkeley DB trickle and checkpoint).
 MAINTENANCE_INTERVAL = 2.0
+#: File in the data dir holding the last known cluster state.
+STATE_FILE = "cluster-state.msgpack"
 
 
 def open_engine(config: NodeConfig) -> StorageEngine:
@@ -54,6 +61,19 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+def initial_state(config: NodeConfig, state_file: StateFile | None) -> ClusterState:
+    """The stored cluster state, else the one the configured members found."""
+    founding = ClusterState.initial([MemberEntry(m.id, m.peer, m.http) for m in config.members], config.partitions)
+    if state_file is None:
+        return founding
+    try:
+        stored = state_file.load(config.partitions)
+    except MalformedState as exc:
+        raise ValueError(f"{state_file.path} does not hold a cluster state of {config.partitions} "
+                         f"partitions: {exc}") from exc
+    return stored if stored is not None else founding
+
+
 class Node(service.MultiService):
     """One dynamod node."""
 
@@ -69,8 +89,11 @@ class Node(service.MultiService):
         self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
                                        timeout=config.request_timeout,
                                        max_context_entries=config.max_context_entries)
-        self.ring = Ring.initial(config.member_ids, config.partitions)
         self.engine = engine or open_engine(config)
+        state_file = StateFile(os.path.join(config.data_dir, STATE_FILE)) if config.engine == "bdb" else None
+        state = initial_state(config, state_file)
+        #: Called once this node has left the cluster (the daemon exits).
+        self.on_departed: Callable[[], None] = lambda: None
         self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
         # One writer thread: every Berkeley DB transaction begins and commits inside one call.
         self._write_pool = WorkerThreads(reactor, 1, name="dynamod-write")
@@ -85,15 +108,11 @@ class Node(service.MultiService):
         )
         self.writer = Coalescer(reactor)
         self.peers: dict[str, PeerClient] = {}
-        self.coordinator = Coordinator(self.node_id, self.ring, self.store, self.peers, self.settings,
+        self.coordinator = Coordinator(self.node_id, state.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
                                        on_event=self._count_event,
                                        is_up=lambda node: self.health.is_up(node))  # health comes next
-        for member in config.members:
-            if member.id != self.node_id:
-                self.peers[member.id] = PeerClient(member.id, member.peer, reactor,
-                                                   handler=self.coordinator.handle_peer_request,
-                                                   max_frame=config.max_frame_size, writer=self.writer)
+        self._connect_members(state)
         self.health = HealthService(
             FailureDetector(phi_threshold=config.phi_threshold, failures_to_suspect=2,
                             first_interval=config.heartbeat_interval),
@@ -104,6 +123,18 @@ class Node(service.MultiService):
         self.anti_entropy = AntiEntropyService(self.coordinator, self.health.is_up, reactor,
                                                config.anti_entropy_interval)
         self.anti_entropy.setServiceParent(self)
+        self.transfers = TransferService(self.coordinator, self.anti_entropy, self.health.is_up, reactor,
+                                         config.transfer_interval)
+        self.transfers.setServiceParent(self)
+        self.gossip = GossipService(
+            self.node_id, state, self.peers, n=config.n, clock=reactor, interval=config.gossip_interval,
+            timeout=config.request_timeout, is_up=self.health.is_up, pending=self.transfers.pending,
+            wall_clock_ms=lambda: int(time.time() * 1000), on_change=self._membership_changed,
+            seeds=config.seeds or config.member_ids, state_file=state_file)
+        self.gossip.setServiceParent(self)
+        self.coordinator.extra_handlers["gossip"] = self.gossip.handle_gossip
+        self.coordinator.extra_handlers["join"] = self.gossip.handle_join
+        self.coordinator.extra_handlers["cluster_info"] = lambda _: self.cluster_info()
         self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
@@ -111,6 +142,93 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
+
+    @property
+    def ring(self) -> Any:
+        """The current partition ownership."""
+        return self.coordinator.ring
+
+    def _new_peer(self, member: MemberEntry) -> PeerClient:
+        return PeerClient(member.id, member.peer, self.reactor, handler=self.coordinator.handle_peer_request,
+                          max_frame=self.config.max_frame_size, writer=self.writer)
+
+    def _connect_members(self, state: ClusterState) -> None:
+        """A peer client per active member (started when the node runs), none for departed ones."""
+        for member in state.members.values():
+            if member.id == self.node_id:
+                continue
+            client = self.peers.get(member.id)
+            if member.status in ACTIVE and (client is None or client.address != member.peer):
+                if client is not None:
+                    client.stop()
+                client = self.peers[member.id] = self._new_peer(member)
+                if self.running:
+                    client.start()
+            elif member.status == LEFT and client is not None:
+                del self.peers[member.id]
+                client.stop()
+
+    def _membership_changed(self, old: ClusterState, new: ClusterState) -> None:
+        self._connect_members(new)
+        if new.ownership != old.ownership:
+            self.coordinator.ring = new.ring
+            self.log.info("ring version {version} by {author}: this node owns {owned} of {total} partitions",
+                          version=new.ring_version, author=new.ring_author or "config",
+                          owned=len(new.ring.partitions_of(self.node_id)), total=new.ring.partitions)
+        for member_id, entry in new.members.items():
+            before = old.members.get(member_id)
+            if before is None or before.status != entry.status:
+                self.log.info("member {member} is {status}", member=member_id, status=entry.status)
+        if new.status_of(self.node_id) == LEFT and old.status_of(self.node_id) != LEFT:
+            self._depart()
+
+    @defer.inlineCallbacks
+    def _depart(self) -> Any:
+        """This node has handed everything off: tell every peer, then stop serving."""
+        yield defer.DeferredList([self.gossip.exchange(peer) for peer in list(self.peers)])
+        self.log.info("node {node} has left the cluster", node=self.node_id)
+        self.on_departed()
+
+    def cluster_info(self) -> dict[str, Any]:
+        """What a joining node checks before it joins (the ``cluster_info`` peer operation)."""
+        return {"cluster": self.gossip.state.cluster, "n": self.config.n, "partitions": self.config.partitions,
+                "mode": self.config.mode, "members": [m.id for m in self.gossip.state.active()]}
+
+    @defer.inlineCallbacks
+    def join(self, seed: str) -> Any:
+        """Join the cluster of the node whose peer listener is at ``seed`` (POST /admin/join)."""
+        if [m.id for m in self.gossip.state.active()] != [self.node_id]:
+            raise MembershipError(f"{self.node_id} is already in a cluster of {len(self.gossip.state.active())} "
+                                  "members; it can join another only with an empty data dir")
+        client = PeerClient("seed", seed, self.reactor, max_frame=self.config.max_frame_size)
+        client.start()
+        try:
+            try:
+                info = yield client.call("cluster_info", None, self.config.request_timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the seed is the same answer
+                raise MembershipError(f"seed {seed} unreachable: {exc}", 502) from exc
+            mine = {"n": self.config.n, "partitions": self.config.partitions, "mode": self.config.mode}
+            differing = [f"{name} {info.get(name)} there, {value} here" for name, value in mine.items()
+                         if info.get(name) != value]
+            if differing:
+                raise MembershipError(f"cannot join the cluster at {seed}: " + "; ".join(differing), 409)
+            me = self.config.member(self.node_id)
+            try:
+                answer = yield client.call("join", [self.node_id, me.peer, me.http], self.config.request_timeout)
+            except Exception as exc:  # noqa: BLE001 - the seed's refusal, passed on
+                raise MembershipError(f"seed {seed} refused the join: {exc}", 409) from exc
+            self.gossip.joined(answer, seed)
+        finally:
+            client.stop()
+        return {"node": self.node_id, "cluster": self.gossip.state.cluster,
+                "members": [m.id for m in self.gossip.state.active()],
+                "partitions_claimed": len(self.ring.partitions_of(self.node_id))}
+
+    def leave(self) -> dict[str, Any]:
+        """Start handing everything off to the other members (POST /admin/leave)."""
+        self.gossip.leave()
+        return {"node": self.node_id, "status": self.gossip.state.status_of(self.node_id),
+                "pending_keys": self.transfers.pending()}
 
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
@@ -151,7 +269,11 @@ class Node(service.MultiService):
         self.log.info("node {node} stopped", node=self.node_id)
 
     def member_status(self, member_id: str) -> str:
-        """``up`` or ``down`` as this node's failure detector sees the member."""
+        """``joining`` or ``leaving`` while the member is, else ``up`` or ``down`` as this node's
+        failure detector sees it."""
+        status = self.gossip.state.status_of(member_id)
+        if status in ("joining", "leaving"):
+            return status
         if member_id == self.node_id:
             return "up"
         return "up" if self.health.is_up(member_id) else "down"
@@ -167,7 +289,7 @@ class Node(service.MultiService):
                 {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
                  "partitions": len(self.ring.partitions_of(m.id)),
                  "heard_ago": 0.0 if m.id == self.node_id else _rounded(self.health.heard_ago(m.id))}
-                for m in sorted(self.config.members, key=lambda m: m.id)
+                for m in self.gossip.state.active()
             ],
             "n": self.config.n, "r": self.config.r, "w": self.config.w,
             "mode": self.config.mode, "partitions": self.config.partitions,
@@ -175,7 +297,18 @@ class Node(service.MultiService):
             "storage": {"batches": self.store.batches, "updates": self.store.updates},
             "hinted_keys": self.handoff.pending(),
             "anti_entropy": self.anti_entropy.report(),
+            "membership": self.gossip.report(),
+            "transfers": self.transfers.report(),
         }
+
+    def transfers_document(self) -> dict[str, Any]:
+        """The /admin/transfers document: every member's progress as gossiped, and this node's
+        outbound transfers."""
+        state = self.gossip.state
+        return {"node": self.node_id, "ring_version": state.ring_version, "settled": state.settled(),
+                "members": [{"id": m.id, "status": self.member_status(m.id),
+                             "pending_keys": state.transfers_pending().get(m.id)} for m in state.active()],
+                "outbound": self.transfers.report()}
 
     def ring_document(self) -> dict[str, Any]:
         """The /admin/ring document: partition ownership and each partition's preference list."""

@@ -9,6 +9,7 @@ request is counted and timed in the node's Prometheus metrics; there is no acces
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -22,6 +23,8 @@ from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.quorum import Outcome, QuorumResult
 from dynamod.core.versions import CausalContext, Record, context_of, live_values
+from dynamod.gossip import MembershipError
+from dynamod.net.peers import split_host_port
 from dynamod.storage.engine import CorruptRecord
 
 if TYPE_CHECKING:
@@ -124,12 +127,17 @@ class Api:
         if path.startswith(b"/kv/") or path == b"/kv":
             handlers = {"GET": ("get", self.get), "PUT": ("put", self.put), "DELETE": ("delete", self.delete)}
             return handlers.get(method, ("kv", self._method_not_allowed))
+        admin_posts = {b"/admin/join": ("join", self.join), b"/admin/leave": ("leave", self.leave)}
+        if path in admin_posts:
+            return admin_posts[path] if method == "POST" else ("other", self._method_not_allowed)
         if method != "GET":
             return "other", self._method_not_allowed
         if path.startswith(b"/admin/replica/") or path == b"/admin/replica":
             return "replica", self.replica
         if path == b"/admin/status":
             return "status", lambda _: HttpResponse.json(200, self.node.status())
+        if path == b"/admin/transfers":
+            return "transfers", lambda _: HttpResponse.json(200, self.node.transfers_document())
         if path == b"/admin/ring":
             return "ring", lambda _: HttpResponse.json(200, self.node.ring_document())
         if path == b"/metrics":
@@ -163,6 +171,8 @@ class Api:
     def _error(self, failure: Failure) -> HttpResponse:
         if failure.check(ApiError):
             return failure.value.response()
+        if failure.check(MembershipError):
+            return ApiError(failure.value.status, str(failure.value)).response()
         if failure.check(CorruptRecord):
             self.node.metrics.corrupt_records.inc()
             log.error("corrupt record: {reason}", reason=failure.getErrorMessage())
@@ -214,6 +224,18 @@ class Api:
     def replica(self, request: HttpRequest) -> defer.Deferred:
         key = parse_key(request, b"/admin/replica/")
         return self.node.store.get(key).addCallback(lambda record: replica_document(self.node.node_id, record))
+
+    def join(self, request: HttpRequest) -> defer.Deferred:
+        try:
+            body = json.loads(request.body or b"{}")
+            seed = body["seed"]
+            split_host_port(seed)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApiError(400, 'expected a JSON body {"seed": "HOST:PORT"} naming a member\'s peer address') from exc
+        return self.node.join(seed).addCallback(lambda answer: HttpResponse.json(200, answer))
+
+    def leave(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse.json(202, self.node.leave())
 
     def metrics(self, request: HttpRequest) -> HttpResponse:
         self.node.refresh_gauges()

@@ -10,7 +10,14 @@ order of exchanges converges to the same state.
   ``leaving`` beats ``member`` beats ``joining``, so a departure is never undone by a stale copy.
 * The ring is ordered by ``(version, author, ownership)``: a membership change writes a new
   ownership with the next version. Two changes planned concurrently from the same version are
-  resolved deterministically (the higher author wins) and the loser is re-planned by its caller.
+  resolved deterministically (the higher author wins); the node whose change lost re-plans it
+  (``own_next_step``), so concurrent joins and leaves all take effect.
+* Transfer progress is soft state: each node publishes ``(seq, ring version it has acted on,
+  keys it still holds for others)`` under its own name with an ever-growing ``seq``; the merge
+  keeps the highest ``seq``. A joining node becomes a member, and a leaving node leaves, only once
+  every active node reports the current ring with nothing left to transfer.
+* ``cluster`` names the cluster (a digest of its founding members): gossip from another cluster
+  is refused, except that a node alone in its own cluster adopts one that lists it as a member.
 
 Whether a member is *reachable* is not gossiped: each node decides that locally
 (``dynamod.core.detector``). Pure: no I/O, no clock.
@@ -18,7 +25,8 @@ Whether a member is *reachable* is not gossiped: each node decides that locally
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +35,8 @@ from dynamod.core.ring import Ring
 
 JOINING, MEMBER, LEAVING, LEFT = "joining", "member", "leaving", "left"
 STATUS_RANK = {JOINING: 0, MEMBER: 1, LEAVING: 2, LEFT: 3}
+#: Members that own, or are about to own or give up, partitions.
+ACTIVE = (JOINING, MEMBER, LEAVING)
 
 
 class MalformedState(ValueError):
@@ -49,6 +59,21 @@ class MemberEntry:
 
 
 @attrs.frozen
+class Progress:
+    """A node's transfer progress as it last published it."""
+
+    seq: int
+    ring_version: int
+    pending: int
+
+
+def cluster_id(members: Iterable[MemberEntry], partitions: int) -> str:
+    """The name of a cluster founded by ``members``: the same on every node given the same list."""
+    founding = ";".join(f"{m.id}={m.peer}" for m in sorted(members, key=lambda m: m.id))
+    return hashlib.sha256(f"{partitions}|{founding}".encode()).hexdigest()[:16]
+
+
+@attrs.frozen
 class ClusterState:
     """Members and partition ownership, each versioned for merging."""
 
@@ -56,13 +81,15 @@ class ClusterState:
     ownership: tuple[str, ...]
     ring_version: int = 1
     ring_author: str = ""
+    cluster: str = ""
+    progress: Mapping[str, Progress] = attrs.field(factory=dict)
 
     @classmethod
     def initial(cls, members: list[MemberEntry], partitions: int, author: str = "") -> ClusterState:
         """A fresh cluster of ``members`` with round-robin ownership."""
         ring = Ring.initial([m.id for m in members], partitions)
         return cls(members={m.id: m for m in members}, ownership=ring.ownership, ring_version=1,
-                   ring_author=author)
+                   ring_author=author, cluster=cluster_id(members, partitions))
 
     @property
     def ring(self) -> Ring:
@@ -80,8 +107,50 @@ class ClusterState:
             if mine is None or entry.order() > mine.order():
                 members[member_id] = entry
         newer = other if other.ring_order() > self.ring_order() else self
+        progress = dict(self.progress)
+        for node, theirs in other.progress.items():
+            mine = progress.get(node)
+            if mine is None or (theirs.seq, theirs.ring_version, theirs.pending) > (
+                    mine.seq, mine.ring_version, mine.pending):
+                progress[node] = theirs
         return ClusterState(members=members, ownership=newer.ownership, ring_version=newer.ring_version,
-                            ring_author=newer.ring_author)
+                            ring_author=newer.ring_author, cluster=max(self.cluster, other.cluster),
+                            progress=progress)
+
+    def active(self) -> list[MemberEntry]:
+        """Members that are joining, members or leaving, by id."""
+        return sorted((m for m in self.members.values() if m.status in ACTIVE), key=lambda m: m.id)
+
+    def status_of(self, member_id: str) -> str | None:
+        entry = self.members.get(member_id)
+        return entry.status if entry else None
+
+    def with_progress(self, node: str, pending: int, now_ms: int) -> ClusterState:
+        """``node``'s progress on the current ring published, unless it is unchanged. ``seq`` grows
+        with the wall clock so a restarted node's reports still win over its old ones."""
+        mine = self.progress.get(node)
+        if mine is not None and (mine.ring_version, mine.pending) == (self.ring_version, pending):
+            return self
+        seq = max(now_ms, mine.seq + 1 if mine else 0)
+        return attrs.evolve(self, progress={**self.progress, node: Progress(seq, self.ring_version, pending)})
+
+    def transfers_pending(self) -> dict[str, int | None]:
+        """Per active member: keys it still holds for others on the current ring (None: it has not
+        reported on the current ring yet)."""
+        report: dict[str, int | None] = {}
+        for member in self.active():
+            progress = self.progress.get(member.id)
+            current = progress is not None and progress.ring_version >= self.ring_version
+            report[member.id] = progress.pending if current else None
+        return report
+
+    def settled(self) -> bool:
+        """Every active member acts on the current ring and holds nothing for others."""
+        return all(pending == 0 for pending in self.transfers_pending().values())
+
+    def in_transition(self) -> bool:
+        """A join or leave has not finished (a member joining or leaving, or transfers pending)."""
+        return any(m.status != MEMBER for m in self.active()) or not self.settled()
 
     def with_member(self, entry: MemberEntry) -> ClusterState:
         """This state with ``entry`` published (its version one above what is known)."""
@@ -100,6 +169,29 @@ class ClusterState:
         state = self.with_member(attrs.evolve(entry, status=JOINING))
         return state.with_ring(self.ring.claim(entry.id, n), author)
 
+    def own_next_step(self, me: str, n: int) -> ClusterState:
+        """The next step of ``me``'s own join or leave, or this state when there is none: re-plan a
+        claim or release that lost to a concurrent change, become a member once the transfers of
+        the join settled, publish ``left`` once the leave's have."""
+        entry = self.members.get(me)
+        if entry is None:
+            return self
+        ring = self.ring
+        if entry.status == JOINING:
+            if me not in ring.ownership:
+                claimed = ring.claim(me, n)
+                return self.with_ring(claimed, me) if claimed != ring else self
+            if self.settled():
+                return self.with_member(attrs.evolve(entry, status=MEMBER))
+        if entry.status == LEAVING:
+            if me in ring.ownership:
+                if len(ring.members) > 1:
+                    return self.with_ring(ring.release(me, n), me)
+                return self
+            if self.settled():
+                return self.with_member(attrs.evolve(entry, status=LEFT))
+        return self
+
     def plan_leave(self, member_id: str, n: int, author: str) -> ClusterState:
         """Mark ``member_id`` leaving and hand its partitions to the others (only those move)."""
         entry = self.members.get(member_id)
@@ -112,6 +204,16 @@ class ClusterState:
         return state.with_ring(self.ring.release(member_id, n), author)
 
 
+def accept_gossip(mine: ClusterState, theirs: ClusterState, me: str) -> ClusterState | None:
+    """The state to keep after hearing ``theirs``, or None when it must be refused: another
+    cluster's state is adopted only by a node alone in its own cluster that it lists as active."""
+    if theirs.cluster == mine.cluster:
+        return mine.merge(theirs)
+    alone = [m.id for m in mine.active()] == [me]
+    listed = theirs.status_of(me) in ACTIVE and theirs.members[me].peer == mine.members[me].peer
+    return theirs if alone and listed else None
+
+
 def state_to_wire(state: ClusterState) -> dict[str, Any]:
     """A state as msgpack-able data."""
     return {
@@ -119,6 +221,8 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
         "ownership": list(state.ownership),
         "ring_version": state.ring_version,
         "ring_author": state.ring_author,
+        "cluster": state.cluster,
+        "progress": [[node, p.seq, p.ring_version, p.pending] for node, p in state.progress.items()],
     }
 
 
@@ -133,7 +237,12 @@ def state_from_wire(data: Any, partitions: int) -> ClusterState:
                 raise MalformedState(f"bad member entry {member_id!r}")
             members[member_id] = MemberEntry(member_id, peer, http, status, version)
         ownership = tuple(data["ownership"])
-        ring_version, ring_author = data["ring_version"], data["ring_author"]
+        ring_version, ring_author, cluster = data["ring_version"], data["ring_author"], data["cluster"]
+        progress = {}
+        for node, seq, seen, pending in data["progress"]:
+            if not isinstance(node, str) or not all(type(x) is int and x >= 0 for x in (seq, seen, pending)):
+                raise MalformedState(f"bad progress entry {node!r}")
+            progress[node] = Progress(seq, seen, pending)
     except MalformedState:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -142,4 +251,7 @@ def state_from_wire(data: Any, partitions: int) -> ClusterState:
         raise MalformedState("ownership does not cover the partitions with known members")
     if type(ring_version) is not int or ring_version < 1 or not isinstance(ring_author, str):
         raise MalformedState("bad ring version")
-    return ClusterState(members=members, ownership=ownership, ring_version=ring_version, ring_author=ring_author)
+    if not isinstance(cluster, str) or not cluster:
+        raise MalformedState("no cluster name")
+    return ClusterState(members=members, ownership=ownership, ring_version=ring_version, ring_author=ring_author,
+                        cluster=cluster, progress=progress)

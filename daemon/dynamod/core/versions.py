@@ -233,19 +233,31 @@ def with_hint(record: Record, owner: str | None) -> Record:
     return attrs.evolve(record, hints=record.hints | {owner})
 
 
+def covered_by(siblings: Iterable[Sibling], delivered: Iterable[Sibling]) -> bool:
+    """True when every one of ``siblings`` was delivered or is superseded by a version that was
+    (so a copy holding ``siblings`` adds nothing once ``delivered`` is acknowledged)."""
+    sent = tuple(delivered)
+    dots = {s.dot for s in sent}
+    return all(sibling.dot in dots or any(s.supersedes(sibling) for s in sent) for sibling in siblings)
+
+
+def after_transfer(record: Record | None, delivered: Iterable[Sibling]) -> Record | None:
+    """A former replica's record once every current owner acknowledged ``delivered``: dropped,
+    unless a version arrived meanwhile that was not delivered, or it is held as a fallback (hints
+    are handed off separately)."""
+    if record is None or record.hints or not covered_by(record.siblings, delivered):
+        return record
+    return None
+
+
 def after_handoff(record: Record | None, owner: str, delivered: Iterable[Sibling],
                   keep_copy: bool) -> Record | None:
     """The fallback's record once ``owner`` acknowledged ``delivered``: the hint goes only if
     every version held now was delivered or is superseded by one that was (a write that arrived
     during the handoff keeps it); without hints the record is dropped unless ``keep_copy`` (this
     node became an owner itself)."""
-    if record is None or owner not in record.hints:
+    if record is None or owner not in record.hints or not covered_by(record.siblings, delivered):
         return record
-    sent = tuple(delivered)
-    covered = {s.dot for s in sent}
-    for sibling in record.siblings:
-        if sibling.dot not in covered and not any(s.supersedes(sibling) for s in sent):
-            return record
     remaining = record.hints - {owner}
     if not remaining and not keep_copy:
         return None

@@ -1,0 +1,218 @@
+"""Gossip membership (Dynamo §4.8): the Twisted shell around ``core.membership``.
+
+Every ``interval`` seconds the node publishes its own transfer progress, takes the next step of its
+own join or leave if one is due, and exchanges states with one random active peer, preferring peers
+its failure detector thinks are up; when that peer is not a seed it also exchanges with a seed, so
+nodes that joined through different seeds cannot form separate logical clusters. Both sides keep
+the merge. A state that does not decode, or comes from another cluster, is logged and refused.
+
+Joins and leaves are planned here (``plan_join`` at the seed, ``plan_leave`` at the leaving node)
+and then spread by gossip like any other change; both are refused while an earlier one is still
+moving data, so at most one ownership transition is in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dynamod.core.membership import (
+    ACTIVE,
+    ClusterState,
+    MalformedState,
+    MemberEntry,
+    accept_gossip,
+    state_from_wire,
+    state_to_wire,
+)
+
+
+class MembershipError(Exception):
+    """A join or leave that cannot be done now; the state is unchanged. ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.status = status
+
+
+class StateFile:
+    """The node's last known cluster state, kept beside its data (replaced atomically)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self, partitions: int) -> ClusterState | None:
+        try:
+            with open(self.path, "rb") as handle:
+                return state_from_wire(msgpack.unpackb(handle.read(), raw=False), partitions)
+        except FileNotFoundError:
+            return None
+
+    def save(self, state: ClusterState) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(msgpack.packb(state_to_wire(state), use_bin_type=True))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+class GossipService(TimerService):
+    """Holds this node's view of the cluster and spreads it."""
+
+    log = Logger()
+
+    def __init__(self, me: str, state: ClusterState, peers: Mapping[str, Any], *, n: int, clock: IReactorTime,
+                 interval: float, timeout: float, is_up: Callable[[str], bool], pending: Callable[[], int],
+                 wall_clock_ms: Callable[[], int], on_change: Callable[[ClusterState, ClusterState], None],
+                 seeds: Sequence[str] = (), rng: random.Random | None = None,
+                 state_file: StateFile | None = None):
+        super().__init__(interval, self.round)
+        self.clock = clock
+        self.me = me
+        self.state = state
+        self.peers = peers
+        self.n = n
+        self.timeout = timeout
+        self.is_up = is_up
+        self.pending = pending
+        self.wall_clock_ms = wall_clock_ms
+        self.on_change = on_change
+        self.seeds = tuple(seeds)
+        self.rng = rng or random.Random()
+        self.state_file = state_file
+        self.stats = {"rounds": 0, "exchanges": 0, "failed_exchanges": 0, "refused": 0}
+
+    # -- the state -----------------------------------------------------------------------------
+
+    def adopt(self, new: ClusterState) -> None:
+        """Make ``new`` this node's state (persisted first, then applied)."""
+        old = self.state
+        if new == old:
+            return
+        if self.state_file is not None:
+            self.state_file.save(new)
+        self.state = new
+        self.on_change(old, new)
+
+    def refresh(self) -> None:
+        """Publish this node's progress and take the next step of its own join or leave."""
+        state = self.state.with_progress(self.me, self.pending(), self.wall_clock_ms())
+        self.adopt(state.own_next_step(self.me, self.n))
+
+    # -- rounds --------------------------------------------------------------------------------
+
+    def round(self) -> None:
+        self.stats["rounds"] += 1
+        self.refresh()
+        partner = self._pick()
+        if partner is None:
+            return
+        self.exchange(partner)
+        seeds = [s for s in self.seeds if s != self.me and s != partner and s in self.peers]
+        if partner not in self.seeds and seeds:
+            self.exchange(self.rng.choice(sorted(seeds)))
+
+    def _pick(self) -> str | None:
+        others = [m.id for m in self.state.active() if m.id != self.me and m.id in self.peers]
+        if not others:
+            return None
+        up = [node for node in others if self.is_up(node)]
+        return self.rng.choice(up or others)
+
+    def exchange(self, peer: str) -> defer.Deferred:
+        """Push-pull with ``peer``: send our state, keep the merge with theirs."""
+        call = self.peers[peer].call("gossip", state_to_wire(self.state), self.timeout)
+
+        def answered(reply: Any) -> None:
+            self.stats["exchanges"] += 1
+            self.receive(reply, peer)
+
+        def failed(failure: Any) -> None:
+            self.stats["failed_exchanges"] += 1
+            self.log.debug("gossip with {peer} failed: {reason}", peer=peer, reason=failure.getErrorMessage())
+
+        return call.addCallbacks(answered, failed)
+
+    def receive(self, data: Any, source: str) -> ClusterState:
+        """Merge a gossiped state; raises ``MalformedState`` (logged, nothing merged) on bad or
+        foreign state."""
+        try:
+            theirs = state_from_wire(data, self.state.ring.partitions)
+            kept = accept_gossip(self.state, theirs, self.me)
+            if kept is None:
+                raise MalformedState(f"state of another cluster ({theirs.cluster}, this is {self.state.cluster})")
+        except MalformedState as exc:
+            self.stats["refused"] += 1
+            self.log.warn("refused gossip from {source}: {reason}", source=source, reason=str(exc))
+            raise
+        self.adopt(kept)
+        return self.state
+
+    def handle_gossip(self, payload: Any) -> dict[str, Any]:
+        """The ``gossip`` peer operation: merge theirs, answer with ours."""
+        return state_to_wire(self.receive(payload, "a peer"))
+
+    # -- joins and leaves ----------------------------------------------------------------------
+
+    def handle_join(self, payload: Any) -> dict[str, Any]:
+        """The ``join`` peer operation, at the seed: admit the caller and answer the new state."""
+        try:
+            member_id, peer, http = payload
+        except (TypeError, ValueError) as exc:
+            raise ValueError("a join names id, peer and http") from exc
+        if not all(isinstance(x, str) and x for x in (member_id, peer, http)):
+            raise ValueError("a join names id, peer and http")
+        state = self.state
+        if state.status_of(member_id) in ACTIVE:
+            raise MembershipError(f"{member_id} is already a member of this cluster")
+        clash = [m.id for m in state.active() if m.peer == peer]
+        if clash:
+            raise MembershipError(f"{clash[0]} already uses peer address {peer}")
+        self._refuse_during_transition("join")
+        self.adopt(state.plan_join(MemberEntry(member_id, peer, http), self.n, author=self.me))
+        self.log.info("admitted {member} ({peer}); it claims {count} partitions", member=member_id, peer=peer,
+                      count=len(self.state.ring.partitions_of(member_id)))
+        return state_to_wire(self.state)
+
+    def joined(self, data: Any, seed: str) -> None:
+        """Take the state the seed answered a join with."""
+        theirs = state_from_wire(data, self.state.ring.partitions)
+        if theirs.status_of(self.me) not in ACTIVE:
+            raise MembershipError(f"the seed at {seed} did not admit this node", 502)
+        self.adopt(theirs)
+
+    def leave(self) -> None:
+        """Start this node's departure: its partitions go to the others."""
+        if len(self.state.active()) <= 1:
+            raise MembershipError("the last member of a cluster cannot leave")
+        if self.state.status_of(self.me) != "member":
+            raise MembershipError(f"this node is {self.state.status_of(self.me)}, not a member")
+        self._refuse_during_transition("leave")
+        owned = len(self.state.ring.partitions_of(self.me))
+        self.adopt(self.state.plan_leave(self.me, self.n, author=self.me))
+        self.log.info("leaving: {count} partitions go to the others", count=owned)
+
+    def _refuse_during_transition(self, what: str) -> None:
+        state = self.state
+        busy = [m.id + " " + m.status for m in state.active() if m.status != "member"]
+        pending = {node: keys for node, keys in state.transfers_pending().items() if keys != 0}
+        if busy or pending:
+            detail = ", ".join(busy + [f"{node} holds {keys if keys is not None else 'unreported'} keys to transfer"
+                                       for node, keys in sorted(pending.items())])
+            raise MembershipError(f"cannot {what} while another change is in progress ({detail}); "
+                                  "retry when `dynactl transfers` shows none")
+
+    def report(self) -> dict[str, Any]:
+        """Membership and transfer progress for /admin/status and /admin/transfers."""
+        state = self.state
+        return {"cluster": state.cluster, "ring_version": state.ring_version, "settled": state.settled(),
+                "pending": state.transfers_pending(), **self.stats}

@@ -1,0 +1,139 @@
+"""Ownership transfer (Dynamo §4.9): records this node holds for partitions it no longer replicates
+go to the partition's current owners, and the copy here is dropped once all of them acknowledged.
+
+After a join, the nodes that dropped out of a partition's preference list send its keys to the new
+owners; after a leave, the leaving node sends everything it holds. Until every owner acknowledged,
+the copy stays here, so a record is never held by fewer nodes than before the change; a write that
+lands here meanwhile keeps the copy for another round (``versions.after_transfer``). The work is
+found through the anti-entropy service's per-partition key index, moved in batches of
+``batch`` keys per request, and paced by the node's admission control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from msgpack import packb
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dynamod.antientropy import AntiEntropyService
+from dynamod.coordinator import Coordinator
+from dynamod.core.encoding import siblings_to_wire
+from dynamod.core.versions import Record, after_transfer
+
+
+class TransferService(TimerService):
+    """Moves misplaced records to their owners on a schedule."""
+
+    log = Logger()
+
+    def __init__(self, coordinator: Coordinator, index: AntiEntropyService, is_up: Callable[[str], bool],
+                 clock: IReactorTime, interval: float, admit: Callable[[int], bool] = lambda cost: True,
+                 batch: int = 64, parallel: int = 2):
+        super().__init__(interval, self.round)
+        self.clock = clock
+        self.coordinator = coordinator
+        self.index = index
+        self.is_up = is_up
+        self.admit = admit
+        self.batch = batch
+        self.parallel = parallel
+        self._in_flight: set[int] = set()
+        self.stats = {"keys_sent": 0, "keys_dropped": 0, "failed_batches": 0}
+        self.waiting: dict[int, str] = {}
+
+    def misplaced(self) -> dict[int, list[bytes]]:
+        """Partitions with keys here that this node does not replicate, with those keys (records
+        held as a fallback are the handoff service's)."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        hinted = self.coordinator.store.hinted
+        found = {}
+        for partition, keys in self.index.partition_keys.items():
+            if keys and me not in ring.preference_list_for_partition(partition, n):
+                movable = sorted(key for key in keys if key not in hinted)
+                if movable:
+                    found[partition] = movable
+        return found
+
+    def pending(self) -> int:
+        """Keys held here for other nodes: misplaced records and fallback copies."""
+        return sum(len(keys) for keys in self.misplaced().values()) + len(self.coordinator.store.hinted)
+
+    def round(self) -> None:
+        """Start batches of misplaced partitions, up to ``parallel`` at a time."""
+        if not self.running:
+            return
+        for partition, keys in sorted(self.misplaced().items()):
+            if len(self._in_flight) >= self.parallel:
+                return
+            if partition in self._in_flight:
+                continue
+            owners = self.coordinator.ring.preference_list_for_partition(partition, self.coordinator.settings.n)
+            down = [owner for owner in owners if not self.is_up(owner)]
+            if down:
+                self.waiting[partition] = f"owner {down[0]} is down"
+                continue
+            chunk = keys[:self.batch]
+            if not self.admit(len(chunk)):
+                self.waiting[partition] = "paced by admission control"
+                return
+            self.waiting.pop(partition, None)
+            self._in_flight.add(partition)
+            move = self.move(partition, chunk, owners)
+            move.addErrback(self._failed, partition)
+            move.addBoth(self._next, partition)
+
+    def _failed(self, failure: Any, partition: int) -> None:
+        self.stats["failed_batches"] += 1
+        self.waiting[partition] = failure.getErrorMessage()
+        self.log.info("transfer of partition {partition} failed, will retry: {reason}", partition=partition,
+                      reason=failure.getErrorMessage())
+
+    def _next(self, _: Any, partition: int) -> None:
+        self._in_flight.discard(partition)
+        self.round()
+
+    @defer.inlineCallbacks
+    def move(self, partition: int, keys: list[bytes], owners: tuple[str, ...]) -> Any:
+        """Send one batch of a partition's records to all its owners, then drop what they hold."""
+        store, coordinator = self.coordinator.store, self.coordinator
+        records = yield defer.gatherResults([store.get(key) for key in keys])
+        delivered: dict[bytes, Any] = {}
+        entries = []
+        for key, record in zip(keys, records, strict=True):
+            if record is not None and record.siblings and not record.hints:
+                delivered[key] = record.siblings
+                entries.append([key, packb(siblings_to_wire(record.siblings), use_bin_type=True)])
+        if not entries:
+            return
+        timeout = 2 * coordinator.settings.timeout
+        yield defer.gatherResults([coordinator.peers[owner].call("put_many", entries, timeout) for owner in owners],
+                                  consumeErrors=True)
+        self.stats["keys_sent"] += len(entries)
+        dropped = yield defer.gatherResults([store.update(key, self._drop(key, siblings))
+                                             for key, siblings in delivered.items()])
+        self.stats["keys_dropped"] += sum(dropped)
+
+    def _drop(self, key: bytes, delivered: Any) -> Callable[..., tuple[Record | None, bool]]:
+        def drop(record: Record | None, _: Any) -> tuple[Record | None, bool]:
+            if self.coordinator.node_id in self.coordinator.replicas(key):
+                return record, False  # the ring changed back: this node owns the key again
+            after = after_transfer(record, delivered)
+            return after, after is None
+        return drop
+
+    def report(self) -> dict[str, Any]:
+        """Outbound transfers for /admin/status and /admin/transfers."""
+        ring, n = self.coordinator.ring, self.coordinator.settings.n
+        return {
+            "pending_keys": self.pending(),
+            "hinted_keys": len(self.coordinator.store.hinted),
+            "partitions": [{"partition": p, "keys": len(keys), "to": list(ring.preference_list_for_partition(p, n)),
+                            "state": "sending" if p in self._in_flight else self.waiting.get(p, "queued")}
+                           for p, keys in sorted(self.misplaced().items())],
+            **self.stats,
+        }
