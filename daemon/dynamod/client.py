@@ -128,12 +128,17 @@ class DynamoClient:
             self._raise_for(status, payload)
         return response_headers.get("x-context", "")
 
+    def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        status, _, answer = self._request(method, path, body=payload, headers=headers)
+        if not 200 <= status < 300:
+            self._raise_for(status, answer)
+        return self._json(status, answer)
+
     def status(self) -> dict[str, Any]:
         """``/admin/status``."""
-        status, _, payload = self._request("GET", "/admin/status")
-        if status != 200:
-            self._raise_for(status, payload)
-        return self._json(status, payload)
+        return self._admin("GET", "/admin/status")
 
     def metrics(self) -> str:
         """``/metrics`` (Prometheus text)."""
@@ -144,10 +149,19 @@ class DynamoClient:
 
     def ring(self) -> dict[str, Any]:
         """``/admin/ring``."""
-        status, _, payload = self._request("GET", "/admin/ring")
-        if status != 200:
-            self._raise_for(status, payload)
-        return self._json(status, payload)
+        return self._admin("GET", "/admin/ring")
+
+    def transfers(self) -> dict[str, Any]:
+        """``/admin/transfers``: every member's transfer progress, and this node's outbound ones."""
+        return self._admin("GET", "/admin/transfers")
+
+    def join(self, seed_peer: str) -> dict[str, Any]:
+        """``POST /admin/join``: have this node join the cluster of the member at ``seed_peer``."""
+        return self._admin("POST", "/admin/join", {"seed": seed_peer})
+
+    def leave(self) -> dict[str, Any]:
+        """``POST /admin/leave``: this node hands off everything, then stops serving."""
+        return self._admin("POST", "/admin/leave", {})
 
     def replica(self, key: bytes | str) -> dict[str, Any] | None:
         """``/admin/replica/{key}``: this node's local copy, or None when it holds none."""

@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 import sys
+import time
 from typing import Any
 
 import click
@@ -68,7 +69,8 @@ def _client_call(ctx: Context, action: Any) -> Any:
         ctx.out.fail(EXIT_NO, f"{exc.body.get('error')} (needed {exc.needed}, acks {exc.acks})",
                      needed=exc.needed, acks=exc.acks)
     except ClientError as exc:
-        code = EXIT_USAGE if 400 <= exc.status < 500 else EXIT_INTERNAL
+        # 409: the node refused a membership change; 502: it could not reach the seed.
+        code = EXIT_NO if exc.status in (409, 502) else EXIT_USAGE if 400 <= exc.status < 500 else EXIT_INTERNAL
         ctx.out.fail(code, f"{exc.body.get('error', exc)} (HTTP {exc.status})", status=exc.status)
     except NodeUnavailable as exc:
         ctx.out.fail(EXIT_INTERNAL, f"node unreachable: {exc}")
@@ -174,6 +176,105 @@ def stats(ctx: Context) -> None:
                      text=counters)
 
 
+def _transfer_rows(document: dict[str, Any]) -> list[list[Any]]:
+    rows = [[m["id"], m["status"], "not reported" if m["pending_keys"] is None else m["pending_keys"]]
+            for m in document["members"]]
+    return rows
+
+
+def _transfer_text(document: dict[str, Any]) -> str:
+    outbound = document["outbound"]["partitions"]
+    lines = [f"ring version {document['ring_version']}: "
+             + ("settled, no transfers" if document["settled"] else "transfers in progress")]
+    for p in outbound:
+        lines.append(f"  {document['node']} -> {','.join(p['to'])}: partition {p['partition']}, "
+                     f"{p['keys']} keys ({p['state']})")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--watch", is_flag=True, help="refresh every second until no transfer is left")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds --watch waits at most")
+@pass_context
+def transfers(ctx: Context, watch: bool, timeout: float) -> None:
+    """Show partition transfers: keys each member still holds for others (as gossiped), and the
+    partitions this node is sending (exit 1 while transfers remain)."""
+    client = ctx.client()
+    deadline = time.monotonic() + timeout
+    document = _client_call(ctx, client.transfers)
+    while watch and not document["settled"] and time.monotonic() < deadline:
+        pending = sum(m["pending_keys"] or 0 for m in document["members"])
+        click.echo(f"\r{pending} keys to transfer on ring version {document['ring_version']} ...  ",
+                   nl=False, err=True)
+        time.sleep(1)
+        document = _client_call(ctx, client.transfers)
+    if watch:
+        click.echo("", err=True)
+    ctx.out.document(document, table=_transfer_rows(document), headers=["member", "status", "keys to transfer"],
+                     text=_transfer_text(document))
+    if not document["settled"]:
+        sys.exit(EXIT_NO)
+
+
+def _seed_peer_address(seed: str) -> str:
+    """A member's peer address from its HTTP or peer address (HTTP is what operators know)."""
+    from dynactl.local import fetch_status
+
+    status = fetch_status(seed)
+    if status is None:
+        return seed
+    for member in status.get("members", []):
+        if member["id"] == status.get("node"):
+            return member["peer"]
+    return seed
+
+
+@cli.command()
+@click.argument("seed", metavar="SEED_HOST:PORT")
+@pass_context
+def join(ctx: Context, seed: str) -> None:
+    """Join the node (--node) to the cluster of SEED, any member's HTTP or peer address. The node
+    claims its share of partitions; their data follows in the background (see: dynactl transfers)."""
+    client = ctx.client()
+    document = _client_call(ctx, lambda: client.join(_seed_peer_address(seed)))
+    ctx.out.document(document, text=f"{document['node']} joined ({len(document['members'])} members); it "
+                                    f"claims {document['partitions_claimed']} partitions, transfers follow "
+                                    "(dynactl transfers --watch)")
+
+
+@cli.command()
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="wait until the node has handed everything off and stopped")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds to wait at most")
+@pass_context
+def leave(ctx: Context, wait: bool, timeout: float) -> None:
+    """Have the node (--node) leave: its partitions go to the others, it hands off all its data,
+    then it stops serving."""
+    client = ctx.client()
+    document = _client_call(ctx, client.leave)
+    deadline = time.monotonic() + timeout
+    while wait and time.monotonic() < deadline:
+        try:
+            progress = client.transfers()
+        except NodeUnavailable:
+            document = {**document, "status": "left", "pending_keys": 0}
+            break
+        except ClientError:
+            time.sleep(0.5)
+            continue
+        pending = progress["outbound"]["pending_keys"]
+        click.echo(f"\r{ctx.node_address()}: {pending} keys left to hand off ...  ", nl=False, err=True)
+        time.sleep(0.5)
+    else:
+        if wait:
+            click.echo("", err=True)
+            ctx.out.fail(EXIT_NO, f"the node is still leaving after {timeout:.0f}s (see: dynactl transfers)")
+    if wait:
+        click.echo("", err=True)
+    ctx.out.document(document, text=f"{document['node']}: {document['status']}"
+                                    + ("" if wait else f", {document['pending_keys']} keys to hand off"))
+
+
 # -- local clusters ----------------------------------------------------------------------------
 
 
@@ -259,6 +360,27 @@ def _start(ctx: Context, cluster: LocalCluster, node: Any) -> str:
     cluster.start(node)
     cluster.wait_until_serving([node])
     return f"started (pid {node.pid})"
+
+
+@local.command("add")
+@_dir_option
+@pass_context
+def local_add(ctx: Context, directory: str) -> None:
+    """Start one more node and join it to the running local cluster (appended to cluster.json)."""
+    cluster = _local_errors(ctx, lambda: LocalCluster(directory).load())
+    node = _local_errors(ctx, cluster.add_node)
+    cluster.start(node)
+    try:
+        cluster.wait_until_serving([node])
+        seed = next(n for n in cluster.nodes if n is not node and cluster.running(n))
+    except (LocalClusterError, StopIteration) as exc:
+        cluster.stop(node)
+        ctx.out.fail(EXIT_INTERNAL, f"{exc or 'no running node to join'}; {node.id} was stopped")
+    joined = _client_call(ctx, lambda: DynamoClient(node.http).join(seed.peer))
+    _local_errors(ctx, lambda: cluster.wait_until_serving(cluster.nodes))
+    ctx.out.document({**joined, "http": node.http, "peer": node.peer},
+                     text=f"{node.id} http://{node.http} joined through {seed.id}; it claims "
+                          f"{joined['partitions_claimed']} partitions (dynactl transfers --watch)")
 
 
 _one_node_command("start", "Start one node of the local cluster and wait until it answers.", _start)

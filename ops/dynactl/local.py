@@ -171,6 +171,23 @@ class LocalCluster:
             Path(node.config).write_text(node_toml(node, self.nodes, self.settings))
         self.save()
 
+    def add_node(self) -> LocalNode:
+        """Lay out one more node on the next free ports, configured alone (it joins afterwards)."""
+        index = 1 + max(int(n.id[1:]) for n in self.nodes if n.id[1:].isdigit())
+        http_port = 1 + max(int(n.http.rpartition(":")[2]) for n in self.nodes)
+        peer_port = 1 + max(int(n.peer.rpartition(":")[2]) for n in self.nodes)
+        while not (port_is_free(http_port) and port_is_free(peer_port)):
+            http_port, peer_port = http_port + 1, peer_port + 1
+        node_dir = self.directory / f"n{index}"
+        node = LocalNode(id=f"n{index}", http=f"127.0.0.1:{http_port}", peer=f"127.0.0.1:{peer_port}", pid=None,
+                         data_dir=str(node_dir / "data"), log=str(node_dir / "dynamod.log"),
+                         config=str(node_dir / "node.toml"))
+        node_dir.mkdir(parents=True, exist_ok=True)
+        Path(node.config).write_text(node_toml(node, [node], self.settings))
+        self.nodes.append(node)
+        self.save()
+        return node
+
     def start(self, node: LocalNode) -> None:
         """Start one node's process (no-op when it already runs)."""
         if self.running(node):
