@@ -35,12 +35,13 @@ class AntiEntropyService(TimerService):
     log = Logger()
 
     def __init__(self, coordinator: Coordinator, is_up: Callable[[str], bool], clock: IReactorTime,
-                 interval: float, depth: int = DEFAULT_DEPTH):
+                 interval: float, depth: int = DEFAULT_DEPTH, admit: Callable[[int], bool] = lambda cost: True):
         super().__init__(interval, self.round)
         self.clock = clock
         self.coordinator = coordinator
         self.is_up = is_up
         self.depth = depth
+        self.admit = admit
         self.trees: dict[int, MerkleTree] = {}
         self.leaf_keys: dict[tuple[int, int], set[bytes]] = {}
         #: key -> digest of the sibling set the trees hold for it
@@ -123,7 +124,7 @@ class AntiEntropyService(TimerService):
         ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
         peers = [node for node in ring.preference_list_for_partition(partition, n)
                  if node != me and self.is_up(node)]
-        if not peers:
+        if not peers or not self.admit(1):
             return
         peer = peers[(self._cursor // len(partitions)) % len(peers)]
         self._running = self.exchange(partition, peer)

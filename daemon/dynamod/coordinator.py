@@ -81,7 +81,8 @@ class Coordinator:
     def __init__(self, node_id: str, ring: Ring, store: Store, peers: Mapping[str, PeerClient],
                  settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int],
                  on_event: Callable[[str], None] = lambda event: None,
-                 is_up: Callable[[str], bool] = lambda node: True):
+                 is_up: Callable[[str], bool] = lambda node: True,
+                 admit: Callable[[int], bool] = lambda cost: True):
         self.node_id = node_id
         self.ring = ring
         self.store = store
@@ -93,6 +94,8 @@ class Coordinator:
         self.on_event = on_event
         #: This node's failure detector: peers judged down are replaced by fallbacks.
         self.is_up = is_up
+        #: Admission control for background work (read repair here): may ``cost`` records move now?
+        self.admit = admit
         #: Further peer operations served by other services: ``op -> handler(payload)``.
         self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
 
@@ -154,6 +157,9 @@ class Coordinator:
             return  # the common case: every replica holds the same versions
         stale = core.stale_replicas()
         if not stale:
+            return
+        if not self.admit(len(stale)):
+            self.on_event("read_repair_deferred")  # anti-entropy repairs it later
             return
         merged = core.merged()
         packed = packb(siblings_to_wire(merged), use_bin_type=True)

@@ -1,9 +1,10 @@
 """Hinted handoff (Dynamo §4.6): give fallback copies back to their owners once they are up.
 
 Every ``interval`` seconds the service walks the keys this node holds for other owners and hands
-each to its owner when the failure detector says the owner is up, a bounded number per round so
-background work cannot crowd out client requests. The delivery and the removal of the copy are
-the coordinator's (``Coordinator.hand_off``): a hint is dropped only after the owner acknowledged.
+each to its owner when the failure detector says the owner is up, a bounded number per round and
+each paced by admission control, so background work cannot crowd out client requests. The
+delivery and the removal of the copy are the coordinator's (``Coordinator.hand_off``): a hint is
+dropped only after the owner acknowledged.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ class HandoffService(TimerService):
     log = Logger()
 
     def __init__(self, coordinator: Coordinator, is_up: Callable[[str], bool], clock: IReactorTime,
-                 interval: float, max_per_round: int = 100):
+                 interval: float, max_per_round: int = 100, admit: Callable[[int], bool] = lambda cost: True):
         super().__init__(interval, self.round)
         self.clock = clock
         self.coordinator = coordinator
         self.is_up = is_up
         self.max_per_round = max_per_round
+        self.admit = admit
         self._in_flight: set[tuple[bytes, str]] = set()
         self.delivered = 0
 
@@ -46,6 +48,8 @@ class HandoffService(TimerService):
                     return
                 if (key, owner) in self._in_flight or not self.is_up(owner):
                     continue
+                if not self.admit(1):
+                    return
                 started += 1
                 self._in_flight.add((key, owner))
                 delivery = self.coordinator.hand_off(key, owner)

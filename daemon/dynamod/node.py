@@ -23,6 +23,7 @@ from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
+from dynamod.core.admission import AdmissionControl
 from dynamod.core.detector import FailureDetector
 from dynamod.core.membership import ACTIVE, LEFT, ClusterState, MalformedState, MemberEntry
 from dynamod.gossip import GossipService, MembershipError, StateFile
@@ -34,6 +35,7 @@ from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
 from dynamod.storage.threads import WorkerThreads
+from dynamod.tombstones import TombstoneReaper
 from dynamod.transfers import TransferService
 
 VERSION = "0.1.0"
@@ -107,24 +109,27 @@ class Node(service.MultiService):
             read_batches=max(1, config.read_threads),
         )
         self.writer = Coalescer(reactor)
+        self.admission = AdmissionControl(config.background_rate, config.background_latency_target)
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, state.ring, self.store, self.peers, self.settings,
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
                                        on_event=self._count_event,
-                                       is_up=lambda node: self.health.is_up(node))  # health comes next
+                                       is_up=lambda node: self.health.is_up(node),  # health comes next
+                                       admit=self.admit_background)
         self._connect_members(state)
         self.health = HealthService(
             FailureDetector(phi_threshold=config.phi_threshold, failures_to_suspect=2,
                             first_interval=config.heartbeat_interval),
             self.peers, reactor, config.heartbeat_interval)
         self.health.setServiceParent(self)
-        self.handoff = HandoffService(self.coordinator, self.health.is_up, reactor, config.handoff_interval)
+        self.handoff = HandoffService(self.coordinator, self.health.is_up, reactor, config.handoff_interval,
+                                      admit=self.admit_background)
         self.handoff.setServiceParent(self)
         self.anti_entropy = AntiEntropyService(self.coordinator, self.health.is_up, reactor,
-                                               config.anti_entropy_interval)
+                                               config.anti_entropy_interval, admit=self.admit_background)
         self.anti_entropy.setServiceParent(self)
         self.transfers = TransferService(self.coordinator, self.anti_entropy, self.health.is_up, reactor,
-                                         config.transfer_interval)
+                                         config.transfer_interval, admit=self.admit_background)
         self.transfers.setServiceParent(self)
         self.gossip = GossipService(
             self.node_id, state, self.peers, n=config.n, clock=reactor, interval=config.gossip_interval,
@@ -132,6 +137,11 @@ class Node(service.MultiService):
             wall_clock_ms=lambda: int(time.time() * 1000), on_change=self._membership_changed,
             seeds=config.seeds or config.member_ids, state_file=state_file)
         self.gossip.setServiceParent(self)
+        self.tombstones = TombstoneReaper(self.coordinator, reactor,
+                                          interval=min(10.0, max(1.0, config.tombstone_grace / 4)),
+                                          grace=config.tombstone_grace, settled=lambda: self.gossip.state.settled(),
+                                          admit=self.admit_background)
+        self.tombstones.setServiceParent(self)
         self.coordinator.extra_handlers["gossip"] = self.gossip.handle_gossip
         self.coordinator.extra_handlers["join"] = self.gossip.handle_join
         self.coordinator.extra_handlers["cluster_info"] = lambda _: self.cluster_info()
@@ -142,6 +152,10 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
+
+    def admit_background(self, cost: int) -> bool:
+        """Admission control for background work: may ``cost`` more records move now?"""
+        return self.admission.try_acquire(self.reactor.seconds(), min(cost, self.admission.burst))
 
     @property
     def ring(self) -> Any:
@@ -232,7 +246,7 @@ class Node(service.MultiService):
 
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
-         "handoff": self.metrics.handoffs}[event].inc()
+         "read_repair_deferred": self.metrics.read_repairs_deferred, "handoff": self.metrics.handoffs}[event].inc()
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -245,6 +259,9 @@ class Node(service.MultiService):
         self._maintenance = task.LoopingCall(self._maintain)
         self._maintenance.clock = self.reactor
         self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
+        self._pacing = task.LoopingCall(self.admission.adjust)
+        self._pacing.clock = self.reactor
+        self._pacing.start(1.0, now=False)
         for peer in self.peers.values():
             peer.start()
         self.log.info("node {node} (incarnation {incarnation}) serving http={http} peer={peer} "
@@ -258,8 +275,9 @@ class Node(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        if self._maintenance.running:
-            self._maintenance.stop()
+        for loop in (self._maintenance, self._pacing):
+            if loop.running:
+                loop.stop()
         yield super().stopService()
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
         yield self.store.drain()
@@ -299,6 +317,8 @@ class Node(service.MultiService):
             "anti_entropy": self.anti_entropy.report(),
             "membership": self.gossip.report(),
             "transfers": self.transfers.report(),
+            "tombstones": self.tombstones.report(),
+            "admission": self.admission.report(),
         }
 
     def transfers_document(self) -> dict[str, Any]:

@@ -110,6 +110,10 @@ def replica_document(node_id: str, record: Record | None) -> HttpResponse:
     return HttpResponse.json(200, {"node": node_id, "siblings": siblings})
 
 
+#: Client operations whose latency paces background work (admission control).
+FOREGROUND = frozenset({"get", "put", "delete"})
+
+
 class Api:
     """Routes requests to handlers and keeps the per-operation metrics."""
 
@@ -165,7 +169,10 @@ class Api:
         histogram = self._histograms.get(op)
         if histogram is None:
             histogram = self._histograms[op] = self.node.metrics.latency.labels(op)
-        histogram.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        histogram.observe(elapsed)
+        if op in FOREGROUND:
+            self.node.admission.observe_latency(elapsed)
         return response
 
     def _error(self, failure: Failure) -> HttpResponse:

@@ -25,6 +25,9 @@ class NodeMetrics:
                                      registry=self.registry)
         self.read_repairs = Counter("dynamod_read_repairs", "replicas sent reconciled versions after a read",
                                     registry=self.registry)
+        self.read_repairs_deferred = Counter("dynamod_read_repairs_deferred",
+                                             "read repairs skipped by admission control (anti-entropy catches up)",
+                                             registry=self.registry)
         self.handoffs = Counter("dynamod_handoffs", "fallback copies acknowledged by their owner",
                                 registry=self.registry)
         self.batch_seconds = Histogram("dynamod_storage_batch_seconds",
