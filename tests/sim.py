@@ -17,18 +17,29 @@ from dynamod.storage.store import Store
 
 
 class SimNetwork:
-    """Delivers peer requests between coordinators; ``down`` nodes refuse, ``silent`` ones never answer."""
+    """Delivers peer requests between nodes (anything with ``handle_peer_request``); ``down`` nodes
+    refuse, ``silent`` ones never answer, and ``cut`` links (pairs of nodes) drop every message."""
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.nodes: dict[str, Coordinator] = {}
+        self.nodes: dict[str, Any] = {}
         self.down: set[str] = set()
         self.silent: set[str] = set()
+        self.cut: set[frozenset[str]] = set()
         self.sent: list[tuple[str, str, str]] = []
+
+    def partition(self, *sides: set[str]) -> None:
+        """Cut every link between nodes on different sides."""
+        for i, side in enumerate(sides):
+            for other in sides[i + 1:]:
+                self.cut |= {frozenset((a, b)) for a in side for b in other}
+
+    def heal(self) -> None:
+        self.cut.clear()
 
     def deliver(self, source: str, target: str, op: str, payload: Any, timeout: float) -> defer.Deferred:
         self.sent.append((source, target, op))
-        if target in self.down or source in self.down:
+        if target in self.down or source in self.down or frozenset((source, target)) in self.cut:
             return defer.fail(PeerUnavailable(f"{target} unreachable"))
         wire = msgpack.unpackb(msgpack.packb(payload, use_bin_type=True), raw=False, strict_map_key=False)
         if target in self.silent:
