@@ -206,7 +206,8 @@ class GossipService(TimerService):
         busy = [m.id + " " + m.status for m in state.active() if m.status != "member"]
         pending = {node: keys for node, keys in state.transfers_pending().items() if keys != 0}
         if busy or pending:
-            detail = ", ".join(busy + [f"{node} holds {keys if keys is not None else 'unreported'} keys to transfer"
+            detail = ", ".join(busy + [f"{node} holds {keys} keys to transfer" if keys is not None
+                                       else f"{node} has not reported on ring version {state.ring_version} yet"
                                        for node, keys in sorted(pending.items())])
             raise MembershipError(f"cannot {what} while another change is in progress ({detail}); "
                                   "retry when `dynactl transfers` shows none")

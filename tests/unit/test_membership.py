@@ -12,10 +12,14 @@ from hypothesis import strategies as st
 from dynamod.core.membership import (
     JOINING,
     LEAVING,
+    LEFT,
+    MEMBER,
     STATUS_RANK,
     ClusterState,
     MalformedState,
     MemberEntry,
+    Progress,
+    accept_gossip,
     state_from_wire,
     state_to_wire,
 )
@@ -31,8 +35,10 @@ entries = st.builds(MemberEntry, id=st.sampled_from(IDS), peer=st.sampled_from([
 def states(draw):
     members = {e.id: e for e in draw(st.lists(entries, min_size=1, max_size=4))}
     ownership = tuple(draw(st.lists(st.sampled_from(sorted(members)), min_size=PARTITIONS, max_size=PARTITIONS)))
+    progress = draw(st.dictionaries(st.sampled_from(IDS), st.builds(
+        Progress, seq=st.integers(0, 3), ring_version=st.integers(1, 3), pending=st.integers(0, 2)), max_size=4))
     return ClusterState(members=members, ownership=ownership, ring_version=draw(st.integers(1, 3)),
-                        ring_author=draw(st.sampled_from(["", "n1", "n2"])))
+                        ring_author=draw(st.sampled_from(["", "n1", "n2"])), cluster="c", progress=progress)
 
 
 @given(states(), states())
@@ -88,8 +94,70 @@ def test_concurrent_plans_from_one_version_resolve_the_same_way_everywhere():
     assert a.merge(b).ownership == b.merge(a).ownership == b.ownership
 
 
-def test_wire_round_trip_and_malformed_gossip_is_refused():
+def settle(state: ClusterState, now_ms: int = 1) -> ClusterState:
+    """Every active member reports the current ring with nothing to transfer."""
+    for member in state.active():
+        state = state.with_progress(member.id, 0, now_ms)
+    return state
+
+
+def test_progress_is_reported_per_ring_version_and_a_restarted_node_still_wins():
     state = cluster(3)
+    assert state.transfers_pending() == {"n1": None, "n2": None, "n3": None} and not state.settled()
+    state = settle(state)
+    assert state.settled() and not state.in_transition()
+    moved = state.plan_join(MemberEntry("n4", "h4:7000", "h4:8000"), 3, author="n1")
+    assert moved.transfers_pending()["n1"] is None, "a report on an older ring does not count"
+    assert moved.with_progress("n1", 0, 1) is not moved and moved.in_transition()
+    busy = moved.with_progress("n1", 7, 5)
+    assert busy.with_progress("n1", 7, 6) is busy, "an unchanged report is not republished"
+    # A restarted node's counter restarts low; the wall clock keeps its new reports ahead.
+    restarted = moved.with_progress("n1", 0, 10_000)
+    assert busy.merge(restarted).progress["n1"].pending == 0
+
+
+def test_a_join_completes_once_every_member_reports_the_new_ring_settled():
+    joined = settle(cluster(3)).plan_join(MemberEntry("n4", "h4:7000", "h4:8000"), 3, author="n1")
+    assert joined.own_next_step("n4", 3) == joined, "transfers not yet reported"
+    done = settle(joined, 2).own_next_step("n4", 3)
+    assert done.members["n4"].status == MEMBER and not done.in_transition()
+
+
+def test_a_leave_completes_once_the_leaver_holds_nothing():
+    leaving = settle(cluster(3)).plan_leave("n2", 3, author="n2")
+    still = leaving.with_progress("n1", 0, 2).with_progress("n3", 0, 2).with_progress("n2", 40, 2)
+    assert still.own_next_step("n2", 3) == still
+    done = still.with_progress("n2", 0, 3).own_next_step("n2", 3)
+    assert done.members["n2"].status == LEFT and [m.id for m in done.active()] == ["n1", "n3"]
+
+
+def test_a_claim_or_release_that_lost_to_a_concurrent_change_is_planned_again():
+    base = settle(cluster(4))
+    join = base.plan_join(MemberEntry("n5", "h5:7000", "h5:8000"), 3, author="n1")
+    leave = base.plan_leave("n4", 3, author="n4")
+    merged = join.merge(leave)  # same ring version: n4's ring wins, n5's claim is lost
+    assert merged.members["n5"].status == JOINING and "n5" not in merged.ownership
+    replanned = merged.own_next_step("n5", 3)
+    assert "n5" in replanned.ownership and "n4" not in replanned.ownership
+    assert replanned.ring_version == merged.ring_version + 1
+    assert replanned.own_next_step("n4", 3) == replanned, "the leave stands: nothing to re-plan"
+    # The other way round: the leave loses and n4 releases again.
+    lost_leave = leave.merge(join.with_ring(join.ring, "n9"))
+    assert "n4" in lost_leave.ownership and "n4" not in lost_leave.own_next_step("n4", 3).ownership
+
+
+def test_gossip_of_another_cluster_is_refused_unless_it_admits_a_lone_node():
+    mine, other = cluster(3), ClusterState.initial([MemberEntry("x1", "hx:7000", "hx:8000")], 16)
+    assert accept_gossip(mine, other, "n1") is None
+    assert accept_gossip(other, mine, "x1") is None, "a lone node adopts only a cluster that lists it"
+    lone = ClusterState.initial([MemberEntry("n4", "h4:7000", "h4:8000")], 16)
+    admitting = mine.plan_join(MemberEntry("n4", "h4:7000", "h4:8000"), 3, author="n1")
+    assert accept_gossip(lone, admitting, "n4") == admitting
+    assert accept_gossip(mine, admitting, "n1") == mine.merge(admitting)
+
+
+def test_wire_round_trip_and_malformed_gossip_is_refused():
+    state = settle(cluster(3))
     assert state_from_wire(state_to_wire(state), 16) == state
     bad = [
         {"members": "nope"},
@@ -97,6 +165,9 @@ def test_wire_round_trip_and_malformed_gossip_is_refused():
         {**state_to_wire(state), "ownership": ["ghost"] * 16},
         {**state_to_wire(state), "members": [["n1", "h", "h", "dancing", 1]]},
         {**state_to_wire(state), "ring_version": 0},
+        {**state_to_wire(state), "cluster": ""},
+        {**state_to_wire(state), "progress": [["n1", -1, 1, 0]]},
+        {**state_to_wire(state), "progress": [["n1", 1, 1]]},
         None,
     ]
     for data in bad:
