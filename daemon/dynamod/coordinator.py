@@ -68,6 +68,11 @@ class NotAReplica(Exception):
     """A forwarded PUT reached a node that does not hold the key."""
 
 
+NOT_A_REPLICA = "is not a replica of this key"
+#: Forwards a PUT may take before a non-replica refuses it (two covers one stale ring on each side).
+MAX_FORWARDS = 2
+
+
 def describe(failure: Failure) -> str:
     """A short reason for a failed replica request."""
     return f"{failure.type.__name__}: {failure.getErrorMessage()}"
@@ -185,7 +190,7 @@ class Coordinator:
         """Fires with the ``PutAnswer`` of writing a new version of ``key``."""
         targets = self.targets(key)
         if self.node_id not in targets:
-            return self._forward_put(list(targets), key, value, context, w, deleted)
+            return self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
         return self.coordinate_put(key, value, context, w, deleted, targets)
 
     def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
@@ -194,7 +199,7 @@ class Coordinator:
         are up, and fallbacks carrying the owner they stand in for as a hint)."""
         targets = targets if targets is not None else self.targets(key)
         if self.node_id not in targets:
-            return defer.fail(NotAReplica(f"{self.node_id} is not a replica of this key"))
+            return defer.fail(NotAReplica(f"{self.node_id} {NOT_A_REPLICA}"))
         replicas = tuple(targets) + self._unreplaced(key, targets)
         my_hint = targets[self.node_id]
         timestamp = self.wall_clock_ms()
@@ -244,8 +249,10 @@ class Coordinator:
             core.add_error(owner, "down (failure detector), and no fallback is up")
 
     def _forward_put(self, candidates: list[str], key: bytes, value: bytes, context: CausalContext,
-                     w: int, deleted: bool) -> defer.Deferred:
-        """Hand the PUT to the first replica that answers."""
+                     w: int, deleted: bool, hops: int) -> defer.Deferred:
+        """Hand the PUT to the first replica that answers. While a join or leave spreads, the
+        replica's ring may differ from ours: one that no longer holds the key forwards the PUT
+        once more by its own ring (``hops`` counts the forwards), and one that cannot is skipped."""
         errors: dict[str, str] = {}
 
         def attempt(_: Any = None) -> defer.Deferred:
@@ -254,12 +261,12 @@ class Coordinator:
                     outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
                     reason="no replica of the key could be reached")))
             replica = candidates.pop(0)
-            payload = [key, value, context_to_wire(context), deleted, w]
+            payload = [key, value, context_to_wire(context), deleted, w, hops]
             call = self.peers[replica].call("coordinate_put", payload, 2 * self.settings.timeout)
 
             def failed(failure: Failure) -> defer.Deferred:
                 errors[replica] = describe(failure)
-                if failure.check(PeerUnavailable):
+                if failure.check(PeerUnavailable) or NOT_A_REPLICA in failure.getErrorMessage():
                     return attempt()
                 return defer.succeed(PutAnswer(QuorumResult(
                     outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
@@ -357,8 +364,12 @@ class Coordinator:
                        for key, packed in payload]
             return defer.gatherResults(updates).addCallback(len)
         if op == "coordinate_put":
-            key, value, context_wire, deleted, w = payload
-            put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)
+            key, value, context_wire, deleted, w, *hops = payload
+            if hops and self.node_id not in self.targets(key) and hops[0] < MAX_FORWARDS:
+                put = self._forward_put(list(self.targets(key)), key, value, context_from_wire(context_wire), w,
+                                        deleted, hops=hops[0] + 1)
+            else:
+                put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)
             return put.addCallback(_answer_to_wire)
         raise ValueError(f"unknown peer operation {op!r}")
 

@@ -233,7 +233,7 @@ class Node(service.MultiService):
                 raise MembershipError(f"seed {seed} refused the join: {exc}", 409) from exc
             self.gossip.joined(answer, seed)
         finally:
-            client.stop()
+            self.reactor.callLater(0, client.stop)  # not from inside the client's own callbacks
         return {"node": self.node_id, "cluster": self.gossip.state.cluster,
                 "members": [m.id for m in self.gossip.state.active()],
                 "partitions_claimed": len(self.ring.partitions_of(self.node_id))}

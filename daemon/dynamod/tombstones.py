@@ -52,6 +52,7 @@ class TombstoneReaper(TimerService):
         #: key -> (digest every owner held, when that was first seen)
         self.confirmed: dict[bytes, tuple[bytes, float]] = {}
         self._running: defer.Deferred | None = None
+        self._cursor = 0
         self.stats = {"reaped": 0, "checks": 0}
         coordinator.store.observe(self.observe)
         coordinator.extra_handlers["reap"] = self._answer_reap
@@ -71,9 +72,14 @@ class TombstoneReaper(TimerService):
     def round(self) -> None:
         if self._running is not None or not self.candidates or not self.settled():
             return
-        keys = sorted(self._mine())[:self.batch]
-        if not keys or not self.admit(len(keys)):
+        mine = sorted(self._mine())
+        if not mine:
             return
+        start = self._cursor % len(mine)  # rotate, so keys that cannot be reaped yet block no others
+        keys = (mine[start:] + mine[:start])[:self.batch]
+        if not self.admit(len(keys)):
+            return
+        self._cursor = start + len(keys)
         self._running = defer.gatherResults([self.consider(key) for key in keys], consumeErrors=True)
         self._running.addErrback(lambda failure: self.log.info("tombstone check failed: {reason}",
                                                                reason=failure.getErrorMessage()))

@@ -84,16 +84,18 @@ class TransferService(TimerService):
             self.waiting.pop(partition, None)
             self._in_flight.add(partition)
             move = self.move(partition, chunk, owners)
-            move.addErrback(self._failed, partition)
-            move.addBoth(self._next, partition)
+            move.addCallbacks(self._next, self._failed, callbackArgs=(partition,), errbackArgs=(partition,))
 
     def _failed(self, failure: Any, partition: int) -> None:
+        """Give up on the partition until the next round (no immediate retry)."""
+        self._in_flight.discard(partition)
         self.stats["failed_batches"] += 1
         self.waiting[partition] = failure.getErrorMessage()
         self.log.info("transfer of partition {partition} failed, will retry: {reason}", partition=partition,
                       reason=failure.getErrorMessage())
 
     def _next(self, _: Any, partition: int) -> None:
+        """A batch is done: go on at once while there is work (the admission control paces it)."""
         self._in_flight.discard(partition)
         self.round()
 

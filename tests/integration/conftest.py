@@ -42,6 +42,19 @@ class RunningCluster:
         self.cluster.start(node)
         self.cluster.wait_until_serving([node])
 
+    def add(self) -> str:
+        """Start one more node configured alone (it has not joined yet); returns its id."""
+        node = self.cluster.add_node()
+        self.cluster.start(node)
+        self.cluster.wait_until_serving([node])
+        return node.id
+
+    def peer(self, node_id: str) -> str:
+        return self.cluster.node(node_id).peer
+
+    def running(self, node_id: str) -> bool:
+        return self.cluster.running(self.cluster.node(node_id))
+
     @property
     def ids(self) -> list[str]:
         return [n.id for n in self.cluster.nodes]
