@@ -75,11 +75,17 @@ class TombstoneReaper(TimerService):
         mine = sorted(self._mine())
         if not mine:
             return
-        start = self._cursor % len(mine)  # rotate, so keys that cannot be reaped yet block no others
-        keys = (mine[start:] + mine[:start])[:self.batch]
+        # Keys whose grace has passed first; the others in turn, so keys that cannot be reaped
+        # yet do not hold back the rest.
+        now = self.clock.seconds()
+        due = [key for key in mine if key in self.confirmed and now - self.confirmed[key][1] >= self.grace]
+        due_set = set(due)
+        others = [key for key in mine if key not in due_set]
+        start = self._cursor % len(others) if others else 0
+        keys = (due + others[start:] + others[:start])[:self.batch]
         if not self.admit(len(keys)):
             return
-        self._cursor = start + len(keys)
+        self._cursor = start + max(0, len(keys) - len(due))
         self._running = defer.gatherResults([self.consider(key) for key in keys], consumeErrors=True)
         self._running.addErrback(lambda failure: self.log.info("tombstone check failed: {reason}",
                                                                reason=failure.getErrorMessage()))
