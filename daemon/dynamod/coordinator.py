@@ -359,10 +359,6 @@ class Coordinator:
             if hint is not None and not isinstance(hint, str):
                 raise ValueError("a hint names a node")
             return self.store.update(key, self.merge_update(siblings_from_wire(unpack(packed)), hint))
-        if op == "put_many":  # ownership transfer: records of a partition, no hints
-            updates = [self.store.update(key, self.merge_update(siblings_from_wire(unpack(packed)), None))
-                       for key, packed in payload]
-            return defer.gatherResults(updates).addCallback(len)
         if op == "coordinate_put":
             key, value, context_wire, deleted, w, *hops = payload
             if hops and self.node_id not in self.targets(key) and hops[0] < MAX_FORWARDS:

@@ -129,7 +129,8 @@ class Node(service.MultiService):
                                                config.anti_entropy_interval, admit=self.admit_background)
         self.anti_entropy.setServiceParent(self)
         self.transfers = TransferService(self.coordinator, self.anti_entropy, self.health.is_up, reactor,
-                                         config.transfer_interval, admit=self.admit_background)
+                                         config.transfer_interval, admit=self.admit_background,
+                                         ring_version=lambda: self.gossip.state.ring_version)
         self.transfers.setServiceParent(self)
         self.gossip = GossipService(
             self.node_id, state, self.peers, n=config.n, clock=reactor, interval=config.gossip_interval,

@@ -7,6 +7,10 @@ the copy stays here, so a record is never held by fewer nodes than before the ch
 lands here meanwhile keeps the copy for another round (``versions.after_transfer``). The work is
 found through the anti-entropy service's per-partition key index, moved in batches of
 ``batch`` keys per request, and paced by the node's admission control.
+
+A batch carries the sender's ring version, and a node that knows a newer ring refuses it: two
+nodes on different rings could otherwise each take the other for the owner, swap the same
+records, and both drop their copy.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from twisted.logger import Logger
 
 from dynamod.antientropy import AntiEntropyService
 from dynamod.coordinator import Coordinator
-from dynamod.core.encoding import siblings_to_wire
+from dynamod.core.encoding import siblings_from_wire, siblings_to_wire, unpack
 from dynamod.core.versions import Record, after_transfer
 
 
@@ -33,7 +37,7 @@ class TransferService(TimerService):
 
     def __init__(self, coordinator: Coordinator, index: AntiEntropyService, is_up: Callable[[str], bool],
                  clock: IReactorTime, interval: float, admit: Callable[[int], bool] = lambda cost: True,
-                 batch: int = 64, parallel: int = 2):
+                 batch: int = 64, parallel: int = 2, ring_version: Callable[[], int] = lambda: 0):
         super().__init__(interval, self.round)
         self.clock = clock
         self.coordinator = coordinator
@@ -42,9 +46,11 @@ class TransferService(TimerService):
         self.admit = admit
         self.batch = batch
         self.parallel = parallel
+        self.ring_version = ring_version
         self._in_flight: set[int] = set()
         self.stats = {"keys_sent": 0, "keys_dropped": 0, "failed_batches": 0}
         self.waiting: dict[int, str] = {}
+        coordinator.extra_handlers["put_many"] = self.receive
 
     def misplaced(self) -> dict[int, list[bytes]]:
         """Partitions with keys here that this node does not replicate, with those keys (records
@@ -113,12 +119,26 @@ class TransferService(TimerService):
         if not entries:
             return
         timeout = 2 * coordinator.settings.timeout
-        yield defer.gatherResults([coordinator.peers[owner].call("put_many", entries, timeout) for owner in owners],
+        payload = [self.ring_version(), entries]
+        yield defer.gatherResults([coordinator.peers[owner].call("put_many", payload, timeout) for owner in owners],
                                   consumeErrors=True)
         self.stats["keys_sent"] += len(entries)
         dropped = yield defer.gatherResults([store.update(key, self._drop(key, siblings))
                                              for key, siblings in delivered.items()])
         self.stats["keys_dropped"] += sum(dropped)
+
+    def receive(self, payload: Any) -> defer.Deferred:
+        """The ``put_many`` peer operation: merge a batch of another node's records here."""
+        sender_ring, entries = payload
+        if type(sender_ring) is not int:
+            raise ValueError("a transfer batch starts with the sender's ring version")
+        if sender_ring < self.ring_version():
+            raise ValueError(f"stale transfer: sent on ring version {sender_ring}, this node has "
+                             f"{self.ring_version()}")
+        merge = self.coordinator.merge_update
+        updates = [self.coordinator.store.update(key, merge(siblings_from_wire(unpack(packed)), None))
+                   for key, packed in entries]
+        return defer.gatherResults(updates).addCallback(len)
 
     def _drop(self, key: bytes, delivered: Any) -> Callable[..., tuple[Record | None, bool]]:
         def drop(record: Record | None, _: Any) -> tuple[Record | None, bool]:

@@ -37,7 +37,7 @@ class Cluster:
 
         def recording(source, target, op, payload, timeout):
             if op == "put_many":
-                self.batches.append((source, target, [key for key, _ in payload]))
+                self.batches.append((source, target, [key for key, _ in payload[1]]))
             return deliver(source, target, op, payload, timeout)
 
         self.network.deliver = recording
@@ -362,3 +362,24 @@ def test_a_failed_batch_waits_for_the_next_round():
     assert transfer.misplaced() == expected  # nothing dropped, whatever happens
     # one round: each misplaced partition tried at most once
     assert len([b for b in cluster.batches if b[1] == "n4"]) <= len(expected)
+
+
+def test_a_node_on_a_newer_ring_refuses_a_stale_batch_so_the_sender_keeps_its_copy():
+    cluster = Cluster()
+    keys, siblings = write_keys(cluster)
+    cluster.join("n4")
+    transfer = cluster.transfers["n1"]
+    transfer.ring_version = lambda: 2
+    for node in ("n2", "n3", "n4"):
+        cluster.transfers[node].ring_version = lambda: 3  # they already act on a later ring
+    held, pending = cluster.stored("n1"), transfer.pending()
+    transfer.running = True
+    transfer.round()
+    cluster.clock.advance(5)
+    assert pending > 0 and transfer.pending() == pending and cluster.stored("n1") == held
+    assert transfer.stats["keys_dropped"] == 0 and transfer.stats["failed_batches"] >= 1
+    assert any("stale transfer" in state for state in transfer.waiting.values())
+    transfer.ring_version = lambda: 3
+    transfer.round()
+    cluster.clock.advance(5)
+    assert transfer.pending() == 0
