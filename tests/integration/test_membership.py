@@ -132,8 +132,8 @@ def test_membership_changes_that_cannot_be_done_are_refused_and_change_nothing(m
         k: after["membership"][k] for k in ("rounds", "exchanges", "failed_exchanges")}
 
     # A join while another is still moving data is refused with the reason; the first completes.
-    cluster.client(loner).join(cluster.peer("n1"))
     second = cluster.add()
+    cluster.client(loner).join(cluster.peer("n1"))
     with pytest.raises(ClientError) as busy:
         cluster.client(second).join(cluster.peer("n1"))
     assert busy.value.status == 409 and "in progress" in busy.value.body["error"]
