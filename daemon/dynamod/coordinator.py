@@ -64,7 +64,7 @@ class PutAnswer:
     context: CausalContext | None = None
 
 
-class NotAReplica(Exception):
+class NotAReplica(ValueError):
     """A forwarded PUT reached a node that does not hold the key."""
 
 

@@ -33,10 +33,12 @@ from dynamod.core.membership import (
     state_from_wire,
     state_to_wire,
 )
+from dynamod.net.peers import split_host_port
 
 
-class MembershipError(Exception):
-    """A join or leave that cannot be done now; the state is unchanged. ``status`` is the HTTP code."""
+class MembershipError(ValueError):
+    """A join or leave that cannot be done now; the state is unchanged. ``status`` is the HTTP code.
+    (A ValueError, so the peer protocol answers it without logging a traceback.)"""
 
     def __init__(self, message: str, status: int = 409):
         super().__init__(message)
@@ -111,6 +113,12 @@ class GossipService(TimerService):
     # -- rounds --------------------------------------------------------------------------------
 
     def round(self) -> None:
+        try:
+            self._round()
+        except Exception:  # noqa: BLE001 - one failed round must not end the schedule
+            self.log.failure("gossip round failed")
+
+    def _round(self) -> None:
         self.stats["rounds"] += 1
         self.refresh()
         partner = self._pick()
@@ -171,6 +179,11 @@ class GossipService(TimerService):
             raise ValueError("a join names id, peer and http") from exc
         if not all(isinstance(x, str) and x for x in (member_id, peer, http)):
             raise ValueError("a join names id, peer and http")
+        try:
+            split_host_port(peer)
+            split_host_port(http)
+        except ValueError as exc:
+            raise MembershipError(f"bad address in the join: {exc}", 400) from exc
         state = self.state
         if state.status_of(member_id) in ACTIVE:
             raise MembershipError(f"{member_id} is already a member of this cluster")
@@ -178,6 +191,9 @@ class GossipService(TimerService):
         if clash:
             raise MembershipError(f"{clash[0]} already uses peer address {peer}")
         self._refuse_during_transition("join")
+        if not state.ring.claim(member_id, self.n).partitions_of(member_id):
+            raise MembershipError(f"{state.ring.partitions} partitions leave no share for member "
+                                  f"{len(state.active()) + 1}: the cluster cannot grow (partitions are fixed)")
         self.adopt(state.plan_join(MemberEntry(member_id, peer, http), self.n, author=self.me))
         self.log.info("admitted {member} ({peer}); it claims {count} partitions", member=member_id, peer=peer,
                       count=len(self.state.ring.partitions_of(member_id)))

@@ -12,11 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dynamod.coordinator import Coordinator
+from dynamod.core.versions import Record
+
+
+def _without_hint(owner: str) -> Callable[..., tuple[Record | None, bool]]:
+    def drop(record: Record | None, _: Any) -> tuple[Record | None, bool]:
+        if record is None or owner not in record.hints:
+            return record, False
+        return attrs.evolve(record, hints=record.hints - {owner}), True
+    return drop
 
 
 class HandoffService(TimerService):
@@ -46,6 +56,11 @@ class HandoffService(TimerService):
             for owner in owners:
                 if started >= self.max_per_round:
                     return
+                if owner not in self.coordinator.peers:
+                    # The owner has left the cluster: the copy stays as a plain record, which the
+                    # transfer service moves to the key's current owners if this node is not one.
+                    self.coordinator.store.update(key, _without_hint(owner))
+                    continue
                 if (key, owner) in self._in_flight or not self.is_up(owner):
                     continue
                 if not self.admit(1):

@@ -65,6 +65,12 @@ class HealthService(TimerService):
             self.log.info("peer {peer} is {state}", peer=peer_id, state="up" if up else "down")
         self._last_state[peer_id] = up
 
+    def forget(self, peer_id: str) -> None:
+        """A member that left: no judgement is kept about it."""
+        self._up.pop(peer_id, None)
+        self._last_state.pop(peer_id, None)
+        self.detector.peers.pop(peer_id, None)
+
     def heard_ago(self, peer_id: str) -> float | None:
         """Seconds since the peer last answered (None: never)."""
         health = self.detector.peers.get(peer_id)

@@ -30,6 +30,7 @@ from dynamod.gossip import GossipService, MembershipError, StateFile
 from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
 from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
+from dynamod.net.protocol import PeerTimeout
 from dynamod.net.writes import Coalescer
 from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
@@ -94,6 +95,9 @@ class Node(service.MultiService):
         self.engine = engine or open_engine(config)
         state_file = StateFile(os.path.join(config.data_dir, STATE_FILE)) if config.engine == "bdb" else None
         state = initial_state(config, state_file)
+        if state.status_of(self.node_id) == LEFT:
+            raise ValueError(f"{self.node_id} has left its cluster (see {STATE_FILE} in {config.data_dir}); "
+                             "to join again, start it with an empty data dir and run dynactl join")
         #: Called once this node has left the cluster (the daemon exits).
         self.on_departed: Callable[[], None] = lambda: None
         self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
@@ -140,7 +144,7 @@ class Node(service.MultiService):
         self.gossip.setServiceParent(self)
         self.tombstones = TombstoneReaper(self.coordinator, reactor,
                                           interval=min(10.0, max(1.0, config.tombstone_grace / 4)),
-                                          grace=config.tombstone_grace, settled=lambda: self.gossip.state.settled(),
+                                          grace=config.tombstone_grace, settled=self._quiet_for_reaping,
                                           admit=self.admit_background)
         self.tombstones.setServiceParent(self)
         self.coordinator.extra_handlers["gossip"] = self.gossip.handle_gossip
@@ -153,6 +157,12 @@ class Node(service.MultiService):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
+
+    def _quiet_for_reaping(self) -> bool:
+        """Tombstones go only while no change moves data and every member is up (a member that
+        is down may hold a fallback copy it has not reported)."""
+        state = self.gossip.state
+        return state.settled() and all(self.health.is_up(m.id) for m in state.active() if m.id != self.node_id)
 
     def admit_background(self, cost: int) -> bool:
         """Admission control for background work: may ``cost`` more records move now?"""
@@ -181,15 +191,16 @@ class Node(service.MultiService):
                     client.start()
             elif member.status == LEFT and client is not None:
                 del self.peers[member.id]
+                self.health.forget(member.id)
                 client.stop()
 
     def _membership_changed(self, old: ClusterState, new: ClusterState) -> None:
-        self._connect_members(new)
         if new.ownership != old.ownership:
             self.coordinator.ring = new.ring
             self.log.info("ring version {version} by {author}: this node owns {owned} of {total} partitions",
                           version=new.ring_version, author=new.ring_author or "config",
                           owned=len(new.ring.partitions_of(self.node_id)), total=new.ring.partitions)
+        self._connect_members(new)
         for member_id, entry in new.members.items():
             before = old.members.get(member_id)
             if before is None or before.status != entry.status:
@@ -230,6 +241,9 @@ class Node(service.MultiService):
             me = self.config.member(self.node_id)
             try:
                 answer = yield client.call("join", [self.node_id, me.peer, me.http], self.config.request_timeout)
+            except PeerTimeout as exc:
+                raise MembershipError(f"seed {seed} did not answer the join in time: it may have admitted "
+                                      "this node anyway (see dynactl status on the seed)", 502) from exc
             except Exception as exc:  # noqa: BLE001 - the seed's refusal, passed on
                 raise MembershipError(f"seed {seed} refused the join: {exc}", 409) from exc
             self.gossip.joined(answer, seed)

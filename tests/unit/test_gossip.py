@@ -45,15 +45,16 @@ def entry(i: int) -> MemberEntry:
     return MemberEntry(f"n{i}", f"h{i}:7000", f"h{i}:8000")
 
 
-def make_nodes(size: int, extra: int = 0, seed: int = 0) -> tuple[SimNetwork, Clock, dict[str, GossipNode]]:
+def make_nodes(size: int, extra: int = 0, seed: int = 0,
+               partitions: int = 64) -> tuple[SimNetwork, Clock, dict[str, GossipNode]]:
     """``size`` founding members plus ``extra`` nodes configured alone (to join later)."""
     clock = Clock()
     network = SimNetwork(clock)
-    founding = ClusterState.initial([entry(i) for i in range(1, size + 1)], 64)
+    founding = ClusterState.initial([entry(i) for i in range(1, size + 1)], partitions)
     everyone = [f"n{i}" for i in range(1, size + extra + 1)]
     nodes = {}
     for i in range(1, size + extra + 1):
-        state = founding if i <= size else ClusterState.initial([entry(i)], 64)
+        state = founding if i <= size else ClusterState.initial([entry(i)], partitions)
         nodes[f"n{i}"] = GossipNode(network, clock, f"n{i}", state, everyone, seed * 100 + i, seeds=("n1",))
     return network, clock, nodes
 
@@ -170,3 +171,30 @@ def test_the_state_survives_a_restart_through_its_file(tmp_path):
     assert StateFile(str(tmp_path / "absent")).load(64) is None
     with pytest.raises(MalformedState):
         StateFile(path).load(32)
+
+
+def test_a_join_that_would_own_nothing_is_refused():
+    network, clock, nodes = make_nodes(4, partitions=4)
+    run_rounds(clock, nodes, 3)
+    before = nodes["n1"].state
+    with pytest.raises(MembershipError, match="no share"):
+        nodes["n1"].service.handle_join(["n5", "h5:7000", "h5:8000"])
+    with pytest.raises(MembershipError, match="bad address"):
+        nodes["n1"].service.handle_join(["n5", "nowhere", "h5:8000"])
+    assert nodes["n1"].state == before
+
+
+def test_a_failing_round_is_logged_and_the_schedule_goes_on():
+    network, clock, nodes = make_nodes(3)
+    node = nodes["n1"]
+
+    def broken() -> int:
+        raise OSError("disk full")
+
+    node.service.pending = broken
+    with capturedLogs() as logs:
+        node.service.round()
+    assert any("gossip round failed" in event["log_format"] for event in logs)
+    node.service.pending = lambda: 0
+    node.service.round()
+    assert node.service.stats["rounds"] == 2 and node.state.progress["n1"].pending == 0

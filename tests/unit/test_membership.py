@@ -168,6 +168,9 @@ def test_wire_round_trip_and_malformed_gossip_is_refused():
         {**state_to_wire(state), "cluster": ""},
         {**state_to_wire(state), "progress": [["n1", -1, 1, 0]]},
         {**state_to_wire(state), "progress": [["n1", 1, 1]]},
+        {**state_to_wire(state), "progress": [["n1", 2 ** 64, 1, 0]]},
+        {**state_to_wire(state), "ownership": [["n1"]] * 16},
+        {**state_to_wire(state), "members": [["n1", "no-port", "h1:8000", "member", 1]]},
         None,
     ]
     for data in bad:
@@ -196,3 +199,12 @@ def test_a_new_view_reaches_all_of_ten_nodes_within_a_few_rounds():
     rounds = Counter(gossip_rounds_to_spread(10, seed) for seed in range(200))
     print("rounds to reach 10 nodes over 200 seeds:", dict(sorted(rounds.items())))
     assert max(rounds) <= 6
+
+
+def test_concurrent_leaves_of_every_other_member_leave_the_last_owner_a_member():
+    base = settle(cluster(2))
+    a_leaves, b_leaves = base.plan_leave("n1", 3, author="n1"), base.plan_leave("n2", 3, author="n2")
+    merged = a_leaves.merge(b_leaves)  # n2's ring wins: n1 owns everything and cannot leave
+    assert merged.ring.members == ("n1",) and merged.members["n1"].status == LEAVING
+    stays = merged.own_next_step("n1", 3)
+    assert stays.members["n1"].status == MEMBER and stays.ring.members == ("n1",)

@@ -187,7 +187,8 @@ class ClusterState:
             if me in ring.ownership:
                 if len(ring.members) > 1:
                     return self.with_ring(ring.release(me, n), me)
-                return self
+                # Everyone else left concurrently: the last owner stays, its leave is cancelled.
+                return self.with_member(attrs.evolve(entry, status=MEMBER))
             if self.settled():
                 return self.with_member(attrs.evolve(entry, status=LEFT))
         return self
@@ -226,6 +227,19 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
     }
 
 
+#: Bound on gossiped counters (versions, sequence numbers), far beyond any real use.
+MAX_COUNTER = 2 ** 62
+
+
+def _counter(value: Any) -> bool:
+    return type(value) is int and 0 <= value < MAX_COUNTER
+
+
+def _address(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 def state_from_wire(data: Any, partitions: int) -> ClusterState:
     """Inverse of ``state_to_wire``; raises ``MalformedState`` on anything else, including an
     ownership of the wrong size or naming an unknown member."""
@@ -233,23 +247,23 @@ def state_from_wire(data: Any, partitions: int) -> ClusterState:
         members = {}
         for member_id, peer, http, status, version in data["members"]:
             if not all(isinstance(x, str) for x in (member_id, peer, http)) or status not in STATUS_RANK \
-                    or type(version) is not int or version < 1:
+                    or not _counter(version) or version < 1 or not _address(peer) or not _address(http):
                 raise MalformedState(f"bad member entry {member_id!r}")
             members[member_id] = MemberEntry(member_id, peer, http, status, version)
         ownership = tuple(data["ownership"])
         ring_version, ring_author, cluster = data["ring_version"], data["ring_author"], data["cluster"]
         progress = {}
         for node, seq, seen, pending in data["progress"]:
-            if not isinstance(node, str) or not all(type(x) is int and x >= 0 for x in (seq, seen, pending)):
+            if not isinstance(node, str) or not all(_counter(x) for x in (seq, seen, pending)):
                 raise MalformedState(f"bad progress entry {node!r}")
             progress[node] = Progress(seq, seen, pending)
+        if len(ownership) != partitions or not all(isinstance(o, str) and o in members for o in ownership):
+            raise MalformedState("ownership does not cover the partitions with known members")
     except MalformedState:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedState(f"not a cluster state: {exc}") from exc
-    if len(ownership) != partitions or not all(owner in members for owner in ownership):
-        raise MalformedState("ownership does not cover the partitions with known members")
-    if type(ring_version) is not int or ring_version < 1 or not isinstance(ring_author, str):
+    if not _counter(ring_version) or ring_version < 1 or not isinstance(ring_author, str):
         raise MalformedState("bad ring version")
     if not isinstance(cluster, str) or not cluster:
         raise MalformedState("no cluster name")
