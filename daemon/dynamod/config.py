@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from dynamod.net.peers import split_host_port
+from dynamod.core.addresses import split_host_port
 
 
 class ConfigError(ValueError):

@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dynamod.core.addresses import split_host_port
 from dynamod.core.membership import (
     ACTIVE,
     ClusterState,
@@ -33,7 +34,6 @@ from dynamod.core.membership import (
     state_from_wire,
     state_to_wire,
 )
-from dynamod.net.peers import split_host_port
 
 
 class MembershipError(ValueError):

@@ -23,13 +23,14 @@ from dynamod.api.http import Api
 from dynamod.api.metrics import NodeMetrics
 from dynamod.config import NodeConfig
 from dynamod.coordinator import Coordinator, QuorumSettings
+from dynamod.core.addresses import split_host_port
 from dynamod.core.admission import AdmissionControl
 from dynamod.core.detector import FailureDetector
 from dynamod.core.membership import ACTIVE, LEFT, ClusterState, MalformedState, MemberEntry
 from dynamod.gossip import GossipService, MembershipError, StateFile
 from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
-from dynamod.net.peers import PeerClient, PeerServerFactory, split_host_port
+from dynamod.net.peers import PeerClient, PeerServerFactory
 from dynamod.net.protocol import PeerTimeout
 from dynamod.net.writes import Coalescer
 from dynamod.storage.engine import StorageEngine

@@ -20,11 +20,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
+from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.quorum import Outcome, QuorumResult
 from dynamod.core.versions import CausalContext, Record, context_of, live_values
 from dynamod.gossip import MembershipError
-from dynamod.net.peers import split_host_port
 from dynamod.storage.engine import CorruptRecord
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from dynamod.core.addresses import split_host_port
 from dynamod.core.ring import Ring
 
 JOINING, MEMBER, LEAVING, LEFT = "joining", "member", "leaving", "left"
@@ -236,8 +237,11 @@ def _counter(value: Any) -> bool:
 
 
 def _address(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    try:
+        split_host_port(value)
+    except ValueError:
+        return False
+    return True
 
 
 def state_from_wire(data: Any, partitions: int) -> ClusterState:

@@ -16,16 +16,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 
+from dynamod.core.addresses import split_host_port
 from dynamod.net.protocol import DEFAULT_MAX_FRAME, PeerProtocol, PeerUnavailable, RequestHandler
 from dynamod.net.writes import Coalescer
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """``"host:port"`` to ``(host, port)``; raises ValueError on anything else."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host, int(port)
 
 
 class PeerServerFactory(Factory):
