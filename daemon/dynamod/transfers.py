@@ -65,9 +65,10 @@ class TransferService(TimerService):
                     found[partition] = movable
         return found
 
-    def pending(self) -> int:
+    def pending(self, misplaced: dict[int, list[bytes]] | None = None) -> int:
         """Keys held here for other nodes: misplaced records and fallback copies."""
-        return sum(len(keys) for keys in self.misplaced().values()) + len(self.coordinator.store.hinted)
+        misplaced = self.misplaced() if misplaced is None else misplaced
+        return sum(len(keys) for keys in misplaced.values()) + len(self.coordinator.store.hinted)
 
     def round(self) -> None:
         """Start batches of misplaced partitions, up to ``parallel`` at a time."""
@@ -151,11 +152,12 @@ class TransferService(TimerService):
     def report(self) -> dict[str, Any]:
         """Outbound transfers for /admin/status and /admin/transfers."""
         ring, n = self.coordinator.ring, self.coordinator.settings.n
+        misplaced = self.misplaced()
         return {
-            "pending_keys": self.pending(),
+            "pending_keys": self.pending(misplaced),
             "hinted_keys": len(self.coordinator.store.hinted),
             "partitions": [{"partition": p, "keys": len(keys), "to": list(ring.preference_list_for_partition(p, n)),
                             "state": "sending" if p in self._in_flight else self.waiting.get(p, "queued")}
-                           for p, keys in sorted(self.misplaced().items())],
+                           for p, keys in sorted(misplaced.items())],
             **self.stats,
         }
