@@ -42,10 +42,14 @@ class HealthService(TimerService):
         """Re-judge every peer, then ping each once."""
         for peer_id in self.peers:
             self._note(peer_id)
-        for peer_id, client in self.peers.items():
-            ping = client.call("ping", None, timeout=2 * self.interval)
-            ping.addCallbacks(lambda _, peer_id=peer_id: self.arrival(peer_id),
-                              lambda failure, peer_id=peer_id: self._failed(peer_id, failure))
+        for peer_id in list(self.peers):
+            self.ping(peer_id)
+
+    def ping(self, peer_id: str) -> None:
+        """Ping one peer now (a new member is judged at once, not at the next beat: until it has
+        answered it counts as down, and a node that just joined would route around everyone)."""
+        ping = self.peers[peer_id].call("ping", None, timeout=2 * self.interval)
+        ping.addCallbacks(lambda _: self.arrival(peer_id), lambda failure: self._failed(peer_id, failure))
 
     def arrival(self, peer_id: str) -> None:
         """The peer answered something."""

@@ -190,6 +190,7 @@ class Node(service.MultiService):
                 client = self.peers[member.id] = self._new_peer(member)
                 if self.running:
                     client.start()
+                    self.health.ping(member.id)
             elif member.status == LEFT and client is not None:
                 del self.peers[member.id]
                 self.health.forget(member.id)
@@ -341,9 +342,10 @@ class Node(service.MultiService):
         """The /admin/transfers document: every member's progress as gossiped, and this node's
         outbound transfers."""
         state = self.gossip.state
+        pending = state.transfers_pending()
         return {"node": self.node_id, "ring_version": state.ring_version, "settled": state.settled(),
-                "members": [{"id": m.id, "status": self.member_status(m.id),
-                             "pending_keys": state.transfers_pending().get(m.id)} for m in state.active()],
+                "members": [{"id": m.id, "status": self.member_status(m.id), "pending_keys": pending.get(m.id)}
+                            for m in state.active()],
                 "outbound": self.transfers.report()}
 
     def ring_document(self) -> dict[str, Any]:

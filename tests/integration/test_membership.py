@@ -55,7 +55,7 @@ class Writer(threading.Thread):
                 self.client.put(key, value)
                 self.acknowledged[key] = value
             except Exception as exc:  # noqa: BLE001 - an unacknowledged write promises nothing
-                self.failed.append(f"{key}: {exc}")
+                self.failed.append(f"{key}: {exc} {getattr(exc, 'body', '')}")
             i += 1
             time.sleep(0.005)
 
