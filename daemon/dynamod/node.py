@@ -154,7 +154,8 @@ class Node(service.MultiService):
         self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
-        for address, factory in ((config.peer, peer_factory), (config.http, Api(self).factory())):
+        self.api = Api(self)
+        for address, factory in ((config.peer, peer_factory), (config.http, self.api.factory())):
             listener = strports.service(_listen_description(address), factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
             listener.setServiceParent(self)
@@ -295,7 +296,8 @@ class Node(service.MultiService):
         for loop in (self._maintenance, self._pacing):
             if loop.running:
                 loop.stop()
-        yield super().stopService()
+        yield super().stopService()  # listeners closed: no new connections
+        yield self.api.drained(self.reactor, self.config.request_timeout + 1)
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
         yield self.store.drain()
         for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):

@@ -9,7 +9,6 @@ Exit codes: 0 success, 1 the answer is "no" (not found, quorum not met), 2 usage
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import sys
 import time
@@ -17,38 +16,11 @@ from typing import Any
 
 import click
 
+from dynactl import cli_deploy, cli_host, cli_testbed
+from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
-from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, Output, show_value
+from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, show_value
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
-
-
-class Context:
-    """What every subcommand gets: the output format and how to reach a node."""
-
-    def __init__(self, node: str | None, fmt: str):
-        self.node_option = node
-        self.out = Output(fmt)
-
-    def node_address(self) -> str:
-        if self.node_option:
-            return self.node_option
-        if os.environ.get("DYNACTL_NODE"):
-            return os.environ["DYNACTL_NODE"]
-        try:
-            cluster = LocalCluster(DEFAULT_DIR).load()
-        except LocalClusterError:
-            self.out.fail(EXIT_USAGE, "no node given: use --node HOST:PORT, set DYNACTL_NODE, "
-                                      "or start a local cluster (dynactl local up)")
-        return cluster.nodes[0].http
-
-    def client(self) -> DynamoClient:
-        try:
-            return DynamoClient(self.node_address())
-        except ValueError as exc:
-            self.out.fail(EXIT_USAGE, str(exc))
-
-
-pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -406,6 +378,10 @@ def local_status(ctx: Context, directory: str) -> None:
     ctx.out.document({"nodes": rows, **cluster.settings},
                      table=[[r["id"], r["http"], r["peer"], r["pid"] or "-", r["serving"]] for r in rows],
                      headers=["node", "http", "peer", "pid", "serving"])
+
+
+for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -8,11 +8,7 @@ whose command line names this cluster's config are ever signalled.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,8 +16,9 @@ from typing import Any
 
 import attrs
 
+from dynactl import process
+
 DEFAULT_DIR = ".dynamo/local"
-STOP_GRACE_SECONDS = 10.0
 START_DEADLINE_SECONDS = 30.0
 
 
@@ -70,17 +67,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def process_matches(pid: int | None, config_path: str) -> bool:
-    """True when ``pid`` is alive and is the dynamod started with ``config_path``."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return config_path.encode() in cmdline and any(b"dynamod" in part for part in cmdline)
 
 
 def fetch_status(http: str, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -137,7 +123,7 @@ class LocalCluster:
 
     def running(self, node: LocalNode) -> bool:
         """True when the node's recorded process is alive."""
-        return process_matches(node.pid, node.config)
+        return process.is_dynamod(node.pid, node.config)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -193,18 +179,11 @@ class LocalCluster:
         if self.running(node):
             return
         node_dir = Path(node.config).parent
-        stderr = open(node_dir / "stderr.log", "ab")  # noqa: SIM115 - handed to the child
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dynamod", "--config", node.config],
-            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
-            cwd=str(node_dir))
-        stderr.close()
-        node.pid = process.pid
+        child = process.start_detached(process.dynamod_command(node.config), output=node_dir / "stderr.log",
+                                       cwd=node_dir)
+        node.pid = child.pid
         self.save()
-        # Until the child has exec'd, /proc shows the parent's command line: wait for ours.
-        deadline = time.monotonic() + 5
-        while not self.running(node) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+        process.wait_until_exec(child, node.config)
 
     def wait_until_serving(self, nodes: list[LocalNode], deadline_seconds: float = START_DEADLINE_SECONDS) -> None:
         """Poll until ``nodes`` answer /admin/status and every running node of the cluster sees
@@ -245,56 +224,22 @@ class LocalCluster:
 
     def signal(self, node: LocalNode, signum: int) -> bool:
         """Send ``signum`` to the node's process if it is ours and alive."""
-        if not self.running(node):
-            return False
-        try:
-            os.kill(node.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+        return process.send(node.pid, node.config, signum)
 
-    def stop(self, node: LocalNode, grace: float = STOP_GRACE_SECONDS) -> str:
+    def stop(self, node: LocalNode, grace: float = process.STOP_GRACE_SECONDS) -> str:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns how it ended."""
-        if not self.signal(node, signal.SIGTERM):
-            node.pid = None
-            self.save()
-            return "not running"
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.running(node):
-            time.sleep(0.05)
-        how = "stopped"
-        if self.running(node):
-            self.signal(node, signal.SIGKILL)
-            how = "killed after grace period"
-        _reap(node.pid)
-        node.pid = None
-        self.save()
-        return how
+        return self._forget_pid(node, process.stop(node.pid, node.config, grace))
 
     def kill(self, node: LocalNode) -> str:
         """SIGKILL at once (a crash)."""
-        if not self.signal(node, signal.SIGKILL):
-            node.pid = None
-            self.save()
-            return "not running"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and self.running(node):
-            time.sleep(0.02)
-        _reap(node.pid)
+        return self._forget_pid(node, process.kill(node.pid, node.config))
+
+    def _forget_pid(self, node: LocalNode, how: str) -> str:
         node.pid = None
         self.save()
-        return "killed"
+        return how
 
     def contract_document(self) -> dict[str, Any]:
         """cluster.json's content as CONTRACT describes it."""
         return {"nodes": [node.as_json() for node in self.nodes], **self.settings}
 
-
-def _reap(pid: int | None) -> None:
-    """Collect the exit status of a child we started in this process (no zombie left)."""
-    if not pid:
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

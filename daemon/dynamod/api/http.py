@@ -121,10 +121,12 @@ class Api:
         self.node = node
         self._counters: dict[tuple[str, int], Any] = {}
         self._histograms: dict[str, Any] = {}
+        self._in_flight: set[defer.Deferred] = set()
 
     def factory(self) -> HttpFactory:
         """The Twisted factory serving this API."""
-        return HttpFactory(self.handle, self.node.config.max_value_size, self.node.writer)
+        self.http_factory = HttpFactory(self.handle, self.node.config.max_value_size, self.node.writer)
+        return self.http_factory
 
     def _route(self, request: HttpRequest) -> tuple[str, Any]:
         path, method = request.path, request.method
@@ -157,8 +159,26 @@ class Api:
         except Exception:  # noqa: BLE001 - mapped to a JSON error below
             result = self._error(Failure())
         if isinstance(result, defer.Deferred):
-            return result.addErrback(self._error).addCallback(self._observe, op, started)
+            answered = result.addErrback(self._error).addCallback(self._observe, op, started)
+            if not answered.called:
+                self._in_flight.add(answered)
+                answered.addBoth(self._finished, answered)
+            return answered
         return self._observe(result, op, started)
+
+    def _finished(self, response: Any, answered: defer.Deferred) -> Any:
+        self._in_flight.discard(answered)
+        return response
+
+    def drained(self, clock: Any, timeout: float) -> defer.Deferred:
+        """Take no more requests; fires once every request being answered has its answer, or
+        after ``timeout`` seconds (a stopping node lets in-flight writes finish with its peers
+        still connected)."""
+        self.http_factory.close_connections()
+        pending = [defer.Deferred() for _ in self._in_flight]
+        for waiter, answered in zip(pending, list(self._in_flight), strict=True):
+            answered.addBoth(lambda response, w=waiter: (w.callback(None), response)[1])
+        return defer.DeferredList(pending).addTimeout(timeout, clock).addErrback(lambda _: None)
 
     def _observe(self, response: HttpResponse, op: str, started: float) -> HttpResponse:
         counter = self._counters.get((op, response.status))

@@ -90,6 +90,7 @@ class HttpProtocol(Protocol):
         self._queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
         self._busy = False
         self._closed = False
+        self._stopping = False
         self._start_message()
 
     def _start_message(self) -> None:
@@ -103,9 +104,20 @@ class HttpProtocol(Protocol):
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        if isinstance(getattr(self, "factory", None), HttpFactory):
+            self.factory.connections.add(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        if isinstance(getattr(self, "factory", None), HttpFactory):
+            self.factory.connections.discard(self)
+
+    def close_when_idle(self) -> None:
+        """Stop taking requests: close now if none is being answered, else after its answer."""
+        self._stopping = True
+        if not self._busy and not self._closed:
+            self._closed = True
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -194,6 +206,7 @@ class HttpProtocol(Protocol):
         self._busy = False
         if self._closed:
             return
+        keep_alive = keep_alive and not self._stopping
         self._writer.write(self.transport, response.encode(keep_alive))
         if not keep_alive:
             self._closed = True
@@ -215,6 +228,13 @@ class HttpFactory(Factory):
         self.handler = handler
         self.max_body = max_body
         self.writer = writer
+        self.connections: set[HttpProtocol] = set()
+
+    def close_connections(self) -> None:
+        """A stopping node: idle keep-alive connections close now, busy ones after their answer,
+        so no request starts that the node could not see through."""
+        for connection in list(self.connections):
+            connection.close_when_idle()
 
     def buildProtocol(self, addr: Any) -> HttpProtocol:
         protocol = HttpProtocol(self.handler, self.max_body, self.writer)

@@ -1,0 +1,228 @@
+"""Deploy and run dynamod on hosts over SSH (Fabric): install, configure, start, restart in turn.
+
+A host's layout is the Ansible role's (``ansible/roles/dynamod``): ``HOME/wheels`` (uploaded from
+the controller's wheelhouse), ``HOME/venv``, ``HOME/node.toml``, data and log directories, and
+``HOME/venv/bin/dynactl service ...`` to start and stop the node, so hosts provisioned by either
+tool can be driven by both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dynactl.inventory import Host
+from dynactl.package import DISTRIBUTION, WHEEL_PREFIX
+from dynactl.remote import HostError, HostResult, Hosts
+from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+
+HEALTH_DEADLINE_SECONDS = 120.0
+
+
+class DeployError(HostError):
+    """A step failed on a host; the message names the step."""
+
+
+def founders(host: Host, hosts: list[Host]) -> list[Host]:
+    """The members a node lists in its config: the founding hosts (``dynamod_founders``, default
+    every host deployed together); a host outside them starts alone and joins later."""
+    names = host.var("dynamod_founders")
+    if isinstance(names, str):  # an INI inventory gives "h1,h2,h3"
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    chosen = [h for h in hosts if h.name in names] if names else hosts
+    return chosen if host.name in {h.name for h in chosen} else [host]
+
+
+def render_node_toml(host: Host, members: list[Host]) -> str:
+    """The node.toml of ``host`` (the same keys the role's template writes)."""
+    def quoted(value: Any) -> str:
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["# Written by dynactl deploy.", f"node_id = {quoted(host.name)}", f"http = {quoted(host.http)}",
+             f"peer = {quoted(host.peer)}", f"data_dir = {quoted(host.var('dynamod_data_dir'))}",
+             f"log_file = {quoted(str(host.var('dynamod_log_dir')) + '/dynamod.log')}",
+             f"n = {int(host.var('dynamod_n'))}", f"r = {int(host.var('dynamod_r'))}",
+             f"w = {int(host.var('dynamod_w'))}", f"partitions = {int(host.var('dynamod_partitions'))}",
+             f"mode = {quoted(host.var('dynamod_mode'))}", f"sync = {str(bool(host.var('dynamod_sync'))).lower()}"]
+    for member in members:
+        lines += ["", "[[members]]", f"id = {quoted(member.name)}", f"peer = {quoted(member.peer)}",
+                  f"http = {quoted(member.http)}"]
+    return "\n".join(lines) + "\n"
+
+
+def service_command(host: Host, action: str, wait: float = 60.0) -> str:
+    """The shell command that runs ``dynactl service ACTION`` for the node on ``host``."""
+    argv = [f"{host.venv}/bin/dynactl", "service", action, "--config", host.config_path, "--wait", f"{wait:g}"]
+    if host.var("dynamod_user"):
+        argv += ["--user", str(host.var("dynamod_user"))]
+    if action in ("start", "restart") and host.var("dynamod_faketime") and host.var("dynamod_faketime_file"):
+        argv += ["--faketime", str(host.var("dynamod_faketime_file"))]
+    return shlex.join(argv)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check(result: Any, step: str) -> Any:
+    if result.exited != 0:
+        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        raise DeployError(f"{step} failed (exit {result.exited}): {last}")
+    return result
+
+
+def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: list[Host]) -> str:
+    """Put the wheels, the venv, the project and node.toml on one host; returns what changed."""
+    run = lambda command, **kw: connection.run(command, hide=True, warn=True, in_stream=False, **kw)  # noqa: E731
+    python = shlex.quote(host.python)
+    if run(f"test -x {python}").exited != 0:
+        raise DeployError(f"no Python at {host.python} (install python3 and python3-venv, or set "
+                          "ansible_python_interpreter)")
+    home, wheels = host.home, f"{host.home}/wheels"
+    directories = [home, wheels, str(host.var("dynamod_data_dir")), str(host.var("dynamod_log_dir"))]
+    _check(run("mkdir -p " + " ".join(map(shlex.quote, directories))), "creating directories")
+    if host.var("dynamod_user"):
+        owned = " ".join(map(shlex.quote, directories[2:]))
+        _check(run(f"chown -R {shlex.quote(str(host.var('dynamod_user')))} {owned}"), "chown of data and logs")
+    present = {}
+    listing = run(f"cd {shlex.quote(wheels)} && sha256sum -- *.whl 2>/dev/null")
+    for line in listing.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        present[name.strip()] = digest
+    changes = []
+    local = Path(wheelhouse["dir"])
+    uploaded = [wheel for wheel in wheelhouse["wheels"] if present.get(wheel) != _sha256(local / wheel)]
+    for wheel in uploaded:
+        connection.put(str(local / wheel), f"{wheels}/{wheel}")
+    if uploaded:
+        changes.append(f"uploaded {len(uploaded)} wheel(s)")
+    project_changed = any(wheel.startswith(WHEEL_PREFIX) for wheel in uploaded)
+    stale = [name for name in present if name not in wheelhouse["wheels"]]
+    if stale:
+        run("cd " + shlex.quote(wheels) + " && rm -f -- " + " ".join(map(shlex.quote, stale)))
+    venv = shlex.quote(host.venv)
+    if run(f"test -x {venv}/bin/python").exited != 0:
+        _check(run(f"{python} -m venv {venv}"), f"{host.python} -m venv (is python3-venv installed?)")
+        changes.append("venv")
+        project_changed = True
+    pip = f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-index --find-links {shlex.quote(wheels)}"
+    project_wheel = shlex.quote(f"{wheels}/{Path(wheelhouse['wheel']).name}")
+    if project_changed:
+        _check(run(f"{pip} {project_wheel} && {pip} --force-reinstall --no-deps {project_wheel}", timeout=600),
+               "pip install")
+        changes.append(f"installed {DISTRIBUTION}")
+    config = render_node_toml(host, members)
+    current = run(f"cat {shlex.quote(host.config_path)}").stdout
+    if current != config:
+        with tempfile.NamedTemporaryFile("w", suffix=".toml") as draft:
+            draft.write(config)
+            draft.flush()
+            connection.put(draft.name, host.config_path)
+        changes.append("wrote node.toml")
+    return ", ".join(changes) if changes else "unchanged"
+
+
+def deploy(hosts_control: Hosts, hosts: list[Host], wheelhouse: dict[str, Any],
+           inventory_hosts: list[Host] | None = None) -> dict[str, HostResult]:
+    """Install and configure every host in parallel, then (re)start each node: a node whose
+    software or config changed is restarted, one that does not run is started."""
+    everyone = inventory_hosts or hosts
+    installed = hosts_control.each(lambda c, h: install(c, h, wheelhouse, founders(h, everyone)), hosts)
+    ready = [h for h in hosts if installed[h.name].ok]
+
+    def start(connection: Any, host: Host) -> HostResult:
+        changed = installed[host.name].stdout != "unchanged"
+        running = connection.run(service_command(host, "status"), hide=True, warn=True, in_stream=False).exited == 0
+        action = "restart" if running and changed else "start"
+        outcome = _check(connection.run(service_command(host, action), hide=True, warn=True, in_stream=False),
+                         f"dynactl service {action}")
+        return HostResult(host=host.name, ok=True, stdout=f"{installed[host.name].stdout}; {outcome.stdout.strip()}")
+
+    started = hosts_control.each(start, ready)
+    return {h.name: started.get(h.name, installed[h.name]) for h in hosts}
+
+
+def wait_deployed(hosts: list[Host], everyone: list[Host], deadline_seconds: float = HEALTH_DEADLINE_SECONDS,
+                  progress: Callable[[str], None] = lambda message: None) -> dict[str, str]:
+    """Wait until every deployed node sees its configured members up; returns the hosts that
+    did not, with why."""
+    problems = {}
+    for host in hosts:
+        try:
+            wait_healthy(host, [m.name for m in founders(host, everyone)], deadline_seconds,
+                         lambda why, h=host: progress(f"{h.name}: {why}"))
+        except DeployError as exc:
+            problems[host.name] = str(exc)
+    return problems
+
+
+def cluster_health(host: Host, expected: list[str]) -> tuple[bool, str]:
+    """Is the node on ``host`` serving, seeing every ``expected`` member up, with no transfer
+    pending? Returns (healthy, what is missing)."""
+    client = DynamoClient(host.http, timeout=3.0)
+    try:
+        status = client.status()
+        transfers = client.transfers()
+    except (NodeUnavailable, ClientError, OSError) as exc:
+        return False, f"{host.name} does not answer ({exc})"
+    finally:
+        client.close()
+    seen = {m["id"]: m["status"] for m in status.get("members", [])}
+    not_up = [name for name in expected if seen.get(name) != "up" and name != status.get("node")]
+    if not_up:
+        views = ", ".join(f"{name} {seen.get(name, 'absent')}" for name in not_up)
+        return False, f"{host.name} sees {views}"
+    if not transfers.get("settled", True):
+        pending = sum(m.get("pending_keys") or 0 for m in transfers.get("members", []))
+        return False, f"{pending} keys still to transfer"
+    return True, "healthy"
+
+
+def wait_healthy(host: Host, expected: list[str], deadline_seconds: float = HEALTH_DEADLINE_SECONDS,
+                 progress: Callable[[str], None] = lambda message: None) -> None:
+    """Poll ``cluster_health`` until healthy; raise DeployError naming what is missing."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        healthy, why = cluster_health(host, expected)
+        if healthy:
+            return
+        if time.monotonic() > deadline:
+            raise DeployError(f"{host.name} not healthy after {deadline_seconds:.0f}s: {why}")
+        progress(why)
+        time.sleep(0.5)
+
+
+def rolling_restart(hosts_control: Hosts, hosts: list[Host], everyone: list[Host],
+                    progress: Callable[[str], None] = lambda message: None,
+                    deadline_seconds: float = HEALTH_DEADLINE_SECONDS) -> list[str]:
+    """Restart one node at a time; before each restart and after it, wait until the cluster is
+    healthy from that node's view. Stops at the first node that does not come back."""
+    expected = [h.name for h in everyone]
+    done: list[str] = []
+    for host in hosts:
+        try:
+            _restart_one(hosts_control, host, expected, progress, deadline_seconds)
+        except DeployError as exc:
+            left = [h.name for h in hosts if h.name not in done and h is not host]
+            raise DeployError(f"{exc}; restarted so far: {', '.join(done) or 'none'}; "
+                              f"not restarted: {', '.join(left) or 'none'}") from exc
+        done.append(host.name)
+    return done
+
+
+def _restart_one(hosts_control: Hosts, host: Host, expected: list[str], progress: Callable[[str], None],
+                 deadline_seconds: float) -> None:
+    report = lambda why: progress(f"{host.name}: {why}")  # noqa: E731
+    report("waiting for a healthy cluster before the restart")
+    wait_healthy(host, expected, deadline_seconds, report)
+    outcome = hosts_control.run(service_command(host, "restart"), [host])[host.name]
+    if not outcome.ok:
+        raise DeployError(f"{host.name}: restart failed: {outcome.error}")
+    report(f"{outcome.stdout.strip()}; waiting until it sees every member up and transfers are done")
+    wait_healthy(host, expected, deadline_seconds, report)
+    report("healthy")

@@ -1,0 +1,99 @@
+"""Test hosts on this machine (network namespaces with sshd), made and removed by dynactl's Testbed.
+
+These tests need root and the Debian packages scripts/bootstrap installs; without them they are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from dynactl.package import build_wheelhouse
+from dynactl.testbed import REQUIRED_TOOLS, Testbed
+from dynamod.client import DynamoClient
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def require_testbed() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("testbed tests need root (network namespaces, veth links, sshd)")
+    for tool, package in REQUIRED_TOOLS.items():
+        if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
+            pytest.skip(f"{tool} is missing (apt-get install {package}; scripts/bootstrap does it as root)")
+
+
+def make_testbed(tmp_path_factory: pytest.TempPathFactory, hosts: int, name: str):
+    """Yield an up testbed of ``hosts`` hosts; always taken down afterwards."""
+    require_testbed()
+    bed = Testbed(str(tmp_path_factory.mktemp(name)))
+    try:
+        bed.up(hosts)
+        yield bed
+    finally:
+        bed.down()
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> dict:
+    """The project's wheels for offline installs on the hosts (built once per run)."""
+    require_testbed()
+    return build_wheelhouse(REPO / ".dynamo" / "wheelhouse", REPO)
+
+
+def dynactl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real dynactl command line."""
+    return subprocess.run([str(BIN / "dynactl"), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, check=False)
+
+
+class Writer:
+    """Clients writing fresh keys through every node until stopped; records what was acknowledged."""
+
+    def __init__(self, addresses: list[str], threads: int = 4):
+        self.addresses = addresses
+        self.acknowledged: list[str] = []
+        self.unacknowledged = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(n,), daemon=True) for n in range(threads)]
+
+    def _write(self, number: int) -> None:
+        clients = [DynamoClient(address, timeout=5.0) for address in self.addresses]
+        index = 0
+        while not self._stop.is_set():
+            key = f"writer{number}-{index}"
+            client = clients[index % len(clients)]
+            index += 1
+            try:
+                client.put(key, key.encode())
+                self.acknowledged.append(key)
+            except Exception:  # noqa: BLE001 - a node being restarted: not acknowledged
+                self.unacknowledged += 1
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> Writer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def missing_writes(address: str, keys: list[str]) -> list[str]:
+    """The keys whose acknowledged value a quorum read does not return."""
+    client = DynamoClient(address, timeout=10.0)
+    try:
+        return [key for key in keys if key.encode() not in client.get(key).siblings]
+    finally:
+        client.close()
