@@ -387,7 +387,8 @@ for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS
 def main() -> None:
     """Console-script entry point: usage errors exit 2, crashes exit 3 with one line."""
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode, click returns (rather than raises) a command's Exit code.
+        code = cli.main(standalone_mode=False)
     except click.exceptions.UsageError as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
@@ -398,3 +399,4 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
         click.echo(f"dynactl: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ Parsing is pure (text in, hosts out); only ``load_hosts`` touches the disk.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,6 +76,8 @@ class Inventory:
     children: dict[str, list[str]] = attrs.field(factory=dict)
     host_vars: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     group_vars: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    group_vars_files: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    host_vars_files: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
     def members(self, group: str, seen: frozenset[str] = frozenset()) -> list[str]:
         """Hosts of ``group`` and of its child groups, in order of appearance."""
@@ -86,15 +89,26 @@ class Inventory:
                 names += [n for n in self.members(child, seen | {group}) if n not in names]
         return names
 
+    def depth(self, group: str, seen: frozenset[str] = frozenset()) -> int:
+        """How far below ``all`` a group sits (a child group is deeper than its parents)."""
+        parents = [p for p, kids in self.children.items() if group in kids and p not in seen]
+        return 1 + max((self.depth(p, seen | {group}) for p in parents), default=0)
+
     def groups_of(self, host: str) -> list[str]:
-        return [g for g in list(self.groups) + list(self.children) if host in self.members(g)]
+        """The host's groups, shallowest first (Ansible's order: depth, then name)."""
+        groups = {g for g in list(self.groups) + list(self.children) if g != "all" and host in self.members(g)}
+        return sorted(groups, key=lambda g: (self.depth(g), g))
 
     def resolved_vars(self, host: str) -> dict[str, Any]:
-        """Ansible's order, simplified: all, then the host's groups, then the host itself."""
-        merged = dict(self.group_vars.get("all", {}))
-        for group in self.groups_of(host):
-            merged.update(self.group_vars.get(group, {}))
+        """Ansible's precedence: inline group vars (all, then groups by depth), group_vars/
+        files in the same order, inline host vars, host_vars/ files."""
+        groups = ["all", *self.groups_of(host)]
+        merged: dict[str, Any] = {}
+        for layer in (self.group_vars, self.group_vars_files):
+            for group in groups:
+                merged.update(layer.get(group, {}))
         merged.update(self.host_vars.get(host, {}))
+        merged.update(self.host_vars_files.get(host, {}))
         return merged
 
 
@@ -109,6 +123,7 @@ def parse_ini(text: str, source: str = "inventory") -> Inventory:
             continue
         where = f"{source}:{number}"
         if line.startswith("["):
+            line = line.split("#", 1)[0].split(";", 1)[0].strip()
             if not line.endswith("]"):
                 raise InventoryError(f"{where}: unclosed section header {line!r}")
             section, _, kind = line[1:-1].partition(":")
@@ -118,18 +133,18 @@ def parse_ini(text: str, source: str = "inventory") -> Inventory:
             target = {"hosts": inventory.groups, "vars": inventory.group_vars, "children": inventory.children}[kind]
             target.setdefault(section, {} if kind == "vars" else [])
             continue
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise InventoryError(f"{where}: {exc}") from exc
         if kind == "vars":
             name, equals, value = line.partition("=")
             if not equals or not name.strip():
                 raise InventoryError(f"{where}: expected NAME=VALUE in [{section}:vars], got {line!r}")
             inventory.group_vars[section][name.strip()] = _scalar(_unquote(value.strip()))
         elif kind == "children":
-            inventory.children[section].append(words[0])
+            inventory.children[section].append(line.split()[0])
         else:
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError as exc:
+                raise InventoryError(f"{where}: {exc}") from exc
             name, assignments = words[0], words[1:]
             host_vars = inventory.host_vars.setdefault(name, {})
             for assignment in assignments:
@@ -151,7 +166,7 @@ def _unquote(value: str) -> str:
 
 def _scalar(value: str) -> Any:
     """INI values are strings; numbers and booleans become what YAML would make of them."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     if value.lower() in ("true", "yes"):
         return True
@@ -183,8 +198,9 @@ def host_from_vars(name: str, variables: Mapping[str, Any]) -> Host:
         port = int(merged["ansible_port"])
     except (TypeError, ValueError) as exc:
         raise InventoryError(f"host {name}: ansible_port must be a number, got {merged['ansible_port']!r}") from exc
+    key = merged.get("ansible_ssh_private_key_file")
     return Host(name=name, address=str(merged.get("ansible_host", name)), ssh_user=str(merged["ansible_user"]),
-                ssh_key=merged.get("ansible_ssh_private_key_file"), ssh_port=port,
+                ssh_key=os.path.expanduser(str(key)) if key else None, ssh_port=port,
                 known_hosts=None if known_hosts in (None, "/dev/null") else known_hosts,
                 python=str(merged["ansible_python_interpreter"]), vars=dict(variables))
 
@@ -220,11 +236,14 @@ def hosts_from_nodes_document(document: Any, source: str = "nodes.json") -> list
 
 
 def _vars_files(directory: Path) -> dict[str, dict[str, Any]]:
-    """group_vars/ or host_vars/: NAME.yml, NAME.yaml or NAME/*.yml."""
+    """group_vars/ or host_vars/: NAME.yml, NAME.yaml, or NAME/*.yml (the directory wins, as in
+    Ansible)."""
     found: dict[str, dict[str, Any]] = {}
     if not directory.is_dir():
         return found
     for path in sorted(directory.iterdir()):
+        if path.is_file() and (directory / path.stem).is_dir():
+            continue
         files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path] if path.suffix in (".yml", ".yaml") else []
         for file in files:
             try:
@@ -251,16 +270,15 @@ def load_hosts(path: str, group: str = NODE_GROUP) -> list[Host]:
         raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from exc
     if file.suffix == ".json":
         try:
-            return hosts_from_nodes_document(json.loads(text), str(path))
-        except ValueError as exc:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise InventoryError(f"{path} is not valid JSON: {exc}") from exc
-    inventory = parse_ini(text, str(path))
-    for group_name, variables in _vars_files(file.parent / "group_vars").items():
-        inventory.group_vars.setdefault(group_name, {}).update(variables)
-    for host_name, variables in _vars_files(file.parent / "host_vars").items():
-        if host_name in inventory.host_vars:
-            inventory.host_vars[host_name] = {**inventory.host_vars[host_name], **variables}
-    hosts = hosts_from_inventory(inventory, group)
+        hosts = hosts_from_nodes_document(document, str(path))
+    else:
+        inventory = parse_ini(text, str(path))
+        inventory.group_vars_files = _vars_files(file.parent / "group_vars")
+        inventory.host_vars_files = _vars_files(file.parent / "host_vars")
+        hosts = hosts_from_inventory(inventory, group)
     if not hosts:
         raise InventoryError(f"{path} lists no hosts")
     return hosts

@@ -65,13 +65,16 @@ def describe_error(exc: BaseException, host: Host) -> str:
     if isinstance(exc, paramiko.AuthenticationException):
         return f"ssh authentication failed for {target} with key {host.ssh_key or '(agent/default keys)'}"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return f"unreachable: nothing accepts SSH at {target} (connection refused)"
+        causes = sorted({(error.strerror or str(error)).lower() for error in exc.errors.values()})
+        return f"unreachable: nothing accepts SSH at {target} ({'; '.join(causes) or 'connection refused'})"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"unreachable: no answer from {target} within the connect timeout"
     if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
         return f"host key of {host.address} is not in {host.known_hosts or 'known_hosts'}"
     if isinstance(exc, FileNotFoundError) and host.ssh_key and exc.filename == host.ssh_key:
         return f"ssh key {host.ssh_key} does not exist"
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.strerror or 'No such file or directory'}: {exc.filename or exc}"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"unreachable: {target}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
