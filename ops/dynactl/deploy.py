@@ -9,6 +9,7 @@ tool can be driven by both.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import tempfile
 import time
@@ -39,19 +40,34 @@ def founders(host: Host, hosts: list[Host]) -> list[Host]:
 
 
 def render_node_toml(host: Host, members: list[Host]) -> str:
-    """The node.toml of ``host`` (the same keys the role's template writes)."""
-    def quoted(value: Any) -> str:
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """The node.toml of ``host``: the keys the role's template writes, from the same variables."""
+    def toml_value(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, (int, float)):
+            return str(value)
+        # A JSON string is a TOML basic string, once non-BMP characters stay literal (no surrogate
+        # escapes) and DEL, which TOML wants escaped, is.
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
-    lines = ["# Written by dynactl deploy.", f"node_id = {quoted(host.name)}", f"http = {quoted(host.http)}",
-             f"peer = {quoted(host.peer)}", f"data_dir = {quoted(host.var('dynamod_data_dir'))}",
-             f"log_file = {quoted(str(host.var('dynamod_log_dir')) + '/dynamod.log')}",
-             f"n = {int(host.var('dynamod_n'))}", f"r = {int(host.var('dynamod_r'))}",
-             f"w = {int(host.var('dynamod_w'))}", f"partitions = {int(host.var('dynamod_partitions'))}",
-             f"mode = {quoted(host.var('dynamod_mode'))}", f"sync = {str(bool(host.var('dynamod_sync'))).lower()}"]
+    bind = host.var("dynamod_bind_address") or host.var("dynamod_address") or host.address
+    settings = {
+        "node_id": host.name,
+        "http": f"{bind}:{int(host.var('dynamod_http_port'))}",
+        "peer": f"{bind}:{int(host.var('dynamod_peer_port'))}",
+        "data_dir": str(host.var("dynamod_data_dir")),
+        "log_file": f"{host.var('dynamod_log_dir')}/dynamod.log",
+        "log_level": str(host.var("dynamod_log_level")),
+        "n": int(host.var("dynamod_n")), "r": int(host.var("dynamod_r")), "w": int(host.var("dynamod_w")),
+        "partitions": int(host.var("dynamod_partitions")),
+        "mode": str(host.var("dynamod_mode")),
+        "sync": bool(host.var("dynamod_sync")),
+        **dict(sorted((host.var("dynamod_extra_config") or {}).items())),
+    }
+    lines = ["# Written by dynactl deploy.", *(f"{key} = {toml_value(value)}" for key, value in settings.items())]
     for member in members:
-        lines += ["", "[[members]]", f"id = {quoted(member.name)}", f"peer = {quoted(member.peer)}",
-                  f"http = {quoted(member.http)}"]
+        lines += ["", "[[members]]", f"id = {toml_value(member.name)}", f"peer = {toml_value(member.peer)}",
+                  f"http = {toml_value(member.http)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -60,7 +76,7 @@ def service_command(host: Host, action: str, wait: float = 60.0) -> str:
     argv = [f"{host.venv}/bin/dynactl", "service", action, "--config", host.config_path, "--wait", f"{wait:g}"]
     if host.var("dynamod_user"):
         argv += ["--user", str(host.var("dynamod_user"))]
-    if action in ("start", "restart") and host.var("dynamod_faketime") and host.var("dynamod_faketime_file"):
+    if action in ("start", "restart") and host.var("dynamod_faketime_file"):
         argv += ["--faketime", str(host.var("dynamod_faketime_file"))]
     return shlex.join(argv)
 

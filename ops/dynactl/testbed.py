@@ -273,8 +273,7 @@ class Testbed:
         lines = ["# Written by `dynactl testbed up`: the test hosts of this machine.", "[dynamod]"]
         for host in hosts:
             lines.append(f"{host['name']} ansible_host={host['address']} dynamod_home={host['home']} "
-                         f"dynamod_data_dir={host['data_dir']} dynamod_log_dir={host['log_dir']} "
-                         f"dynamod_faketime_file={host['faketime_file']}")
+                         f"dynamod_data_dir={host['data_dir']} dynamod_log_dir={host['log_dir']}")
         lines += ["", "[all:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key_path}",
                   f"ansible_python_interpreter={PYTHON_ON_HOSTS}",
                   f"ansible_ssh_common_args='-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes'"]
