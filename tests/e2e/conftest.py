@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -32,14 +33,18 @@ def require_testbed() -> None:
 
 
 def make_testbed(tmp_path_factory: pytest.TempPathFactory, hosts: int, name: str):
-    """Yield an up testbed of ``hosts`` hosts; always taken down afterwards."""
+    """Yield an up testbed of ``hosts`` hosts; always taken down and deleted afterwards. Its
+    directory is world-traversable (pytest's own are not): nodes may run as an unprivileged user."""
     require_testbed()
-    bed = Testbed(str(tmp_path_factory.mktemp(name)))
+    directory = Path(tempfile.mkdtemp(prefix=f"dynamo-e2e-{name}-", dir="/tmp"))
+    directory.chmod(0o755)
+    bed = Testbed(str(directory))
     try:
         bed.up(hosts)
         yield bed
     finally:
         bed.down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
