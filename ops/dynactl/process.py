@@ -18,16 +18,23 @@ from pathlib import Path
 STOP_GRACE_SECONDS = 10.0
 
 
-def is_dynamod(pid: int | None, config_path: str) -> bool:
-    """True when ``pid`` is alive and is the dynamod started with ``config_path``."""
+def alive(pid: int | None) -> bool:
+    """True when ``pid`` exists and is not a zombie (an exited child not yet reaped)."""
     if not pid:
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return False
-    if state == "Z":
+
+
+def is_dynamod(pid: int | None, config_path: str) -> bool:
+    """True when ``pid`` is alive and is the dynamod started with ``config_path``."""
+    if not alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return False
     return config_path.encode() in cmdline and any(b"dynamod" in part for part in cmdline)
 

@@ -110,10 +110,10 @@ class Service:
     def signal(self, signum: int, done: str) -> str:
         """kill -9, pause (SIGSTOP), resume (SIGCONT): faults for the checker's nemeses."""
         pid = self.pid()
-        if pid is None or not process.send(pid, str(self.config), signum):
+        if signum == signal.SIGKILL:  # kill also waits until the process is gone
+            return "not running" if process.kill(pid, str(self.config)) == "not running" else f"{done} pid {pid}"
+        if not process.send(pid, str(self.config), signum):
             return "not running"
-        if signum == signal.SIGKILL:
-            process.kill(pid, str(self.config))
         return f"{done} pid {pid}"
 
     def status(self) -> tuple[bool, str]:

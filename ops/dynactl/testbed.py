@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dynactl import process
+
 DEFAULT_DIR = ".dynamo/testbed"
 MAX_HOSTS = 200
 SSH_DEADLINE_SECONDS = 15.0
@@ -353,17 +355,10 @@ def _end_processes(pids: list[int], grace: float = 5.0) -> None:
         _signal(pid, signal.SIGCONT)
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(process.alive(pid) for pid in pids):
         time.sleep(0.05)
     for pid in pids:
         _signal(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _signal(pid: int, signum: int) -> None:
