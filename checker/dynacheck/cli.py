@@ -1,26 +1,163 @@
-"""``dynacheck``: the Jepsen-style checker (CONTRACT.md). Not built yet: every command says so."""
+"""``dynacheck run|analyze|serve`` (CONTRACT): exit 0 valid, 1 invalid, 2 unknown or usage error,
+3 crashed. ``--format json`` prints one JSON document on stdout; progress goes to stderr."""
 
 from __future__ import annotations
 
+import json
+import random
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
-EXIT_UNKNOWN = 2
+from dynacheck.nemesis import parse_nemesis
+from dynacheck.workloads import WORKLOADS
+
+EXIT_USAGE = 2
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(checker, verdict, the figures that matter) for the summary table."""
+    rows = []
+    for name, result in results.get("checkers", {}).items():
+        figures = [f"{key.removesuffix('_count').replace('_', ' ')} {value}" for key, value in result.items()
+                   if key.endswith("_count") and value]
+        for key in ("time_to_converge_ms", "rounds", "error"):
+            if result.get(key) is not None:
+                figures.append(f"{key.replace('_', ' ')} {result[key]}")
+        rows.append((name, verdict_word(result.get("valid")), ", ".join(figures)[:100]))
+    return rows
+
+
+def verdict_word(valid: Any) -> str:
+    return {True: "valid", False: "INVALID"}.get(valid, "unknown")
+
+
+def print_summary(run_dir: Path, results: dict[str, Any], code: int) -> None:
+    rows = summary_rows(results)
+    width = max([len(name) for name, _, _ in rows] + [7])
+    click.echo(f"{'checker':<{width}}  {'verdict':<8}  evidence")
+    for name, verdict, figures in rows:
+        click.echo(f"{name:<{width}}  {verdict:<8}  {figures}")
+    lost = results.get("checkers", {}).get("siblings", {}).get("lost", [])
+    if lost:
+        shown = ", ".join(f"{item.get('key')}:{item.get('element')}" for item in lost[:20])
+        click.echo(f"lost acknowledged writes ({results['checkers']['siblings'].get('lost_count')}): {shown}"
+                   + (" ..." if len(lost) > 20 else ""))
+    if results.get("crashed"):
+        click.echo(f"crashed: {results['crashed']}")
+    word = "crashed" if code == 3 else verdict_word(results.get("valid"))
+    click.echo(f"verdict: {word}")
+    click.echo(f"report: {run_dir}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Check that a dynamod cluster keeps its promise (not built yet: see the README)."""
+    """Check that a dynamod cluster keeps its promise: Jepsen-style tests with faults."""
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def run() -> None:
-    """Run a test against a cluster (not built yet)."""
-    click.echo("dynacheck: run is not built yet; nothing was checked", err=True)
-    sys.exit(EXIT_UNKNOWN)
+@cli.command()
+@click.option("--local", "local", type=click.IntRange(1, 9), help="N nodes on this machine (no root needed)")
+@click.option("--testbed", type=click.IntRange(1, 20), help="N testbed hosts (root: namespaces with sshd)")
+@click.option("--testbed-dir", default=".dynamo/testbed", show_default=True, help="where the testbed lives")
+@click.option("--nodes-file", type=click.Path(dir_okay=False), help="hosts to test (nodes.json or inventory.ini)")
+@click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
+@click.option("--nemesis", default="none", show_default=True,
+              help="none, all, or comma-separated: partition, clock, kill, pause, netem")
+@click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True, help="seconds")
+@click.option("--concurrency", type=click.IntRange(1, 200), default=10, show_default=True, help="client threads")
+@click.option("--rate", type=click.FloatRange(0.1, 100000), default=50, show_default=True, help="ops/s, all clients")
+@click.option("--keys", type=click.IntRange(1, 10000), default=5, show_default=True, help="key space size")
+@click.option("--mode", type=click.Choice(["vclock", "lww"]), default="vclock", show_default=True)
+@click.option("--n", "replicas", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--r", "read_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
+@click.option("--w", "write_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
+@click.option("--seed", type=int, help="random seed of the schedule (default: a random one, saved in test.json)")
+@click.option("--nemesis-interval", type=click.FloatRange(0.1, 3600), default=5, show_default=True,
+              help="seconds between faults")
+@click.option("--nemesis-duration", type=click.FloatRange(0.1, 3600), default=5, show_default=True,
+              help="seconds a fault lasts")
+@click.option("--convergence-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True)
+@click.option("--store", default="store", show_default=True, help="the store directory")
+@click.option("--name", help="test name in the store (default: WORKLOAD-MODE-NEMESES)")
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: str | None, workload: str,
+        nemesis: str, time_limit: float, concurrency: int, rate: float, keys: int, mode: str, replicas: int,
+        read_quorum: int, write_quorum: int, seed: int | None, nemesis_interval: float, nemesis_duration: float,
+        convergence_timeout: float, store: str, name: str | None, output: str) -> None:
+    """Run one test against a cluster and print the verdict and the run's store path."""
+    from dynacheck.runner import Options, run_test
+    targets = [flag for flag, value in (("--local", local), ("--testbed", testbed), ("--nodes-file", nodes_file))
+               if value]
+    if len(targets) > 1:
+        raise click.UsageError(f"choose one of {', '.join(targets)}")
+    if not targets:
+        local = 3
+    if not (read_quorum <= replicas and write_quorum <= replicas):
+        raise click.UsageError("--r and --w must not exceed --n")
+    try:
+        faults = parse_nemesis(nemesis, local=bool(local))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if nodes_file and not Path(nodes_file).is_file():
+        raise click.UsageError(f"--nodes-file {nodes_file}: no such file")
+    options = Options(workload=workload, nemesis=faults, time_limit=time_limit, concurrency=concurrency, rate=rate,
+                      keys=keys, mode=mode, n=replicas, r=read_quorum, w=write_quorum,
+                      seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
+                      nemesis_interval=nemesis_interval, nemesis_duration=nemesis_duration,
+                      convergence_timeout=convergence_timeout, local=local, testbed=testbed,
+                      testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name)
+    run_dir, results, code = run_test(options)
+    _report(run_dir, results, code, output)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def analyze(run_dir: str, output: str) -> None:
+    """Re-check a stored run (its history.jsonl) without a cluster."""
+    from dynacheck.runner import analyze as analyze_run
+    path = Path(run_dir)
+    if not (path / "history.jsonl").is_file() or not (path / "test.json").is_file():
+        raise click.UsageError(f"{run_dir} is not a run directory (no history.jsonl and test.json)")
+    try:
+        results, code = analyze_run(path)
+    except ValueError as exc:
+        click.echo(f"dynacheck: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    _report(path, results, code, output)
+
+
+@cli.command()
+@click.option("--store", default="store", show_default=True, help="the store directory")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def serve(store: str, host: str, port: int) -> None:
+    """Serve the store as web pages: every run, its verdict, plots, timeline and graphs."""
+    from dynacheck.web import serve as serve_store
+    click.echo(f"dynacheck: serving {Path(store).resolve()} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve_store(Path(store), host, port)
+
+
+def _report(run_dir: Path, results: dict[str, Any], code: int, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps({"run": str(run_dir), "exit": code, **results}, default=str))
+    else:
+        print_summary(run_dir, results, code)
+    sys.exit(code)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point: usage errors exit 2, internal errors 3."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo("dynacheck: aborted", err=True)
+        code = 3
+    sys.exit(code or 0)

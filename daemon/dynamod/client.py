@@ -42,11 +42,27 @@ class NodeUnavailable(Exception):
 
 @attrs.frozen
 class GetResult:
-    """A read: the live sibling values and the context to write back with."""
+    """A read: the live sibling values, the context to write back with, and each sibling's
+    causal history (``{"dot", "vector", "cloud"}``, same order as ``siblings``)."""
 
     found: bool
     context: str
     siblings: list[bytes]
+    versions: list[dict[str, Any]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class WriteResult:
+    """An acknowledged write: the new version's context and its dot (None from older nodes)."""
+
+    context: str
+    dot: tuple[str, int] | None
+
+
+def parse_dot(header: str | None) -> tuple[str, int] | None:
+    """``ACTOR/N`` from ``X-Version``."""
+    actor, _, counter = (header or "").rpartition("/")
+    return (actor, int(counter)) if actor and counter.isdigit() else None
 
 
 def key_path(prefix: str, key: bytes | str) -> str:
@@ -108,17 +124,23 @@ class DynamoClient:
         if "siblings" not in body:
             self._raise_for(status, payload)
         return GetResult(found=status == 200, context=body.get("context", ""),
-                         siblings=[base64.b64decode(v) for v in body["siblings"]])
+                         siblings=[base64.b64decode(v) for v in body["siblings"]],
+                         versions=list(body.get("versions", [])))
 
     def put(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> str:
         """Write a version; returns the new version's context."""
-        return self._write("PUT", key, value, context, w)
+        return self.write(key, value, context, w).context
 
     def delete(self, key: bytes | str, context: str | None = None, w: int | None = None) -> str:
         """Write a tombstone superseding what ``context`` has seen."""
-        return self._write("DELETE", key, b"", context, w)
+        return self._write("DELETE", key, b"", context, w).context
 
-    def _write(self, method: str, key: bytes | str, value: bytes, context: str | None, w: int | None) -> str:
+    def write(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> WriteResult:
+        """Write a version; returns its context and dot."""
+        return self._write("PUT", key, value, context, w)
+
+    def _write(self, method: str, key: bytes | str, value: bytes, context: str | None,
+               w: int | None) -> WriteResult:
         path = key_path("/kv/", key) + (f"?w={w}" if w is not None else "")
         headers = {"Content-Type": "application/octet-stream"}
         if context:
@@ -126,7 +148,7 @@ class DynamoClient:
         status, response_headers, payload = self._request(method, path, body=value, headers=headers)
         if status != 204:
             self._raise_for(status, payload)
-        return response_headers.get("x-context", "")
+        return WriteResult(response_headers.get("x-context", ""), parse_dot(response_headers.get("x-version")))
 
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = json.dumps(body).encode() if body is not None else None

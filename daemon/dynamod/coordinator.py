@@ -58,10 +58,11 @@ class QuorumSettings:
 
 @attrs.frozen
 class PutAnswer:
-    """The outcome of a PUT: the quorum result and the context of the new version."""
+    """The outcome of a PUT: the quorum result, the context of the new version and its dot."""
 
     result: QuorumResult
     context: CausalContext | None = None
+    dot: tuple[str, int] | None = None
 
 
 class NotAReplica(ValueError):
@@ -235,7 +236,7 @@ class Coordinator:
         requests += [(replica, self.peers[replica].call("put", [key, packed, targets[replica]],
                                                         self.settings.timeout), ack)
                      for replica in targets if replica != self.node_id]
-        return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock()))
+        return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock(), version.dot))
 
     def _unreplaced(self, key: bytes, targets: dict[str, str | None]) -> tuple[str, ...]:
         """Owners that are down with no fallback up to stand in for them."""
@@ -374,11 +375,13 @@ def _answer_to_wire(answer: PutAnswer) -> dict:
     result = answer.result
     return {"outcome": result.outcome.value, "needed": result.needed, "acks": result.acks,
             "errors": result.errors, "reason": result.reason,
-            "context": context_to_wire(answer.context) if answer.context is not None else None}
+            "context": context_to_wire(answer.context) if answer.context is not None else None,
+            "dot": list(answer.dot) if answer.dot is not None else None}
 
 
 def _answer_from_wire(data: dict) -> PutAnswer:
     result = QuorumResult(outcome=Outcome(data["outcome"]), needed=data["needed"], acks=data["acks"],
                           errors=data["errors"], reason=data["reason"])
     context = context_from_wire(data["context"]) if data["context"] is not None else None
-    return PutAnswer(result, context)
+    dot = data.get("dot")  # absent from nodes of an older release
+    return PutAnswer(result, context, (str(dot[0]), int(dot[1])) if dot else None)

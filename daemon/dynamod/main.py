@@ -7,6 +7,7 @@ repeated for the member list); flags override the file. Logs are JSON lines (twi
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -71,6 +72,10 @@ def run(config: NodeConfig) -> None:
     from dynamod.logs import start_logging
     from dynamod.node import Node
 
+    # Timers (request timeouts, failure detection, gossip) run on the monotonic clock: a wall
+    # clock that jumps (NTP, an operator, the checker's clock nemesis) must not fire every timer at
+    # once or stall them. The wall clock still stamps lww versions and logs.
+    reactor.seconds = time.monotonic
     stream = sys.stderr if config.log_file == "-" else open(config.log_file, "a", encoding="utf-8")  # noqa: SIM115
     start_logging(stream, config.log_level)
     try:

@@ -129,8 +129,9 @@ class Service:
             if not Path(FAKETIME_LIBRARY).is_file():
                 raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
             # Re-read the timestamp file on every call so a nemesis can move this node's clock at will.
+            # The node's timers use the monotonic clock, which stays real: only wall time is skewed.
             environment.update(LD_PRELOAD=FAKETIME_LIBRARY, FAKETIME_TIMESTAMP_FILE=self.faketime_file,
-                               FAKETIME_NO_CACHE="1")
+                               FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
         return environment
 
     def _drop_privileges(self):

@@ -36,6 +36,21 @@ def test_blind_concurrent_puts_become_siblings_and_a_merged_put_resolves_them(ma
         assert cluster.client(node).get("cart", r=3).siblings == [b"apple,pear"]
 
 
+def test_reads_name_each_siblings_version_and_writes_name_their_dot(make_cluster):
+    cluster = make_cluster()
+    apple = cluster.client("n1").write("basket", b"apple")
+    pear = cluster.client("n2").write("basket", b"pear")
+    read = cluster.client("n3").get("basket")
+    dots = {value: tuple(version["dot"]) for value, version in zip(read.siblings, read.versions, strict=True)}
+    assert dots == {b"apple": apple.dot, b"pear": pear.dot}
+    merged = cluster.client("n3").write("basket", b"apple,pear", context=read.context)
+    [version] = cluster.client("n1").get("basket", r=3).versions
+    assert tuple(version["dot"]) == merged.dot
+    seen = {(actor, n) for actor, top in version["vector"].items() for n in range(1, top + 1)}
+    seen |= {tuple(dot) for dot in version["cloud"]}
+    assert {apple.dot, pear.dot, merged.dot} <= seen
+
+
 def test_replicas_hold_the_same_versions(make_cluster):
     cluster = make_cluster()
     cluster.client("n1").put("k", b"v", w=3)

@@ -23,7 +23,7 @@ from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.quorum import Outcome, QuorumResult
-from dynamod.core.versions import CausalContext, Record, context_of, live_values
+from dynamod.core.versions import CausalContext, Record, Sibling, context_of
 from dynamod.gossip import MembershipError
 from dynamod.storage.engine import CorruptRecord
 
@@ -97,17 +97,20 @@ def replica_document(node_id: str, record: Record | None) -> HttpResponse:
     """``/admin/replica`` answer for a local record."""
     if record is None or not record.siblings:
         return HttpResponse.json(404, {"node": node_id, "error": "no local copy", "siblings": []})
-    siblings = []
-    for sibling in record.siblings:
-        clock = sibling.clock()
-        siblings.append({
-            "value": base64.b64encode(sibling.value).decode("ascii"),
-            "clock": {"vector": dict(clock.vector), "cloud": sorted(list(d) for d in clock.cloud),
-                      "dot": list(sibling.dot)},
-            "deleted": sibling.deleted,
-            "timestamp": sibling.timestamp,
-        })
+    siblings = [{"value": base64.b64encode(sibling.value).decode("ascii"), "clock": clock_document(sibling),
+                 "deleted": sibling.deleted, "timestamp": sibling.timestamp} for sibling in record.siblings]
     return HttpResponse.json(200, {"node": node_id, "siblings": siblings})
+
+
+def clock_document(sibling: Sibling) -> dict[str, Any]:
+    """A version's clock as JSON: every dot it has seen (its own included) and its own dot."""
+    clock = sibling.clock()
+    return {"vector": dict(clock.vector), "cloud": sorted(list(d) for d in clock.cloud), "dot": list(sibling.dot)}
+
+
+def dot_header(dot: tuple[str, int]) -> str:
+    """``X-Version`` of a new version: ``ACTOR/COUNTER`` (actors never end in ``/<digits>``)."""
+    return f"{dot[0]}/{dot[1]}"
 
 
 #: Client operations whose latency paces background work (admission control).
@@ -217,10 +220,11 @@ class Api:
         def answer(result: QuorumResult) -> HttpResponse:
             if result.outcome is not Outcome.OK:
                 raise quorum_error(result)
-            values = live_values(result.siblings)
+            live = [sibling for sibling in result.siblings if not sibling.deleted]
             body = {"context": encode_context(context_of(result.siblings)),
-                    "siblings": [base64.b64encode(v).decode("ascii") for v in values]}
-            return HttpResponse.json(200 if values else 404, body)
+                    "siblings": [base64.b64encode(sibling.value).decode("ascii") for sibling in live],
+                    "versions": [clock_document(sibling) for sibling in live]}
+            return HttpResponse.json(200 if live else 404, body)
 
         return self.node.coordinator.get(key, r).addCallback(answer)
 
@@ -233,7 +237,10 @@ class Api:
         def answer(put: Any) -> HttpResponse:
             if put.result.outcome is not Outcome.OK:
                 raise quorum_error(put.result)
-            return HttpResponse(204, headers=(("X-Context", encode_context(put.context)),))
+            headers = [("X-Context", encode_context(put.context))]
+            if put.dot is not None:
+                headers.append(("X-Version", dot_header(put.dot)))
+            return HttpResponse(204, headers=tuple(headers))
 
         return self.node.coordinator.put(key, value, context, w, deleted=deleted).addCallback(answer)
 

@@ -1,0 +1,170 @@
+"""The database under test: install, start fresh, control and tear down dynamod on the nodes.
+
+Nodes are hosts reached through ``dynactl.remote`` (SSH with Fabric for the testbed and real
+hosts, subprocesses for ``--local``), laid out as the Ansible role lays them out and driven with
+``dynactl service`` on each host, so a checker run exercises exactly what operators deploy. A
+``--local`` cluster is the same thing on 127.0.0.1: each node's home links ``venv`` to the
+checker's own environment and ports are picked free.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dynactl.deploy import install, render_node_toml, service_command, wait_deployed
+from dynactl.inventory import Host
+from dynactl.local import port_is_free
+from dynactl.remote import HostResult, Hosts, LocalHosts
+
+#: Node settings for checker runs: faults are noticed and repaired in seconds, not minutes.
+TEST_NODE_CONFIG = {"request_timeout": 1.0, "handoff_interval": 0.5, "anti_entropy_interval": 1.0,
+                    "heartbeat_interval": 0.5, "gossip_interval": 0.5, "transfer_interval": 0.5}
+
+
+class DbError(Exception):
+    """The cluster could not be set up or controlled; the message says where and why."""
+
+
+@attrs.define
+class Cluster:
+    """The nodes of one test and how to act on them."""
+
+    hosts: list[Host]
+    control: Hosts
+    local_dir: Path | None = None  # the scratch directory of a --local cluster, removed at teardown
+    faketime: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return [host.name for host in self.hosts]
+
+    def host(self, node: str) -> Host:
+        return next(host for host in self.hosts if host.name == node)
+
+    def addresses(self) -> dict[str, str]:
+        """node id -> HOST:PORT of its HTTP API."""
+        return {host.name: host.http for host in self.hosts}
+
+    def faketime_file(self, host: Host) -> str:
+        return str(host.var("dynamod_faketime_file") or f"{host.home}/faketime")
+
+    def run(self, command: Callable[[Host], str], nodes: list[str] | None = None,
+            timeout: float | None = 60.0) -> dict[str, HostResult]:
+        """A per-host shell command on ``nodes`` (default all), in parallel."""
+        chosen = self.hosts if nodes is None else [self.host(node) for node in nodes]
+        return self.control.each(
+            lambda connection, host: connection.run(command(host), hide=True, warn=True, in_stream=False,
+                                                    timeout=timeout), chosen)
+
+    def service(self, action: str, nodes: list[str] | None = None) -> dict[str, HostResult]:
+        """``dynactl service ACTION`` on ``nodes`` (start and restart keep the clock skew hook)."""
+        return self.run(lambda host: service_command(host, action, wait=60.0), nodes, timeout=90.0)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def setup(self, wheelhouse: dict[str, Any] | None, progress: Callable[[str], None]) -> None:
+        """Stop what runs, wipe data and logs, install, write node.toml, start every node, and wait
+        until each sees all members up."""
+        progress("stopping old nodes and wiping their data")
+        self.service("kill")
+        wiped = self.run(lambda host: "rm -rf {0} {1} && mkdir -p {0} {1} {2}".format(
+            shlex.quote(str(host.var("dynamod_data_dir"))), shlex.quote(str(host.var("dynamod_log_dir"))),
+            shlex.quote(str(Path(self.faketime_file(host)).parent))))
+        self._require(wiped, "wiping data")
+        if self.faketime:
+            self._require(self.set_clock_offsets({node: 0.0 for node in self.ids}), "resetting the clock files")
+        progress("installing" if wheelhouse else "writing node configs")
+        if wheelhouse is not None:
+            installed = self.control.each(lambda connection, host: install(connection, host, wheelhouse, self.hosts))
+        else:
+            installed = self.control.each(lambda connection, host: self._write_local_config(host))
+        self._require(installed, "installing")
+        progress("starting dynamod")
+        self._require(self.service("start"), "starting dynamod")
+        progress("waiting until every node sees every member up")
+        problems = wait_deployed(self.hosts, self.hosts, deadline_seconds=90.0)
+        if problems:
+            raise DbError("cluster not healthy: " + "; ".join(problems.values()))
+
+    def _write_local_config(self, host: Host) -> str:
+        home = Path(host.home)
+        home.mkdir(parents=True, exist_ok=True)
+        venv = home / "venv"
+        if not venv.exists():
+            venv.symlink_to(Path(sys.prefix).resolve())
+        Path(host.config_path).write_text(render_node_toml(host, self.hosts))
+        return "wrote node.toml"
+
+    def set_clock_offsets(self, offsets: dict[str, float]) -> dict[str, HostResult]:
+        """Write each node's libfaketime file: its wall clock runs ``offset`` seconds off."""
+        return self.run(lambda host: f"printf '%+.3f\\n' {offsets[host.name]:.3f} > "
+                                     f"{shlex.quote(self.faketime_file(host))}", list(offsets))
+
+    def collect_logs(self, destination: Path) -> dict[str, HostResult]:
+        """Copy each node's dynamod.log and stderr.log to ``destination/<id>/``."""
+        def fetch(connection: Any, host: Host) -> str:
+            target = destination / host.name
+            target.mkdir(parents=True, exist_ok=True)
+            fetched = []
+            for name in ("dynamod.log", "stderr.log"):
+                remote = f"{host.var('dynamod_log_dir')}/{name}"
+                if connection.run(f"test -f {shlex.quote(remote)}", hide=True, warn=True, in_stream=False).ok:
+                    connection.get(remote, str(target / name))
+                    fetched.append(name)
+            return ", ".join(fetched) or "no logs"
+        return self.control.each(fetch, self.hosts)
+
+    def teardown(self) -> dict[str, HostResult]:
+        """Stop every node (data stays on the hosts for a look; a --local cluster is removed)."""
+        stopped = self.service("stop")
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+        return stopped
+
+    @staticmethod
+    def _require(results: dict[str, HostResult], step: str) -> None:
+        failed = [result.line() for result in results.values() if not result.ok]
+        if failed:
+            raise DbError(f"{step} failed: " + "; ".join(failed))
+
+
+def with_test_settings(host: Host, settings: dict[str, Any], faketime: bool) -> Host:
+    """``host`` with the node settings of this test (mode, quorums, fast repair intervals)."""
+    variables = {**host.vars, **{f"dynamod_{key}": value for key, value in settings.items()},
+                 "dynamod_extra_config": {**(host.var("dynamod_extra_config") or {}), **TEST_NODE_CONFIG}}
+    if faketime:
+        variables["dynamod_faketime_file"] = host.var("dynamod_faketime_file") or f"{host.home}/faketime"
+    else:
+        variables.pop("dynamod_faketime_file", None)
+    return attrs.evolve(host, vars=variables)
+
+
+def local_hosts(count: int, directory: Path) -> list[Host]:
+    """``count`` nodes on 127.0.0.1 under ``directory``, with free HTTP and peer ports."""
+    hosts = []
+    port = 18001
+    for index in range(1, count + 1):
+        while not (port_is_free(port) and port_is_free(port + 1000)):
+            port += 1
+        home = directory / f"n{index}"
+        hosts.append(Host(name=f"n{index}", address="127.0.0.1", vars={
+            "dynamod_home": str(home), "dynamod_data_dir": str(home / "data"), "dynamod_log_dir": str(home / "logs"),
+            "dynamod_http_port": port, "dynamod_peer_port": port + 1000,
+            "dynamod_faketime_file": str(home / "faketime" / "clock")}))
+        port += 1
+    return hosts
+
+
+def local_cluster(count: int, settings: dict[str, Any], faketime: bool) -> Cluster:
+    """A --local cluster in a fresh scratch directory."""
+    directory = Path(tempfile.mkdtemp(prefix="dynacheck-local-"))
+    hosts = [with_test_settings(host, settings, faketime) for host in local_hosts(count, directory)]
+    return Cluster(hosts=hosts, control=LocalHosts(hosts), local_dir=directory, faketime=faketime)

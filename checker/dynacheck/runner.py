@@ -1,0 +1,346 @@
+"""One test from start to verdict (Jepsen's ``core/run!``).
+
+set up the nodes -> workload + nemesis for ``time_limit`` -> heal every fault -> quiesce -> poll
+every replica until they converge -> final reads -> collect logs -> tear down -> check -> store.
+Whatever happens (a crash, Ctrl-C), faults are healed, nodes torn down and what exists is stored
+and checked; the run then counts as crashed (exit 3).
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from dynacheck import store
+from dynacheck.checkers import check_all
+from dynacheck.checkers.convergence import round_verdict
+from dynacheck.client import Client, clock_of, decode_elements
+from dynacheck.db import Cluster, DbError, local_cluster, with_test_settings
+from dynacheck.generator import SECOND, ClientOps, Concurrently, FaultCycle, Once, Phases, Stagger, TimeLimit
+from dynacheck.history import CONVERGENCE, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op
+from dynacheck.interpreter import ThreadRuntime, run
+from dynacheck.nemesis import Fault, make_faults, results_document
+from dynacheck.workloads import workload
+from dynactl.inventory import load_hosts
+from dynactl.remote import SshHosts
+from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_CRASHED = 0, 1, 2, 3
+
+
+@attrs.frozen
+class Options:
+    """Everything that defines a test (saved as ``test.json``; the seed replays its schedule)."""
+
+    workload: str = "cart"
+    nemesis: tuple[str, ...] = ()
+    time_limit: float = 60.0
+    concurrency: int = 10
+    rate: float = 50.0
+    keys: int = 5
+    mode: str = "vclock"
+    n: int = 3
+    r: int = 2
+    w: int = 2
+    seed: int = 0
+    nemesis_interval: float = 5.0
+    nemesis_duration: float = 5.0
+    quiesce: float = 3.0
+    convergence_timeout: float = 60.0
+    client_timeout: float = 5.0
+    local: int | None = None
+    testbed: int | None = None
+    testbed_dir: str = ".dynamo/testbed"
+    nodes_file: str | None = None
+    store: str = "store"
+    name: str | None = None
+
+    def test_name(self) -> str:
+        faults = "+".join(self.nemesis) or "none"
+        return self.name or f"{self.workload}-{self.mode}-{faults}"
+
+
+class Progress:
+    """The live progress line (stderr): elapsed time, op counts, the fault in force."""
+
+    def __init__(self, time_limit: float, stream: Any = sys.stderr):
+        self.time_limit, self.stream = time_limit, stream
+        self.counts = {OK: 0, "fail": 0, INFO: 0}
+        self.fault = "none"
+        self.started = time.monotonic()
+        self.shown = 0.0
+        self.tty = getattr(stream, "isatty", lambda: False)()
+
+    def say(self, message: str) -> None:
+        self.stream.write(("\r\033[K" if self.tty else "") + f"dynacheck: {message}\n")
+        self.stream.flush()
+
+    def completed(self, op: Op) -> None:
+        if op.get("process") == NEMESIS:
+            action, _, fault = op["f"].partition("-")
+            self.fault = fault if action == "start" else "none"
+        elif op["type"] in self.counts:
+            self.counts[op["type"]] += 1
+        now = time.monotonic()
+        if now - self.shown >= (0.2 if self.tty else 5.0):
+            self.shown = now
+            line = (f"[{now - self.started:5.0f}s/{self.time_limit:.0f}s] ok {self.counts[OK]} "
+                    f"fail {self.counts['fail']} info {self.counts[INFO]} | fault: {self.fault}")
+            self.stream.write(("\r\033[K" + line) if self.tty else f"dynacheck: {line}\n")
+            self.stream.flush()
+
+
+def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cluster, dict | None, Any]:
+    """The nodes to test and the wheelhouse to install there; returns (cluster, wheelhouse, testbed
+    to take down at the end or None)."""
+    settings = {"mode": options.mode, "n": options.n, "r": options.r, "w": options.w, "partitions": 16}
+    faketime = "clock" in options.nemesis
+    if options.local:
+        return local_cluster(options.local, settings, faketime), None, None
+    from dynactl.package import DEFAULT_WHEELHOUSE, build_wheelhouse
+    created = None
+    if options.testbed:
+        from dynactl.testbed import Testbed
+        bed = Testbed(options.testbed_dir)
+        existed = (Path(options.testbed_dir) / "testbed.json").exists()
+        progress(f"testbed: {options.testbed} hosts in {options.testbed_dir}")
+        bed.up(options.testbed)
+        created = None if existed else bed
+        nodes_file = str(Path(options.testbed_dir) / "nodes.json")
+    else:
+        nodes_file = str(options.nodes_file)
+    hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)]
+    progress("building the wheelhouse")
+    wheelhouse = build_wheelhouse(DEFAULT_WHEELHOUSE)
+    return Cluster(hosts=hosts, control=SshHosts(hosts), faketime=faketime), wheelhouse, created
+
+
+class Test:
+    """One run: its directory, history, cluster and faults."""
+
+    def __init__(self, options: Options, run_dir: Path, progress: Progress):
+        self.options, self.run_dir, self.progress = options, run_dir, progress
+        self.rng = random.Random(options.seed)
+        self.workload = workload(options.workload, options.keys)
+        self.history = HistoryWriter(run_dir / "history.jsonl")
+        self.clock_start = time.monotonic_ns()
+        self.cluster: Cluster | None = None
+        self.faults: dict[str, Fault] = {}
+        self.test: dict[str, Any] = {**attrs.asdict(options), "name": options.test_name(),
+                                     "keys": list(self.workload.keys), "start": datetime.now().isoformat()}
+
+    def now(self) -> int:
+        return time.monotonic_ns() - self.clock_start
+
+    def record(self, op: Op) -> Op:
+        return self.history.append({"time": self.now(), **op})
+
+    def save_test(self) -> None:
+        store.save_json(self.run_dir / "test.json", self.test)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def main_phase(self) -> None:
+        options = self.options
+        self.progress.started = time.monotonic()
+        clients = Stagger(int(SECOND / options.rate), ClientOps(self.workload.make, self.rng), self.rng)
+        generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
+        if self.faults:
+            cycle = FaultCycle(self._plan_fault, self.rng, int(options.nemesis_interval * SECOND),
+                               int(options.nemesis_duration * SECOND))
+            generators.append(TimeLimit(int(options.time_limit * SECOND), cycle))
+        self._interpret(Concurrently(*generators))
+
+    def _plan_fault(self, rng: random.Random) -> tuple[str, Any]:
+        """The next fault of the schedule: one of the chosen kinds, and what exactly it breaks."""
+        name = rng.choice(sorted(self.faults))
+        return name, self.faults[name].plan(rng)
+
+    def _interpret(self, generator: Any) -> None:
+        addresses = self.cluster.addresses()
+        nodes = self.cluster.ids
+
+        def executor_for(thread: Any) -> Callable[[Op], Op]:
+            if thread == NEMESIS:
+                return self._nemesis_op
+            return Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
+
+        def record(op: Op) -> Op:
+            if op["type"] == INVOKE and isinstance(op.get("process"), int) and not op.get("node"):
+                op = {**op, "node": nodes[op["process"] % self.options.concurrency % len(nodes)]}
+            return self.history.append({**op, "time": self.now()})
+
+        runtime = ThreadRuntime(executor_for, record)
+        try:
+            run(generator, runtime, self.options.concurrency, nemesis=bool(self.faults),
+                on_completion=self.progress.completed)
+        finally:
+            runtime.close()
+
+    def _nemesis_op(self, op: Op) -> Op:
+        action, _, fault = op["f"].partition("-")
+        target = self.faults[fault]
+        results = target.start(op["value"]) if action == "start" else target.stop(op["value"])
+        failed = {node: result.error for node, result in results.items() if not result.ok}
+        return {"type": INFO if failed else OK, "value": {"plan": op["value"], "nodes": results_document(results)},
+                **({"error": "; ".join(f"{node}: {why}" for node, why in failed.items())} if failed else {})}
+
+    def heal(self) -> None:
+        """Stop every fault, recorded as nemesis ops (idempotent: also run after a crash)."""
+        for name, fault in self.faults.items():
+            invoke = self.record({"process": NEMESIS, "type": INVOKE, "f": f"stop-{name}", "value": "heal"})
+            try:
+                results = fault.heal()
+                failed = [result.line() for result in results.values() if not result.ok]
+                completion = {"type": INFO if failed else OK, "value": results_document(results)}
+                if failed:
+                    completion["error"] = "; ".join(failed)
+            except Exception as exc:  # noqa: BLE001 - keep healing the other faults
+                completion = {"type": INFO, "error": f"{type(exc).__name__}: {exc}"}
+            self.record({"process": NEMESIS, "f": invoke["f"], "value": "heal", **completion})
+
+    def quiesce(self) -> None:
+        from dynactl.deploy import wait_deployed
+        problems = wait_deployed(self.cluster.hosts, self.cluster.hosts, deadline_seconds=60.0)
+        if problems:
+            self.progress.say("after healing, not every node is healthy: " + "; ".join(problems.values()))
+        time.sleep(self.options.quiesce)
+
+    def poll_convergence(self) -> bool:
+        """Read every key's replica on every node, round after round, until every replica of every
+        key holds the same siblings (or the timeout); each poll is a history op."""
+        clients = {node: DynamoClient(address, timeout=self.options.client_timeout)
+                   for node, address in self.cluster.addresses().items()}
+        needed = min(self.options.n, len(clients))
+        deadline = time.monotonic() + self.options.convergence_timeout
+        round_number = 0
+        try:
+            while True:
+                round_ops = []
+                for key in self.workload.keys:
+                    for node, client in clients.items():
+                        base = {"process": CONVERGENCE, "f": "replica", "key": key, "node": node,
+                                "round": round_number}
+                        self.record({**base, "type": INVOKE, "value": None})
+                        round_ops.append(self.record({**base, **_replica_poll(client, key)}))
+                if all(round_verdict(round_ops, needed).values()):
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                round_number += 1
+                time.sleep(0.5)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def final_reads(self) -> None:
+        self._interpret(Phases(Once(self.workload.final_reads(self.cluster.ids))))
+
+
+def _replica_poll(client: DynamoClient, key: str) -> Op:
+    try:
+        document = client.replica(key)
+    except (ClientError, NodeUnavailable) as exc:
+        return {"type": "fail", "error": str(exc)}
+    siblings = [] if document is None else document.get("siblings", [])
+    return {"type": OK, "value": [{"dot": list(s["clock"]["dot"]), "clock": clock_of(s["clock"]),
+                                    "deleted": bool(s.get("deleted")),
+                                    "elements": decode_elements(base64.b64decode(s["value"]))} for s in siblings]}
+
+
+def exit_code(results: dict[str, Any], crashed: bool) -> int:
+    """CONTRACT exit codes: 0 valid, 1 invalid, 2 unknown, 3 crashed."""
+    if crashed:
+        return EXIT_CRASHED
+    return {True: EXIT_VALID, False: EXIT_INVALID}.get(results.get("valid"), EXIT_UNKNOWN)
+
+
+def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str, Any], int]:
+    """Run one test; returns (run directory, results, exit code)."""
+    store_dir = Path(options.store)
+    run_dir = store.new_run_dir(store_dir, options.test_name(), datetime.now())
+    store.update_latest(store_dir, run_dir)
+    progress = Progress(options.time_limit, stream)
+    test = Test(options, run_dir, progress)
+    test.save_test()
+    crashed: str | None = None
+    testbed = None
+    phases: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        progress.say(name)
+        try:
+            return step()
+        finally:
+            phases[name] = round(time.monotonic() - started, 3)
+
+    try:
+        test.cluster, wheelhouse, testbed = timed("preparing nodes", lambda: build_cluster(options, progress.say))
+        test.test["nodes"] = test.cluster.ids
+        test.test["node_addresses"] = test.cluster.addresses()
+        test.save_test()
+        timed("setting up dynamod", lambda: test.cluster.setup(wheelhouse, progress.say))
+        test.faults = make_faults(options.nemesis, test.cluster)
+        for fault in test.faults.values():
+            Cluster._require(fault.setup(), f"setting up the {fault.name} nemesis")
+        timed(f"running {options.workload} for {options.time_limit:g}s", test.main_phase)
+        timed("healing every fault", test.heal)
+        timed("quiescing", test.quiesce)
+        test.test["converged"] = timed("polling replicas until they converge", test.poll_convergence)
+        timed("final reads", test.final_reads)
+    except KeyboardInterrupt:
+        crashed = "interrupted"
+    except (DbError, Exception) as exc:  # noqa: BLE001 - the run still heals, tears down and stores
+        crashed = f"{type(exc).__name__}: {exc}"
+        (run_dir / "crash.txt").write_text(traceback.format_exc())
+    finally:
+        if test.cluster is not None:
+            _clean_up(test, run_dir, progress, crashed is not None)
+        if testbed is not None:
+            testbed.down()
+        test.history.close()
+    test.test.update(phases=phases, crashed=crashed)
+    test.save_test()
+    progress.say("checking")
+    results = check_all(test.test, test.history.ops, run_dir)
+    if crashed:
+        results["crashed"] = crashed
+    store.save_json(run_dir / "results.json", results)
+    store.update_latest(store_dir, run_dir)
+    return run_dir, results, exit_code(results, crashed is not None)
+
+
+def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) -> None:
+    """Heal, collect logs, tear down: each step runs even when the one before it fails."""
+    steps = [("healing", test.heal)] if after_crash else []
+    steps += [("removing fault rules", lambda: [fault.teardown() for fault in test.faults.values()]),
+              ("collecting node logs", lambda: test.cluster.collect_logs(run_dir / "nodes")),
+              ("tearing down", test.cluster.teardown),
+              ("closing connections", test.cluster.control.close)]
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - report and go on: cleaning up must finish
+            progress.say(f"{name} failed: {type(exc).__name__}: {exc}")
+
+
+def analyze(run_dir: Path) -> tuple[dict[str, Any], int]:
+    """Re-check a stored run without a cluster; rewrites its results.json."""
+    test, history, _ = store.load_run(run_dir)
+    results = check_all(test, history, run_dir)
+    if test.get("crashed"):
+        results["crashed"] = test["crashed"]
+    store.save_json(run_dir / "results.json", results)
+    return results, exit_code(results, bool(test.get("crashed")))
+
+

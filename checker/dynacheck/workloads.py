@@ -1,0 +1,56 @@
+"""Workloads: which ops clients do, on which keys (small key spaces, so writes collide).
+
+* ``cart``: the shopping cart of the Dynamo paper (§4.4) and of Jepsen's 2013 Riak test: clients add
+  unique items to a few carts by read-modify-write and sometimes read a cart. Siblings must be
+  merged by set union, so no acknowledged item may ever disappear.
+* ``register``: blind writes of unique values (no context: each supersedes nothing) and reads. In
+  vclock mode every acknowledged value must survive as a sibling; in lww mode one value wins.
+
+Elements are numbered by the generator (the op counter), so they are unique and replayable.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import attrs
+
+from dynacheck.generator import Op, mix
+
+WORKLOADS = ("cart", "register")
+
+
+@attrs.frozen
+class Workload:
+    """A workload's name, keys and op maker."""
+
+    name: str
+    keys: tuple[str, ...]
+    make: Callable[[random.Random, int], Op]
+
+    def final_reads(self, nodes: list[str]) -> list[Op]:
+        """One read of every key through every node, once the cluster has healed and converged."""
+        return [{"f": "read", "key": key, "value": None, "node": node, "final": True}
+                for key in self.keys for node in nodes]
+
+
+def keys_for(name: str, count: int) -> tuple[str, ...]:
+    """``cart-0``, ``cart-1``... (a key space of ``count`` keys)."""
+    return tuple(f"{name}-{index}" for index in range(count))
+
+
+def workload(name: str, key_count: int, read_fraction: float | None = None) -> Workload:
+    """The named workload over ``key_count`` keys."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r} (choose from {', '.join(WORKLOADS)})")
+    keys = keys_for(name, key_count)
+
+    def read(rng: random.Random, n: int) -> Op:
+        return {"f": "read", "key": rng.choice(keys), "value": None}
+
+    def update(rng: random.Random, n: int) -> Op:
+        return {"f": "add" if name == "cart" else "write", "key": rng.choice(keys), "value": n}
+
+    reads = read_fraction if read_fraction is not None else (0.2 if name == "cart" else 0.5)
+    return Workload(name=name, keys=keys, make=mix([(1.0 - reads, update), (reads, read)]))
