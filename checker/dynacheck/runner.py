@@ -129,7 +129,7 @@ class Test:
 
     def __init__(self, options: Options, run_dir: Path, progress: Progress):
         self.options, self.run_dir, self.progress = options, run_dir, progress
-        self.rng = random.Random(options.seed)
+        self.fault_order: list[str] = []
         self.workload = workload(options.workload, options.keys)
         self.history = HistoryWriter(run_dir / "history.jsonl")
         self.clock_start = time.monotonic_ns()
@@ -152,17 +152,25 @@ class Test:
     def main_phase(self) -> None:
         options = self.options
         self.progress.started = time.monotonic()
-        clients = Stagger(int(SECOND / options.rate), ClientOps(self.workload.make, self.rng), self.rng)
+        self.clock_start = time.monotonic_ns()  # history times count from the start of the workload
+        # One random source per generator, all from the seed: the ops, their spacing and the fault
+        # schedule each replay exactly, however the run's timing interleaves them.
+        clients = Stagger(int(SECOND / options.rate), ClientOps(self.workload.make, seeded(options.seed, "ops")),
+                          seeded(options.seed, "stagger"))
         generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
         if self.faults:
-            cycle = FaultCycle(self._plan_fault, self.rng, int(options.nemesis_interval * SECOND),
-                               int(options.nemesis_duration * SECOND))
+            cycle = FaultCycle(self._plan_fault, seeded(options.seed, "nemesis"),
+                               int(options.nemesis_interval * SECOND), int(options.nemesis_duration * SECOND))
             generators.append(TimeLimit(int(options.time_limit * SECOND), cycle))
         self._interpret(Concurrently(*generators))
 
     def _plan_fault(self, rng: random.Random) -> tuple[str, Any]:
-        """The next fault of the schedule: one of the chosen kinds, and what exactly it breaks."""
-        name = rng.choice(sorted(self.faults))
+        """The next fault of the schedule and what exactly it breaks: every chosen kind once per
+        round, in a shuffled order, so a short run still meets each of them."""
+        if not self.fault_order:
+            self.fault_order = sorted(self.faults)
+            rng.shuffle(self.fault_order)
+        name = self.fault_order.pop(0)
         return name, self.faults[name].plan(rng)
 
     def _interpret(self, generator: Any) -> None:
@@ -244,6 +252,11 @@ class Test:
 
     def final_reads(self) -> None:
         self._interpret(Phases(Once(self.workload.final_reads(self.cluster.ids))))
+
+
+def seeded(seed: int, stream: str) -> random.Random:
+    """The random source of one generator of a test (``Random`` hashes a str seed stably)."""
+    return random.Random(f"{seed}-{stream}")
 
 
 def _replica_poll(client: DynamoClient, key: str) -> Op:

@@ -32,7 +32,7 @@ class ClockFault(Fault):
                        for node in chosen}
             return {"mode": "bump", "offsets": offsets}
         return {"mode": "strobe", "nodes": chosen, "delta": round(rng.uniform(0.1, 10.0), 3),
-                "period_ms": rng.choice((10, 50, 100)), "duration": rng.choice((1, 3, 5))}
+                "period_ms": rng.choice((50, 100, 200)), "duration": rng.choice((1, 3, 5))}
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         if value["mode"] == "bump":
@@ -41,10 +41,12 @@ class ClockFault(Fault):
 
         def strobe(host) -> str:
             clock = shlex.quote(self.cluster.faketime_file(host))
-            flips = max(1, int(value["duration"] / (2 * half_period)))
-            return (f"i=0; while [ $i -lt {flips} ]; do printf '%+.3f\\n' {value['delta']} > {clock}; "
-                    f"sleep {half_period}; printf '+0\\n' > {clock}; sleep {half_period}; i=$((i+1)); done")
-        return self.cluster.run(strobe, value["nodes"], timeout=value["duration"] * 3 + 30)
+            # Runs on the host (one SSH round trip): flip until the deadline, then leave it skewed.
+            return (f"end=$(( $(date +%s) + {int(value['duration'])} )); "
+                    f"while [ $(date +%s) -lt $end ]; do printf '%+.3f\\n' {value['delta']} > {clock}; "
+                    f"sleep {half_period}; printf '+0\\n' > {clock}; sleep {half_period}; done; "
+                    f"printf '%+.3f\\n' {value['delta']} > {clock}")
+        return self.cluster.run(strobe, value["nodes"], timeout=value["duration"] + 30)
 
     def heal(self) -> dict[str, HostResult]:
         return self.cluster.set_clock_offsets({node: 0.0 for node in self.cluster.ids})

@@ -1,0 +1,261 @@
+"""causality: the versions of each key form a sane history (Dynamo §4.4 with dotted version vectors).
+
+Every version the clients saw — created by an ok write, returned by a read, held by a replica in a
+convergence poll — is a node of its key's version graph, named by its dot; an edge ``u -> v`` says the
+write of ``v`` superseded ``u`` (its context held the siblings its read returned: ``supersedes``).
+The graph stays sparse (no transitive closure); descent is decided by the versions' clocks. Anomalies:
+
+* ``cycles``: the graph must be acyclic, and no two versions may each have seen the other — otherwise a
+  dot was issued twice or a version claims to have seen its own descendant;
+* ``reused_dots``: one dot observed with different elements, or acknowledged for two writes (the Riak
+  kv679 family of dot reuse);
+* ``context_lost``: ``v``'s clock lacks a dot ``u`` its write superseded: the context lost what it read;
+* ``dropped``: an acknowledged version that is not a final sibling and that no final sibling's clock
+  holds — it vanished without a descendant that saw it;
+* ``not_maximal``: a final sibling some other known version has seen — a superseded version came back.
+
+Final siblings are the versions returned by the ok final reads; a key without one cannot be judged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from dynacheck.checkers.siblings import gc_paused
+from dynacheck.history import CONVERGENCE, OK, Op, is_client, pairs
+
+SAMPLE = 50
+KINDS = ("cycles", "reused_dots", "context_lost", "dropped", "not_maximal")
+Dot = tuple[str, int]
+
+
+def dot_name(dot: Dot) -> str:
+    """``"actor/counter"``: how dots are named in graphs and reports."""
+    return f"{dot[0]}/{dot[1]}"
+
+
+def _has(clock: dict[str, Any] | None, dot: Dot) -> bool:
+    """True when the history-shaped ``clock`` holds ``dot``."""
+    if not clock:
+        return False
+    actor, counter = dot
+    return counter <= (clock.get("vector") or {}).get(actor, 0) or [actor, counter] in (clock.get("cloud") or ())
+
+
+
+class Version:
+    """What the history says about one dot of one key."""
+
+    __slots__ = ("dot", "clock", "elements", "acked", "final", "time", "writes")
+
+    def __init__(self, dot: Dot, time: int):
+        self.dot, self.time = dot, time
+        self.clock: dict[str, Any] | None = None
+        self.elements: list[Any] | None = None
+        self.acked = False
+        self.final = False
+        #: Values of the ok writes that reported this dot (more than one means it was issued twice).
+        self.writes: list[Any] = []
+
+
+class KeyVersions:
+    """The versions of one key, the supersede edges between them, and what was found wrong."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.versions: dict[Dot, Version] = {}
+        self.edges: list[tuple[Dot, Dot]] = []
+        self.final_reads = 0
+        self.anomalies: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        #: Dots involved in a cycle, reuse, lost context or not-maximal finding; and the dropped ones.
+        self.anomalous: set[Dot] = set()
+        self.dropped: set[Dot] = set()
+        self._element_sets: dict[Dot, list[frozenset[Any]]] = {}
+
+    def version(self, dot: Dot, time: int) -> Version:
+        known = self.versions.get(dot)
+        if known is None:
+            known = self.versions[dot] = Version(dot, time)
+        return known
+
+    def observe(self, sibling: dict[str, Any], time: int, final: bool) -> None:
+        """One sibling as a read or a poll returned it."""
+        dot = (sibling["dot"][0], sibling["dot"][1])
+        known = self.version(dot, time)
+        elements = sibling.get("elements")
+        if known.elements is None:
+            known.elements = elements
+        elif elements is not None and elements != known.elements:
+            seen = self._element_sets.setdefault(dot, [frozenset(known.elements)])
+            if frozenset(elements) not in seen:
+                seen.append(frozenset(elements))
+        if known.clock is None:
+            known.clock = sibling.get("clock")
+        known.final = known.final or final
+
+    @property
+    def final_dots(self) -> list[Dot]:
+        return [dot for dot, version in self.versions.items() if version.final]
+
+    def anomaly_count(self) -> int:
+        return sum(len(entries) for entries in self.anomalies.values())
+
+    def _flag(self, kind: str, dots: Iterable[Dot], **evidence: Any) -> None:
+        (self.dropped if kind == "dropped" else self.anomalous).update(dots)
+        self.anomalies[kind].append({"key": self.key, **evidence})
+
+    def find_anomalies(self, graph: nx.DiGraph | None = None) -> None:
+        """Run every check on this key (``graph`` saves rebuilding it when the caller has it)."""
+        graph = build_graph(self) if graph is None else graph
+        in_cycles: set[Dot] = set()
+        if not nx.is_directed_acyclic_graph(graph):
+            for component in nx.strongly_connected_components(graph):
+                if len(component) > 1 or graph.has_edge(next(iter(component)), next(iter(component))):
+                    cycle = nx.find_cycle(graph.subgraph(component))
+                    in_cycles.update(graph.nodes[name]["dot"] for name in component)
+                    self._flag("cycles", (graph.nodes[u]["dot"] for u, _ in cycle), via="supersedes",
+                               cycle=[u for u, _ in cycle])
+        self._check_reuse()
+        self._check_edges(in_cycles)
+        if self.final_reads:
+            self._check_finals()
+
+    def _check_reuse(self) -> None:
+        for dot, sets in self._element_sets.items():
+            if len(sets) > 1:
+                self._flag("reused_dots", [dot], dot=dot_name(dot), element_sets=len(sets),
+                           sizes=[len(s) for s in sets][:10])
+        for dot, version in self.versions.items():
+            if len(version.writes) > 1:
+                self._flag("reused_dots", [dot], dot=dot_name(dot), writes=version.writes[:10])
+
+    def _check_edges(self, in_cycles: set[Dot]) -> None:
+        versions = self.versions
+        for u, v in self.edges:
+            if u == v or (u in in_cycles and v in in_cycles):
+                continue  # already reported as a cycle of the graph
+            clock_v = versions[v].clock
+            if clock_v is not None and not _has(clock_v, u):
+                self._flag("context_lost", [u, v], superseded=dot_name(u), by=dot_name(v))
+            if _has(versions[u].clock, v):
+                self._flag("cycles", [u, v], via="clocks", cycle=[dot_name(u), dot_name(v)])
+
+    def _check_finals(self) -> None:
+        finals = [self.versions[dot] for dot in self.final_dots]
+        for dot, version in self.versions.items():
+            if version.acked and not version.final and not any(_has(f.clock, dot) for f in finals):
+                self._flag("dropped", [dot], dot=dot_name(dot), acked_ms=round(version.time / 1e6, 3),
+                           final_siblings=[dot_name(f.dot) for f in finals][:10])
+        for final in finals:
+            for dot, version in self.versions.items():
+                if dot != final.dot and _has(version.clock, final.dot):
+                    self._flag("not_maximal", [final.dot], final=dot_name(final.dot), seen_by=dot_name(dot))
+                    break
+
+
+def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, KeyVersions]:
+    """One pass over the history: the versions and supersede edges of every key (or only ``keys``)."""
+    wanted = None if keys is None else set(keys)
+    per_key: dict[str, KeyVersions] = {}
+
+    def of(key: str) -> KeyVersions:
+        found = per_key.get(key)
+        if found is None:
+            found = per_key[key] = KeyVersions(key)
+        return found
+
+    for invoke, completion in pairs(history):
+        if completion is None or completion["type"] != OK:
+            continue
+        key = str(invoke.get("key"))
+        if wanted is not None and key not in wanted:
+            continue
+        if invoke.get("process") == CONVERGENCE:
+            for sibling in completion.get("value") or ():
+                of(key).observe(sibling, completion["time"], False)
+        elif not is_client(invoke):
+            continue
+        elif invoke.get("f") == "read":
+            kv, final = of(key), bool(invoke.get("final") or completion.get("final"))
+            kv.final_reads += final
+            for sibling in completion.get("versions") or ():
+                kv.observe(sibling, completion["time"], final)
+        elif completion.get("version"):
+            kv = of(key)
+            dot = (completion["version"]["dot"][0], completion["version"]["dot"][1])
+            if completion["version"].get("elements") is not None:
+                kv.observe(completion["version"], completion["time"], False)
+            version = kv.version(dot, completion["time"])
+            version.acked, version.time = True, completion["time"]
+            version.clock = completion["version"].get("clock") or version.clock
+            version.writes.append(invoke.get("value"))
+            for superseded in completion.get("supersedes") or ():
+                u = (superseded[0], superseded[1])
+                kv.version(u, completion["time"])
+                kv.edges.append((u, dot))
+    return per_key
+
+
+def build_graph(kv: KeyVersions) -> nx.DiGraph:
+    """The key's version graph: nodes named ``"actor/counter"`` with attributes ``dot``, ``elements``,
+    ``acked``, ``final``, ``time`` (ns); edges from each superseded version to its superseder."""
+    graph = nx.DiGraph(key=kv.key)
+    graph.add_nodes_from((dot_name(dot), {"dot": dot, "elements": v.elements, "acked": v.acked, "final": v.final,
+                                          "time": v.time}) for dot, v in kv.versions.items())
+    graph.add_edges_from((dot_name(u), dot_name(v)) for u, v in kv.edges)
+    return graph
+
+
+def version_graph(history: list[Op], key: str) -> nx.DiGraph:
+    """The version graph of one key, anomalies found (see ``build_graph``)."""
+    kv = analyse(history, [key]).get(key) or KeyVersions(key)
+    graph = build_graph(kv)
+    kv.find_anomalies(graph)
+    return graph
+
+
+def interesting_keys(per_key: dict[str, KeyVersions], limit: int = 5) -> list[str]:
+    """Keys worth a look: those with anomalies first, then those with the most final siblings, then the
+    most versions."""
+    ranked = sorted(per_key.values(), key=lambda kv: (-kv.anomaly_count(), -len(kv.final_dots),
+                                                      -len(kv.versions), kv.key))
+    return [kv.key for kv in ranked[:limit]]
+
+
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+    """Check every key's version graph; False on any anomaly, unknown when some key with acknowledged
+    versions had no final read (or nothing was seen at all), else True."""
+    with gc_paused():
+        per_key = analyse(history)
+        for kv in per_key.values():
+            kv.find_anomalies()
+    unjudged = sorted(key for key, kv in per_key.items()
+                      if not kv.final_reads and any(v.acked for v in kv.versions.values()))
+    result: dict[str, Any] = {
+        "keys": len(per_key),
+        "versions": sum(len(kv.versions) for kv in per_key.values()),
+        "acked_versions": sum(v.acked for kv in per_key.values() for v in kv.versions.values()),
+        "edges": sum(len(kv.edges) for kv in per_key.values()),
+        "max_final_siblings": max((len(kv.final_dots) for kv in per_key.values()), default=0),
+        "unjudged_key_count": len(unjudged), "unjudged_keys": unjudged[:SAMPLE],
+        "interesting_keys": interesting_keys(per_key),
+    }
+    anomalies = defaultdict(list)
+    for key in sorted(per_key):
+        for kind, entries in per_key[key].anomalies.items():
+            anomalies[kind] += entries
+    for kind in KINDS:
+        result[f"{kind}_count"] = len(anomalies[kind])
+        result[kind] = anomalies[kind][:SAMPLE]
+    if any(anomalies[kind] for kind in KINDS):
+        result["valid"] = False
+    elif not result["versions"] or unjudged:
+        result["valid"] = "unknown"
+    else:
+        result["valid"] = True
+    return result
