@@ -9,6 +9,7 @@ checker's own environment and ports are picked free.
 
 from __future__ import annotations
 
+import random
 import shlex
 import shutil
 import sys
@@ -150,7 +151,7 @@ def with_test_settings(host: Host, settings: dict[str, Any], faketime: bool) -> 
 def local_hosts(count: int, directory: Path) -> list[Host]:
     """``count`` nodes on 127.0.0.1 under ``directory``, with free HTTP and peer ports."""
     hosts = []
-    port = 18001
+    port = random.SystemRandom().randrange(18000, 27000)  # concurrent runs rarely probe the same ports
     for index in range(1, count + 1):
         while not (port_is_free(port) and port_is_free(port + 1000)):
             port += 1

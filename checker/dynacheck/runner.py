@@ -65,7 +65,7 @@ class Options:
     name: str | None = None
 
     def test_name(self) -> str:
-        faults = "+".join(self.nemesis) or "none"
+        faults = "-".join(self.nemesis) or "none"
         return self.name or f"{self.workload}-{self.mode}-{faults}"
 
 

@@ -1,0 +1,109 @@
+"""dynacheck against a --local cluster (real dynamod processes, no root): the run lifecycle, the
+store layout, analyze, usage errors, a crash stored as exit 3, and how client outcomes are classified."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynacheck.client import Client
+from dynamod.client import DynamoClient
+
+BIN = Path(sys.executable).parent
+
+
+def dynacheck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dynacheck"), *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_a_local_cart_run_with_kills_pauses_and_clock_skew_is_valid_and_stored(tmp_path):
+    finished = dynacheck("run", "--local", "3", "--workload", "cart", "--nemesis", "kill,pause,clock",
+                         "--time-limit", "8", "--rate", "30", "--nemesis-interval", "1", "--nemesis-duration", "1.5",
+                         "--seed", "1", "--store", str(tmp_path), "--format", "json")
+    report = json.loads(finished.stdout)
+    assert finished.returncode == 0, json.dumps(report["checkers"], indent=1)[:3000] + finished.stderr[-2000:]
+    run_dir = Path(report["run"])
+    assert run_dir.parent.name == "cart-vclock-kill-pause-clock"
+    assert (tmp_path / "latest").resolve() == run_dir.resolve()
+    for name in ("test.json", "history.jsonl", "results.json", "latency-raw.png", "rate.png", "timeline.html"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "nodes" / "n1" / "dynamod.log").is_file()
+    ops = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert {op["type"] for op in ops} >= {"invoke", "ok"}
+    assert all({"index", "time", "process", "type", "f"} <= op.keys() for op in ops)
+    assert [op["index"] for op in ops] == list(range(len(ops)))
+    started = {op["f"] for op in ops if op["process"] == "nemesis" and op["f"].startswith("start-")}
+    assert started == {"start-kill", "start-pause", "start-clock"}
+    final_reads = [op for op in ops if op.get("final") and op["type"] == "ok"]
+    assert len(final_reads) == 5 * 3  # every key through every node
+    assert report["checkers"]["siblings"]["acknowledged_count"] > 20
+    assert "dynacheck: running cart" in finished.stderr  # the live progress goes to stderr
+
+    again = dynacheck("analyze", str(run_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "verdict: valid" in again.stdout and str(run_dir) in again.stdout
+
+
+def test_a_local_register_run_keeps_every_blind_write_as_a_sibling(tmp_path):
+    finished = dynacheck("run", "--local", "3", "--workload", "register", "--time-limit", "4", "--rate", "40",
+                         "--keys", "3", "--store", str(tmp_path))
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-2000:]
+    assert "verdict: valid" in finished.stdout
+
+
+@pytest.mark.parametrize("args, reason", [
+    (("--local", "3", "--nemesis", "partition"), "own addresses"),
+    (("--local", "3", "--nemesis", "earthquake"), "unknown nemesis"),
+    (("--local", "3", "--testbed", "3"), "choose one of"),
+    (("--local", "3", "--n", "2", "--w", "3"), "must not exceed"),
+])
+def test_bad_options_exit_2_with_the_reason(tmp_path, args, reason):
+    finished = dynacheck("run", *args, "--store", str(tmp_path))
+    assert finished.returncode == 2
+    assert reason in finished.stderr
+    assert not list(tmp_path.iterdir())  # nothing was run, nothing stored
+
+
+def test_analyze_of_something_that_is_not_a_run_is_a_usage_error(tmp_path):
+    finished = dynacheck("analyze", str(tmp_path))
+    assert finished.returncode == 2 and "not a run directory" in finished.stderr
+
+
+def test_a_run_whose_nodes_cannot_be_reached_is_stored_as_crashed(tmp_path):
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"hosts": [{"name": "far", "address": "127.0.0.1", "ssh_user": "nobody",
+                                            "ssh_port": 1}]}))
+    finished = dynacheck("run", "--nodes-file", str(nodes), "--time-limit", "2", "--store", str(tmp_path / "store"))
+    assert finished.returncode == 3, finished.stdout + finished.stderr
+    run_dir = (tmp_path / "store" / "latest").resolve()
+    test = json.loads((run_dir / "test.json").read_text())
+    assert "unreachable" in test["crashed"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["crashed"] == test["crashed"]
+    assert "verdict: crashed" in finished.stdout
+
+
+def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_cluster):
+    cluster = make_cluster()
+    addresses = {node: cluster.cluster.node(node).http for node in cluster.ids}
+    client = Client(addresses, "n1", timeout=5.0)
+    added = client({"f": "add", "key": "cart", "value": 1})
+    assert added["type"] == "ok" and added["supersedes"] == [] and added["version"]["dot"][1] >= 1
+    second = client({"f": "add", "key": "cart", "value": 2})
+    assert second["supersedes"] == [added["version"]["dot"]]
+    read = client({"f": "read", "key": "cart", "value": None})
+    assert read["type"] == "ok" and read["value"] == [1, 2]
+    assert [version["dot"] for version in read["versions"]] == [second["version"]["dot"]]
+    cluster.kill("n3")
+    refused = Client(addresses, "n3", timeout=5.0)({"f": "add", "key": "cart", "value": 3})
+    assert refused["type"] == "fail"  # the read before the write could not even connect
+    unacknowledged = client.write(DynamoClient(addresses["n1"]), {"f": "write", "key": "cart"}, None, [], [4])
+    assert unacknowledged["type"] == "ok"  # W=2 of the two nodes left
+    cluster.kill("n2")
+    lonely = client({"f": "write", "key": "cart", "value": 5})
+    assert lonely["type"] == "info" and "quorum" in lonely["error"]  # 503: may or may not survive

@@ -1,0 +1,93 @@
+"""What the nemeses plan is pure and seeded: partitions cut what their mode says, clock bumps stay
+within milliseconds..minutes, process faults leave a majority up, and --nemesis is parsed strictly."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynacheck.nemesis import parse_nemesis
+from dynacheck.nemesis.clock import LARGEST_BUMP, SMALLEST_BUMP, ClockFault
+from dynacheck.nemesis.network import PARTITION_MODES, grudge
+from dynacheck.nemesis.process import minority
+
+
+class FakeCluster:
+    def __init__(self, count: int):
+        self.ids = [f"n{i}" for i in range(1, count + 1)]
+
+
+def can_reach(plan: dict[str, list[str]], sender: str, receiver: str) -> bool:
+    return sender not in plan.get(receiver, [])
+
+
+def test_isolating_one_node_cuts_it_off_both_ways_and_leaves_the_rest_whole():
+    plan = grudge("one", ["a", "b", "c", "d", "e"], random.Random(1))
+    [alone] = [node for node, dropped in plan.items() if len(dropped) == 4]
+    others = [node for node in plan if node != alone]
+    assert all(plan[node] == [alone] for node in others)
+
+
+def test_halves_split_into_two_sides_that_cannot_talk():
+    plan = grudge("halves", ["a", "b", "c", "d", "e"], random.Random(2))
+    sizes = sorted(len(dropped) for dropped in plan.values())
+    assert sizes == [2, 2, 2, 3, 3]
+    for node, dropped in plan.items():
+        for other in dropped:
+            assert node in plan[other]  # symmetric
+
+
+def test_a_bridge_node_talks_to_both_halves_which_cannot_talk_to_each_other():
+    plan = grudge("bridge", ["a", "b", "c", "d", "e"], random.Random(3))
+    [bridge] = [node for node, dropped in plan.items() if not dropped]
+    assert all(bridge not in dropped for dropped in plan.values())
+    assert sum(1 for dropped in plan.values() if dropped) == 4
+
+
+@given(st.integers(3, 9), st.integers(0, 1000))
+def test_in_a_majorities_ring_every_node_hears_a_majority_and_no_two_hear_the_same(count, seed):
+    nodes = [f"n{i}" for i in range(count)]
+    plan = grudge("majorities-ring", nodes, random.Random(seed))
+    heard = {node: frozenset(set(nodes) - set(plan[node])) for node in nodes}
+    assert all(len(visible) == count // 2 + 1 and node in visible for node, visible in heard.items())
+    assert len(set(heard.values())) == count
+
+
+@given(st.sampled_from(PARTITION_MODES), st.integers(3, 7), st.integers(0, 1000))
+def test_partitions_replay_from_the_seed_and_never_cut_a_node_from_itself(mode, count, seed):
+    nodes = [f"n{i}" for i in range(count)]
+    plan = grudge(mode, nodes, random.Random(seed))
+    assert plan == grudge(mode, nodes, random.Random(seed))
+    assert set(plan) == set(nodes)
+    assert all(node not in dropped for node, dropped in plan.items())
+
+
+@given(st.integers(0, 10_000))
+def test_clock_plans_bump_by_milliseconds_to_minutes_or_strobe(seed):
+    plan = ClockFault(FakeCluster(3)).plan(random.Random(seed))
+    if plan["mode"] == "bump":
+        assert plan["offsets"] and set(plan["offsets"]) <= {"n1", "n2", "n3"}
+        assert all(SMALLEST_BUMP - 0.001 <= abs(offset) <= LARGEST_BUMP for offset in plan["offsets"].values())
+    else:
+        assert plan["mode"] == "strobe" and plan["duration"] > 0 and plan["delta"] > 0
+
+
+@given(st.integers(1, 9), st.integers(0, 1000))
+def test_kills_and_pauses_leave_a_majority_running(count, seed):
+    nodes = [f"n{i}" for i in range(count)]
+    chosen = minority(nodes, random.Random(seed))
+    assert 1 <= len(chosen) and (count - len(chosen) > count // 2 or count <= 2)
+
+
+def test_parse_nemesis():
+    assert parse_nemesis("none", local=False) == ()
+    assert parse_nemesis("all", local=False) == ("partition", "clock", "kill", "pause")
+    assert parse_nemesis("kill, clock,kill", local=False) == ("kill", "clock")
+    assert parse_nemesis("all", local=True) == ("clock", "kill", "pause")  # partitions need own addresses
+    with pytest.raises(ValueError, match="own addresses"):
+        parse_nemesis("partition", local=True)
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        parse_nemesis("flood", local=False)
