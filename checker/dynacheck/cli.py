@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,13 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
                       nemesis_interval=nemesis_interval, nemesis_duration=nemesis_duration,
                       convergence_timeout=convergence_timeout, local=local, testbed=testbed,
                       testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name)
+    signal.signal(signal.SIGTERM, _interrupt)  # heal and tear down on SIGTERM as on Ctrl-C
     run_dir, results, code = run_test(options)
     _report(run_dir, results, code, output)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @cli.command()

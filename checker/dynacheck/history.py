@@ -74,6 +74,8 @@ class HistoryWriter:
     def append(self, op: Op) -> Op:
         """Number ``op``, write it out and keep it in memory; returns it."""
         with self._lock:
+            if self._file.closed:  # a straggler after an interrupt: the stored history has ended
+                return op
             op = {"index": self._index, **op}
             self._index += 1
             self.ops.append(op)

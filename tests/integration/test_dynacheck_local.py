@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dynacheck.client import Client
+from dynactl.local import port_is_free
 from dynamod.client import DynamoClient
 
 BIN = Path(sys.executable).parent
@@ -107,3 +108,34 @@ def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_clu
     cluster.kill("n2")
     lonely = client({"f": "write", "key": "cart", "value": 5})
     assert lonely["type"] == "info" and "quorum" in lonely["error"]  # 503: may or may not survive
+
+
+def test_an_interrupted_run_heals_tears_down_and_stores_what_it_has(tmp_path):
+    import signal
+    import time
+    process = subprocess.Popen([str(BIN / "dynacheck"), "run", "--local", "3", "--nemesis", "pause",
+                                "--nemesis-interval", "0.5", "--nemesis-duration", "60", "--time-limit", "120",
+                                "--store", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    history = None
+    while time.monotonic() < deadline:
+        runs = list(tmp_path.glob("*/*/history.jsonl"))
+        if runs and '"start-pause"' in runs[0].read_text() and '"type":"ok","time"' in runs[0].read_text():
+            history = runs[0]
+            break
+        time.sleep(0.2)
+    assert history is not None, "the run never paused a node"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stdout + stderr[-2000:]
+    assert "interrupted" in stdout
+    ops = [json.loads(line) for line in history.read_text().splitlines()]
+    heals = [op for op in ops if op["process"] == "nemesis" and op["f"] == "stop-pause" and op["type"] == "ok"]
+    assert heals  # the paused node was resumed before the nodes were stopped
+    test = json.loads((history.parent / "test.json").read_text())
+    assert test["crashed"] == "interrupted"
+    for address in test["node_addresses"].values():  # every node was stopped
+        assert port_is_free(int(address.rpartition(":")[2]))
+    assert (history.parent / "results.json").is_file()
+    for node in test["nodes"]:
+        assert (history.parent / "nodes" / node / "dynamod.log").is_file()
