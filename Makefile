@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test bench lint clean
+.PHONY: bootstrap demo test bench bench-checker lint clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -16,6 +16,9 @@ test: bootstrap
 bench:
 	@EXTRA_DEB_PACKAGES="etcd-server" scripts/bootstrap
 	@$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-checker: bootstrap
+	@$(PY) scripts/bench_checker.py $(BENCH_ARGS)
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts

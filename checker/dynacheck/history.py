@@ -24,6 +24,8 @@ started), ``process``, ``type``, ``f``, ``key``, ``value``, ``node``, plus field
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import threading
 from collections.abc import Iterable, Iterator
@@ -88,20 +90,35 @@ class HistoryWriter:
             self._file.close()
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend the cyclic garbage collector: a loaded history is millions of objects that every full
+    collection would rescan while it is loaded or indexed (it halves loading and checking times)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def read_history(path: Path) -> list[Op]:
     """Load a ``history.jsonl``; a torn last line (a crash mid-write) is ignored, any other
     undecodable line is an error naming its line number."""
     ops: list[Op] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            ops.append(json.loads(line))
-        except ValueError as exc:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON op ({exc})") from exc
+    with gc_paused():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                ops.append(json.loads(line))
+            except ValueError as exc:
+                if number == len(lines):
+                    break
+                raise ValueError(f"{path}:{number}: not a JSON op ({exc})") from exc
+    gc.freeze()  # the history lives as long as the process: later collections skip it
     return ops
 
 

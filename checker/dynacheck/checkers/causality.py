@@ -19,6 +19,7 @@ Final siblings are the versions returned by the ok final reads; a key without on
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,8 +27,7 @@ from typing import Any
 
 import networkx as nx
 
-from dynacheck.checkers.siblings import gc_paused
-from dynacheck.history import CONVERGENCE, OK, Op, is_client, pairs
+from dynacheck.history import CONVERGENCE, OK, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
 KINDS = ("cycles", "reused_dots", "context_lost", "dropped", "not_maximal")
@@ -45,7 +45,6 @@ def _has(clock: dict[str, Any] | None, dot: Dot) -> bool:
         return False
     actor, counter = dot
     return counter <= (clock.get("vector") or {}).get(actor, 0) or [actor, counter] in (clock.get("cloud") or ())
-
 
 
 class Version:
@@ -147,15 +146,40 @@ class KeyVersions:
 
     def _check_finals(self) -> None:
         finals = [self.versions[dot] for dot in self.final_dots]
+        # A dot is in some final clock iff it is in their union: the vectors' maxima plus the clouds.
+        vector: dict[str, int] = {}
+        cloud: set[Dot] = set()
+        for final in finals:
+            for actor, n in ((final.clock or {}).get("vector") or {}).items():
+                vector[actor] = max(n, vector.get(actor, 0))
+            cloud.update((actor, n) for actor, n in (final.clock or {}).get("cloud") or ())
         for dot, version in self.versions.items():
-            if version.acked and not version.final and not any(_has(f.clock, dot) for f in finals):
+            if version.acked and not version.final and not (dot[1] <= vector.get(dot[0], 0) or dot in cloud):
                 self._flag("dropped", [dot], dot=dot_name(dot), acked_ms=round(version.time / 1e6, 3),
                            final_siblings=[dot_name(f.dot) for f in finals][:10])
-        for final in finals:
-            for dot, version in self.versions.items():
-                if dot != final.dot and _has(version.clock, final.dot):
-                    self._flag("not_maximal", [final.dot], final=dot_name(final.dot), seen_by=dot_name(dot))
-                    break
+        self._check_maximal({f.dot for f in finals})
+
+    def _check_maximal(self, finals: set[Dot]) -> None:
+        """Flag each final sibling some other version's clock holds. Finals are indexed by actor and
+        counter, and each is flagged once, so blind-write keys with thousands of siblings stay linear."""
+        unflagged = set(finals)
+        pending: dict[str, list[int]] = defaultdict(list)
+        for actor, counter in sorted(finals):
+            pending[actor].append(counter)
+        for dot, version in self.versions.items():
+            clock = version.clock
+            if not clock or not unflagged:
+                continue
+            held = [(actor, n) for actor, n in (clock.get("cloud") or ()) if (actor, n) in unflagged]
+            for actor, n in (clock.get("vector") or {}).items():
+                counters = pending.get(actor)
+                if counters:
+                    held += [(actor, c) for c in counters[:bisect_right(counters, n)]]
+            for final in held:
+                if final != dot and final in unflagged:
+                    unflagged.discard(final)
+                    pending[final[0]].remove(final[1])
+                    self._flag("not_maximal", [final], final=dot_name(final), seen_by=dot_name(dot))
 
 
 def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, KeyVersions]:

@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dynacheck.checkers.siblings import gc_paused
-from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, Op
+from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, Op, gc_paused
 
 SAMPLE = 50
 

@@ -2,9 +2,10 @@
 
 The causality checker's per-key version graph (Dynamo §4.4: versions and the writes that superseded
 them) drawn for up to five keys — those with anomalies first, then those with the most final siblings
-or versions — to ``graphs/<key>.png``: versions left to right in the order they were written, one lane
-per actor (a coordinator epoch), coloured by what became of them; below, the faults (Jepsen's nemesis
-intervals) with this key's writes marked. Drawing never changes the verdict: it is always valid.
+or versions — to ``graphs/<key>.png``: the last ``MAX_VERSIONS`` versions left to right in causal then
+write order, concurrent siblings on lanes of their own (like ``git log --graph``), coloured by what
+became of them; below, the faults (Jepsen's nemesis intervals) with this key's writes marked. Drawn
+with matplotlib's object API on Agg, so nothing needs a display. Drawing never changes the verdict.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from dynacheck.checkers.causality import (  # noqa: E402
     dot_name,
     interesting_keys,
 )
-from dynacheck.checkers.siblings import gc_paused  # noqa: E402
-from dynacheck.history import Op, nemesis_intervals  # noqa: E402
+from dynacheck.history import (  # noqa: E402
+    Op,
+    gc_paused,  # noqa: E402
+    nemesis_intervals,
+)
 
 MAX_KEYS = 5
 MAX_VERSIONS = 150

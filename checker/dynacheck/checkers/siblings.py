@@ -19,15 +19,12 @@ with set algebra (C-level work proportional to the size of each read) and bisect
 
 from __future__ import annotations
 
-import gc
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dynacheck.history import FAIL, INFO, OK, Op, is_client, pairs
+from dynacheck.history import FAIL, INFO, OK, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
 QUANTILES = (0, 0.5, 0.95, 0.99, 1)
@@ -48,20 +45,6 @@ def _ms(ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Suspend the cyclic garbage collector: a loaded history is millions of objects that every full
-    collection would rescan while a checker allocates its indexes (it halves the checking time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class _Add:
     """One attempted element: its invocation time, outcome (None: never completed) and completion time."""
 
@@ -72,10 +55,13 @@ class _Add:
 
 
 class _Read:
-    __slots__ = ("invoke", "done", "elements", "final", "node")
+    """One ok read; ``values`` is the history's own list of elements (sets are built one read at a time,
+    so a history of big carts never holds a set per read)."""
 
-    def __init__(self, invoke: int, done: int, elements: set[Any], final: bool, node: Any):
-        self.invoke, self.done, self.elements, self.final, self.node = invoke, done, elements, final, node
+    __slots__ = ("invoke", "done", "values", "final", "node")
+
+    def __init__(self, invoke: int, done: int, values: list[Any], final: bool, node: Any):
+        self.invoke, self.done, self.values, self.final, self.node = invoke, done, values, final, node
 
 
 def _collect(history: list[Op]) -> tuple[dict[str, dict[Any, _Add]], dict[str, list[_Read]]]:
@@ -89,11 +75,11 @@ def _collect(history: list[Op]) -> tuple[dict[str, dict[Any, _Add]], dict[str, l
         if f in WRITES:
             element = invoke.get("value")
             known = adds[key].get(element)
-            if known is None or _RANK[outcome] > _RANK[known.outcome]:
+            if known is None or _RANK.get(outcome, 1) > _RANK.get(known.outcome, 1):
                 adds[key][element] = _Add(invoke["time"], outcome, completion["time"] if completion else None)
         elif f == "read" and outcome == OK:
             final = bool(invoke.get("final") or completion.get("final"))
-            reads[key].append(_Read(invoke["time"], completion["time"], set(completion.get("value") or ()),
+            reads[key].append(_Read(invoke["time"], completion["time"], completion.get("value") or [],
                                     final, completion.get("node", invoke.get("node"))))
     return adds, reads
 
@@ -108,9 +94,6 @@ class _Totals:
         self.lost_latencies: list[float] = []
         self.lost_by_key: dict[str, int] = {}
 
-    def wants(self, kind: str) -> bool:
-        return len(self.samples[kind]) < SAMPLE
-
     def note(self, kind: str, entry: dict[str, Any]) -> None:
         self.counts[kind] += 1
         if len(self.samples[kind]) < SAMPLE:
@@ -120,21 +103,20 @@ class _Totals:
 def _check_key(key: str, adds: dict[Any, _Add], reads: list[_Read], totals: _Totals) -> None:
     reads.sort(key=lambda read: read.invoke)
     invokes = [read.invoke for read in reads]
-    finals = [read for read in reads if read.final]
     acked = {element for element, add in adds.items() if add.outcome == OK}
-    seen: set[Any] = set().union(*(read.elements for read in reads))
-
     possible = {element for element, add in adds.items() if add.outcome != FAIL}
-    for element in _ordered(seen - possible):
+    finals = [(read, set(read.values)) for read in reads if read.final]
+    in_all_finals = set.intersection(*(elements for _, elements in finals)) if finals else set()
+    # Elements present at the end whose add may have happened: their stable point and staleness.
+    candidates = in_all_finals & possible
+    sweep = _Sweep(reads, candidates, possible, possible - acked, adds)
+
+    for element in _ordered(set(sweep.unexpected)):
         add = adds.get(element)
-        if totals.wants("unexpected"):
-            first = next(read for read in reads if element in read.elements)
-            totals.note("unexpected", {"key": key, "element": element,
-                                       "outcome": "never attempted" if add is None else FAIL,
-                                       "first_read_ms": _ms(first.invoke)})
-        else:
-            totals.note("unexpected", {})
-    for element in _ordered(seen & possible - acked):
+        totals.note("unexpected", {"key": key, "element": element,
+                                   "outcome": "never attempted" if add is None else FAIL,
+                                   "first_read_ms": _ms(reads[sweep.unexpected[element]].invoke)})
+    for element in _ordered(sweep.recovered):
         add = adds[element]
         totals.note("recovered", {"key": key, "element": element, "outcome": add.outcome or "no completion",
                                   "add_invoke_ms": _ms(add.invoke)})
@@ -143,7 +125,6 @@ def _check_key(key: str, adds: dict[Any, _Add], reads: list[_Read], totals: _Tot
             totals.note("never_read", {"key": key, "element": element, "add_ok_ms": _ms(adds[element].done)})
         return
 
-    in_all_finals = set.intersection(*(read.elements for read in finals))
     lost = acked - in_all_finals
     if lost:
         totals.lost_by_key[key] = len(lost)
@@ -151,24 +132,18 @@ def _check_key(key: str, adds: dict[Any, _Add], reads: list[_Read], totals: _Tot
     for element in sorted(lost, key=lambda e: adds[e].done):
         add = adds[element]
         seen_at = last_seen.get(element)
-        lost_at = reads[seen_at + 1] if seen_at is not None and seen_at + 1 < len(reads) else None
-        if seen_at is None:
-            first = bisect_right(invokes, add.invoke)
-            lost_at = reads[first] if first < len(reads) else None
-        if lost_at is not None:
-            totals.lost_latencies.append(max(0, lost_at.invoke - add.invoke) / 1e6)
+        lost_at = bisect_right(invokes, add.invoke) if seen_at is None else seen_at + 1
+        if lost_at < len(reads):
+            totals.lost_latencies.append(max(0, reads[lost_at].invoke - add.invoke) / 1e6)
         totals.note("lost", {"key": key, "element": element, "add_invoke_ms": _ms(add.invoke),
                              "add_ok_ms": _ms(add.done),
                              "last_seen_ms": _ms(reads[seen_at].invoke) if seen_at is not None else None,
                              "missing_from_final_reads_on": sorted(
-                                 str(r.node) for r in finals if element not in r.elements)})
+                                 str(read.node) for read, elements in finals if element not in elements)})
 
-    # Elements present at the end whose add may have happened: their stable point and staleness.
-    candidates = {e for e in in_all_finals if e in adds and adds[e].outcome != FAIL}
-    last_missing = _last_reads_missing(reads, candidates, adds)
     for element in sorted(candidates, key=lambda e: adds[e].invoke):
         add = adds[element]
-        missing_at = last_missing.get(element, -1)
+        missing_at = sweep.last_missing.get(element, -1)
         stable_at = max(bisect_right(invokes, add.invoke), missing_at + 1)
         if stable_at < len(reads):
             totals.stable.append(max(0, reads[stable_at].invoke - add.invoke) / 1e6)
@@ -185,24 +160,35 @@ def _ordered(elements: set[Any]) -> list[Any]:
         return sorted(elements, key=repr)
 
 
-def _last_reads_missing(reads: list[_Read], candidates: set[Any], adds: dict[Any, _Add]) -> dict[Any, int]:
-    """Element -> index of the last read invoked after its add's invocation that lacks it.
+class _Sweep:
+    """One forward pass over a key's reads in invocation order, one set per read at a time.
 
-    One forward sweep: ``live`` holds the candidates invoked before the current read. Each read costs a
-    C-level set difference, skipped when the read holds all of them (equal sizes after intersection)."""
-    by_invoke = sorted(candidates, key=lambda e: adds[e].invoke)
-    live: set[Any] = set()
-    last: dict[Any, int] = {}
-    position = 0
-    for index, read in enumerate(reads):
-        while position < len(by_invoke) and adds[by_invoke[position]].invoke < read.invoke:
-            live.add(by_invoke[position])
-            position += 1
-        if len(read.elements) >= len(live) and live.issubset(read.elements):
-            continue
-        for element in live - read.elements:
-            last[element] = index
-    return last
+    ``live`` holds the candidates whose add was invoked before the current read; a read that lacks some
+    of them is their latest miss so far (a C-level subset test, then a difference only when it fails).
+    Elements outside ``possible`` are unexpected (first read that had them); elements of adds with an
+    unknown outcome that a read had are recovered."""
+
+    def __init__(self, reads: list[_Read], candidates: set[Any], possible: set[Any], unknown: set[Any],
+                 adds: dict[Any, _Add]):
+        self.last_missing: dict[Any, int] = {}
+        self.unexpected: dict[Any, int] = {}
+        self.recovered: set[Any] = set()
+        by_invoke = sorted(candidates, key=lambda e: adds[e].invoke)
+        live: set[Any] = set()
+        position = 0
+        for index, read in enumerate(reads):
+            elements = set(read.values)
+            if not elements.issubset(possible):
+                for element in elements - possible:
+                    self.unexpected.setdefault(element, index)
+            if unknown:
+                self.recovered |= elements & unknown
+            while position < len(by_invoke) and adds[by_invoke[position]].invoke < read.invoke:
+                live.add(by_invoke[position])
+                position += 1
+            if not live.issubset(elements):
+                for element in live - elements:
+                    self.last_missing[element] = index
 
 
 def _last_reads_containing(reads: list[_Read], elements: set[Any]) -> dict[Any, int]:
@@ -211,9 +197,10 @@ def _last_reads_containing(reads: list[_Read], elements: set[Any]) -> dict[Any, 
     for index in range(len(reads) - 1, -1, -1):
         if not remaining:
             break
-        for element in remaining & reads[index].elements:
+        present = remaining.intersection(reads[index].values)
+        for element in present:
             found[element] = index
-        remaining -= reads[index].elements
+        remaining -= present
     return found
 
 
