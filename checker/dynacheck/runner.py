@@ -108,17 +108,21 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
         return local_cluster(options.local, settings, faketime), None, None
     from dynactl.package import DEFAULT_WHEELHOUSE, build_wheelhouse
     created = None
+    count = None
     if options.testbed:
         from dynactl.testbed import Testbed
         bed = Testbed(options.testbed_dir)
+        nodes_file = str(Path(options.testbed_dir) / "nodes.json")
         existed = (Path(options.testbed_dir) / "testbed.json").exists()
         progress(f"testbed: {options.testbed} hosts in {options.testbed_dir}")
-        bed.up(options.testbed)
+        # An existing testbed is grown if needed, never shrunk: its other hosts are someone's.
+        if not existed or not Path(nodes_file).is_file() or len(load_hosts(nodes_file)) < options.testbed:
+            bed.up(options.testbed)
         created = None if existed else bed
-        nodes_file = str(Path(options.testbed_dir) / "nodes.json")
+        count = options.testbed
     else:
         nodes_file = str(options.nodes_file)
-    hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)]
+    hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)[:count]]
     progress("building the wheelhouse")
     wheelhouse = build_wheelhouse(DEFAULT_WHEELHOUSE)
     return Cluster(hosts=hosts, control=SshHosts(hosts), faketime=faketime), wheelhouse, created
