@@ -46,6 +46,8 @@ def print_summary(run_dir: Path, results: dict[str, Any], code: int) -> None:
         shown = ", ".join(f"{item.get('key')}:{item.get('element')}" for item in lost[:20])
         click.echo(f"lost acknowledged writes ({results['checkers']['siblings'].get('lost_count')}): {shown}"
                    + (" ..." if len(lost) > 20 else ""))
+    for warning in results.get("warnings", []):
+        click.echo(f"warning: {warning}")
     if results.get("crashed"):
         click.echo(f"crashed: {results['crashed']}")
     word = "crashed" if code == 3 else verdict_word(results.get("valid"))
@@ -165,5 +167,8 @@ def main() -> None:
         code = EXIT_USAGE
     except click.exceptions.Abort:
         click.echo("dynacheck: aborted", err=True)
+        code = 3
+    except Exception as exc:  # noqa: BLE001 - an internal error is exit 3, never 1 ("invalid")
+        click.echo(f"dynacheck: internal error: {type(exc).__name__}: {exc}", err=True)
         code = 3
     sys.exit(code or 0)

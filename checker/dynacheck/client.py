@@ -5,7 +5,8 @@ context. ``write`` (register) is a blind PUT. ``read`` is a GET. What the outcom
 
 * a GET that fails means nothing happened: ``fail``;
 * a PUT answered 503, timed out or cut off mid-way *may* have been stored: ``info``, never ``fail``;
-* a PUT refused before it was sent (connection refused) or with a 4xx certainly was not: ``fail``.
+* a PUT refused before it was sent (connection refused) or with a 4xx certainly was not: ``fail``;
+  any other error status (a 500) may come after the write was stored: ``info``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class Client:
         except NodeUnavailable as exc:
             return {"type": FAIL if _unreachable_before_sending(exc) else INFO, "error": str(exc)}
         except ClientError as exc:
-            return {"type": FAIL, "error": str(exc)}
+            # A 4xx refused the write; a 5xx may have come after it was stored: unknown.
+            return {"type": FAIL if exc.status < 500 else INFO, "error": str(exc)}
         completion: Op = {"type": OK, "supersedes": supersedes}
         clock = context_clock(written.context)
         if written.dot is not None and clock is not None:

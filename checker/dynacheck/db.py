@@ -75,21 +75,21 @@ class Cluster:
         """Stop what runs, wipe data and logs, install, write node.toml, start every node, and wait
         until each sees all members up."""
         progress("stopping old nodes and wiping their data")
-        self.service("kill")
+        self.service("stop")  # stop, not kill: a systemd unit would restart a killed node
         wiped = self.run(lambda host: "rm -rf {0} {1} && mkdir -p {0} {1} {2}".format(
             shlex.quote(str(host.var("dynamod_data_dir"))), shlex.quote(str(host.var("dynamod_log_dir"))),
             shlex.quote(str(Path(self.faketime_file(host)).parent))))
-        self._require(wiped, "wiping data")
+        self.require(wiped, "wiping data")
         if self.faketime:
-            self._require(self.set_clock_offsets({node: 0.0 for node in self.ids}), "resetting the clock files")
+            self.require(self.set_clock_offsets({node: 0.0 for node in self.ids}), "resetting the clock files")
         progress("installing" if wheelhouse else "writing node configs")
         if wheelhouse is not None:
             installed = self.control.each(lambda connection, host: install(connection, host, wheelhouse, self.hosts))
         else:
             installed = self.control.each(lambda connection, host: self._write_local_config(host))
-        self._require(installed, "installing")
+        self.require(installed, "installing")
         progress("starting dynamod")
-        self._require(self.service("start"), "starting dynamod")
+        self.require(self.service("start"), "starting dynamod")
         progress("waiting until every node sees every member up")
         problems = wait_deployed(self.hosts, self.hosts, deadline_seconds=90.0)
         if problems:
@@ -131,7 +131,7 @@ class Cluster:
         return stopped
 
     @staticmethod
-    def _require(results: dict[str, HostResult], step: str) -> None:
+    def require(results: dict[str, HostResult], step: str) -> None:
         failed = [result.line() for result in results.values() if not result.ok]
         if failed:
             raise DbError(f"{step} failed: " + "; ".join(failed))

@@ -28,7 +28,7 @@ import contextlib
 import gc
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,19 +66,23 @@ def pairs(history: Iterable[Op]) -> Iterator[tuple[Op, Op | None]]:
 class HistoryWriter:
     """Appends ops to ``history.jsonl`` as they happen (thread-safe), numbering them."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Callable[[], int] | None = None):
         self.path = path
+        self.clock = clock
         self._file: TextIO = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
         self._index = 0
         self.ops: list[Op] = []
 
     def append(self, op: Op) -> Op:
-        """Number ``op``, write it out and keep it in memory; returns it."""
+        """Number ``op``, stamp its ``time`` (when it has none and the writer has a clock), write
+        it out and keep it in memory; returns it. Stamping under the lock keeps times in index order."""
         with self._lock:
             if self._file.closed:  # a straggler after an interrupt: the stored history has ended
                 return op
             op = {"index": self._index, **op}
+            if self.clock is not None and "time" not in op:
+                op["time"] = self.clock()
             self._index += 1
             self.ops.append(op)
             self._file.write(json.dumps(op, separators=(",", ":")) + "\n")

@@ -40,10 +40,13 @@ class Runtime:
 
 
 def run(generator: Generator, runtime: Runtime, concurrency: int, nemesis: bool = True,
-        on_completion: Callable[[Op], None] = lambda op: None, should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Drive ``generator`` to its end and wait for every op in flight."""
+        on_completion: Callable[[Op], None] = lambda op: None, should_stop: Callable[[], bool] = lambda: False,
+        first_process: int = 0) -> int:
+    """Drive ``generator`` to its end and wait for every op in flight. Client processes start at
+    ``first_process`` (a later phase continues above the processes an earlier one retired);
+    returns the next unused process number."""
     threads: list[Any] = list(range(concurrency)) + ([NEMESIS_THREAD] if nemesis else [])
-    process_of: dict[Any, Any] = {t: (NEMESIS if t == NEMESIS_THREAD else t) for t in threads}
+    process_of: dict[Any, Any] = {t: (NEMESIS if t == NEMESIS_THREAD else first_process + t) for t in threads}
     busy: set[Any] = set()
     exhausted = False
     while not (exhausted and not busy):
@@ -71,6 +74,8 @@ def run(generator: Generator, runtime: Runtime, concurrency: int, nemesis: bool 
             if completion["type"] == INFO and isinstance(thread, int):
                 process_of[thread] += concurrency
             on_completion(completion)
+    clients = [process for thread, process in process_of.items() if isinstance(thread, int)]
+    return max(clients, default=first_process - 1) + 1
 
 
 def complete(op: Op, fields: Op) -> Op:
@@ -85,8 +90,9 @@ def invocation(op: Op) -> Op:
 
 
 class ThreadRuntime(Runtime):
-    """Real threads: one per client thread and one for the nemesis; ``record`` appends to the
-    history (thread-safe) and returns the numbered op."""
+    """Real threads: one per client thread and one for the nemesis. ``record`` appends an op to
+    the history, stamping its ``time`` (under the history's lock, so times follow indexes), and
+    returns the numbered op."""
 
     def __init__(self, execute: Callable[[Any], Executor], record: Callable[[Op], Op],
                  clock: Callable[[], int] = time.monotonic_ns):
@@ -95,6 +101,7 @@ class ThreadRuntime(Runtime):
         self.completions: queue.Queue[tuple[Any, Op]] = queue.Queue()
         self.inboxes: dict[Any, queue.Queue[Op | None]] = {}
         self.workers: list[threading.Thread] = []
+        self.stopping = threading.Event()
 
     def now(self) -> int:
         return self.clock() - self.start
@@ -116,14 +123,18 @@ class ThreadRuntime(Runtime):
         execute = self.execute_for(thread)
         while (op := inbox.get()) is not None:
             delay = op["time"] - self.now()
-            if delay > 0:
-                time.sleep(delay / 1e9)
-            invoke = self.record({**invocation(op), "time": self.now()})
+            if (delay > 0 and self.stopping.wait(delay / 1e9)) or self.stopping.is_set():
+                continue  # interrupted: ops not yet invoked never happen
+            completion = invoke = invocation(op)
             try:
+                invoke = self.record(invoke)
                 fields = execute(invoke)
-            except Exception as exc:  # noqa: BLE001 - an executor bug must not kill the run
+            except Exception as exc:  # noqa: BLE001 - an executor or store failure must not kill the run
                 fields = {"type": INFO, "error": f"{type(exc).__name__}: {exc}"}
-            completion = self.record({**complete(invoke, fields), "time": self.now()})
+            try:
+                completion = self.record(complete(invoke, fields))
+            except Exception:  # noqa: BLE001 - the loop must still hear that the thread is free
+                completion = complete(invoke, fields)
             self.completions.put((thread, completion))
 
     def wait(self, until: int | None) -> list[tuple[Any, Op]]:
@@ -139,10 +150,15 @@ class ThreadRuntime(Runtime):
             except queue.Empty:
                 return done
 
-    def close(self) -> None:
-        """Let the worker threads end (they are idle when ``run`` returns)."""
+    def close(self, join_seconds: float = 150.0) -> None:
+        """Stop: ops not yet invoked are dropped, ops in flight (a nemesis op too) finish; waits
+        up to ``join_seconds`` for the workers, so nothing acts on the nodes after it returns."""
+        self.stopping.set()
         for inbox in self.inboxes.values():
             inbox.put(None)
+        deadline = time.monotonic() + join_seconds
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
 
 class SimRuntime(Runtime):

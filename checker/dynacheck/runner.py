@@ -9,11 +9,13 @@ and checked; the run then counts as crashed (exit 3).
 from __future__ import annotations
 
 import base64
+import contextlib
 import random
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,15 @@ from typing import Any
 import attrs
 
 from dynacheck import store
-from dynacheck.checkers import check_all
+from dynacheck.checkers import check_all, merge_valid
 from dynacheck.checkers.convergence import round_verdict
 from dynacheck.client import Client, clock_of, decode_elements
-from dynacheck.db import Cluster, DbError, local_cluster, with_test_settings
+from dynacheck.db import Cluster, local_cluster, with_test_settings
 from dynacheck.generator import SECOND, ClientOps, Concurrently, FaultCycle, Once, Phases, Stagger, TimeLimit
 from dynacheck.history import CONVERGENCE, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op
 from dynacheck.interpreter import ThreadRuntime, run
 from dynacheck.nemesis import Fault, make_faults, results_document
+from dynacheck.progress import Progress
 from dynacheck.workloads import workload
 from dynactl.inventory import load_hosts
 from dynactl.remote import SshHosts
@@ -69,44 +72,12 @@ class Options:
         return self.name or f"{self.workload}-{self.mode}-{faults}"
 
 
-class Progress:
-    """The live progress line (stderr): elapsed time, op counts, the fault in force."""
-
-    def __init__(self, time_limit: float, stream: Any = sys.stderr):
-        self.time_limit, self.stream = time_limit, stream
-        self.counts = {OK: 0, "fail": 0, INFO: 0}
-        self.fault = "none"
-        self.started = time.monotonic()
-        self.shown = 0.0
-        self.tty = getattr(stream, "isatty", lambda: False)()
-
-    def say(self, message: str) -> None:
-        self.stream.write(("\r\033[K" if self.tty else "") + f"dynacheck: {message}\n")
-        self.stream.flush()
-
-    def completed(self, op: Op) -> None:
-        if op.get("process") == NEMESIS:
-            action, _, fault = op["f"].partition("-")
-            self.fault = fault if action == "start" else "none"
-        elif op["type"] in self.counts:
-            self.counts[op["type"]] += 1
-        now = time.monotonic()
-        if now - self.shown >= (0.2 if self.tty else 5.0):
-            self.shown = now
-            line = (f"[{now - self.started:5.0f}s/{self.time_limit:.0f}s] ok {self.counts[OK]} "
-                    f"fail {self.counts['fail']} info {self.counts[INFO]} | fault: {self.fault}")
-            self.stream.write(("\r\033[K" + line) if self.tty else f"dynacheck: {line}\n")
-            self.stream.flush()
-
-
-def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cluster, dict | None, Any]:
-    """The nodes to test and the wheelhouse to install there; returns (cluster, wheelhouse, testbed
-    to take down at the end or None)."""
+def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cluster, Any]:
+    """The nodes to test; returns (cluster, the testbed to take down at the end or None)."""
     settings = {"mode": options.mode, "n": options.n, "r": options.r, "w": options.w, "partitions": 16}
     faketime = "clock" in options.nemesis
     if options.local:
-        return local_cluster(options.local, settings, faketime), None, None
-    from dynactl.package import DEFAULT_WHEELHOUSE, build_wheelhouse
+        return local_cluster(options.local, settings, faketime), None
     created = None
     count = None
     if options.testbed:
@@ -117,15 +88,31 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
         progress(f"testbed: {options.testbed} hosts in {options.testbed_dir}")
         # An existing testbed is grown if needed, never shrunk: its other hosts are someone's.
         if not existed or not Path(nodes_file).is_file() or len(load_hosts(nodes_file)) < options.testbed:
-            bed.up(options.testbed)
+            try:
+                bed.up(options.testbed)
+            except BaseException:
+                if not existed:
+                    bed.down()
+                raise
         created = None if existed else bed
         count = options.testbed
     else:
         nodes_file = str(options.nodes_file)
-    hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)[:count]]
-    progress("building the wheelhouse")
-    wheelhouse = build_wheelhouse(DEFAULT_WHEELHOUSE)
-    return Cluster(hosts=hosts, control=SshHosts(hosts), faketime=faketime), wheelhouse, created
+    try:
+        hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)[:count]]
+    except BaseException:
+        if created is not None:
+            created.down()
+        raise
+    return Cluster(hosts=hosts, control=SshHosts(hosts), faketime=faketime), created
+
+
+def build_wheelhouse_for(cluster: Cluster) -> dict | None:
+    """The project's wheels for hosts (None for a --local cluster, which runs from this venv)."""
+    if cluster.local_dir is not None:
+        return None
+    from dynactl.package import DEFAULT_WHEELHOUSE, build_wheelhouse
+    return build_wheelhouse(DEFAULT_WHEELHOUSE)
 
 
 class Test:
@@ -135,8 +122,10 @@ class Test:
         self.options, self.run_dir, self.progress = options, run_dir, progress
         self.fault_order: list[str] = []
         self.workload = workload(options.workload, options.keys)
-        self.history = HistoryWriter(run_dir / "history.jsonl")
         self.clock_start = time.monotonic_ns()
+        self.history = HistoryWriter(run_dir / "history.jsonl", clock=self.now)
+        self.next_process = 0
+        self.problems: list[str] = []  # heal or quiesce failures: they make convergence undecidable
         self.cluster: Cluster | None = None
         self.faults: dict[str, Fault] = {}
         self.test: dict[str, Any] = {**attrs.asdict(options), "name": options.test_name(),
@@ -146,7 +135,7 @@ class Test:
         return time.monotonic_ns() - self.clock_start
 
     def record(self, op: Op) -> Op:
-        return self.history.append({"time": self.now(), **op})
+        return self.history.append(op)
 
     def save_test(self) -> None:
         store.save_json(self.run_dir / "test.json", self.test)
@@ -166,7 +155,7 @@ class Test:
             cycle = FaultCycle(self._plan_fault, seeded(options.seed, "nemesis"),
                                int(options.nemesis_interval * SECOND), int(options.nemesis_duration * SECOND))
             generators.append(TimeLimit(int(options.time_limit * SECOND), cycle))
-        self._interpret(Concurrently(*generators))
+        self._interpret(Concurrently(*generators), nemesis=bool(self.faults))
 
     def _plan_fault(self, rng: random.Random) -> tuple[str, Any]:
         """The next fault of the schedule and what exactly it breaks: every chosen kind once per
@@ -177,7 +166,7 @@ class Test:
         name = self.fault_order.pop(0)
         return name, self.faults[name].plan(rng)
 
-    def _interpret(self, generator: Any) -> None:
+    def _interpret(self, generator: Any, nemesis: bool) -> None:
         addresses = self.cluster.addresses()
         nodes = self.cluster.ids
 
@@ -189,14 +178,14 @@ class Test:
         def record(op: Op) -> Op:
             if op["type"] == INVOKE and isinstance(op.get("process"), int) and not op.get("node"):
                 op = {**op, "node": nodes[op["process"] % self.options.concurrency % len(nodes)]}
-            return self.history.append({**op, "time": self.now()})
+            return self.history.append(op)
 
         runtime = ThreadRuntime(executor_for, record)
         try:
-            run(generator, runtime, self.options.concurrency, nemesis=bool(self.faults),
-                on_completion=self.progress.completed)
+            self.next_process = run(generator, runtime, self.options.concurrency, nemesis=nemesis,
+                                    on_completion=self.progress.completed, first_process=self.next_process)
         finally:
-            runtime.close()
+            runtime.close()  # waits for ops in flight: nothing acts on the nodes after this
 
     def _nemesis_op(self, op: Op) -> Op:
         action, _, fault = op["f"].partition("-")
@@ -218,13 +207,16 @@ class Test:
                     completion["error"] = "; ".join(failed)
             except Exception as exc:  # noqa: BLE001 - keep healing the other faults
                 completion = {"type": INFO, "error": f"{type(exc).__name__}: {exc}"}
+            if completion["type"] != OK:
+                self.problems.append(f"healing {name} failed: {completion['error']}")
             self.record({"process": NEMESIS, "f": invoke["f"], "value": "heal", **completion})
 
     def quiesce(self) -> None:
         from dynactl.deploy import wait_deployed
         problems = wait_deployed(self.cluster.hosts, self.cluster.hosts, deadline_seconds=60.0)
         if problems:
-            self.progress.say("after healing, not every node is healthy: " + "; ".join(problems.values()))
+            self.problems.append("after healing, not every node is healthy: " + "; ".join(problems.values()))
+            self.progress.say(self.problems[-1])
         time.sleep(self.options.quiesce)
 
     def poll_convergence(self) -> bool:
@@ -235,19 +227,22 @@ class Test:
         needed = min(self.options.n, len(clients))
         deadline = time.monotonic() + self.options.convergence_timeout
         round_number = 0
+        diverged = list(self.workload.keys)
         try:
             while True:
                 round_ops = []
-                for key in self.workload.keys:
+                for key in diverged:
                     for node, client in clients.items():
+                        if time.monotonic() > deadline:
+                            return False
                         base = {"process": CONVERGENCE, "f": "replica", "key": key, "node": node,
                                 "round": round_number}
                         self.record({**base, "type": INVOKE, "value": None})
                         round_ops.append(self.record({**base, **_replica_poll(client, key)}))
-                if all(round_verdict(round_ops, needed).values()):
+                # Keys that agree are settled (writes have stopped); only the others are polled again.
+                diverged = [key for key, agreed in round_verdict(round_ops, needed).items() if not agreed]
+                if not diverged:
                     return True
-                if time.monotonic() > deadline:
-                    return False
                 round_number += 1
                 time.sleep(0.5)
         finally:
@@ -255,7 +250,9 @@ class Test:
                 client.close()
 
     def final_reads(self) -> None:
-        self._interpret(Phases(Once(self.workload.final_reads(self.cluster.ids))))
+        # Fresh processes: one that ended info in the main phase never runs again.
+        self.next_process = -(-self.next_process // self.options.concurrency) * self.options.concurrency
+        self._interpret(Phases(Once(self.workload.final_reads(self.cluster.ids))), nemesis=False)
 
 
 def seeded(seed: int, stream: str) -> random.Random:
@@ -302,14 +299,15 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
             phases[name] = round(time.monotonic() - started, 3)
 
     try:
-        test.cluster, wheelhouse, testbed = timed("preparing nodes", lambda: build_cluster(options, progress.say))
-        test.test["nodes"] = test.cluster.ids
-        test.test["node_addresses"] = test.cluster.addresses()
+        test.cluster, testbed = timed("preparing nodes", lambda: build_cluster(options, progress.say))
+        test.test.update(nodes=test.cluster.ids, node_addresses=test.cluster.addresses())
         test.save_test()
+        wheelhouse = timed("building the wheelhouse", lambda: build_wheelhouse_for(test.cluster))
+        timed("clearing faults a killed run may have left", lambda: clear_faults(test.cluster))
         timed("setting up dynamod", lambda: test.cluster.setup(wheelhouse, progress.say))
         test.faults = make_faults(options.nemesis, test.cluster)
         for fault in test.faults.values():
-            Cluster._require(fault.setup(), f"setting up the {fault.name} nemesis")
+            Cluster.require(fault.setup(), f"setting up the {fault.name} nemesis")
         timed(f"running {options.workload} for {options.time_limit:g}s", test.main_phase)
         timed("healing every fault", test.heal)
         timed("quiescing", test.quiesce)
@@ -317,24 +315,52 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
         timed("final reads", test.final_reads)
     except KeyboardInterrupt:
         crashed = "interrupted"
-    except (DbError, Exception) as exc:  # noqa: BLE001 - the run still heals, tears down and stores
+    except Exception as exc:  # noqa: BLE001 - the run still heals, tears down and stores
         crashed = f"{type(exc).__name__}: {exc}"
         (run_dir / "crash.txt").write_text(traceback.format_exc())
     finally:
-        if test.cluster is not None:
-            _clean_up(test, run_dir, progress, crashed is not None)
-        if testbed is not None:
-            testbed.down()
-        test.history.close()
-    test.test.update(phases=phases, crashed=crashed)
+        with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
+            if test.cluster is not None:
+                _clean_up(test, run_dir, progress, crashed is not None)
+            if testbed is not None:
+                _attempt(progress, "taking the testbed down", testbed.down)
+            test.history.close()
+    test.test.update(phases=phases, crashed=crashed, problems=test.problems)
     test.save_test()
     progress.say("checking")
-    results = check_all(test.test, test.history.ops, run_dir)
-    if crashed:
-        results["crashed"] = crashed
+    results = judge(test.test, test.history.ops, check_all(test.test, test.history.ops, run_dir))
     store.save_json(run_dir / "results.json", results)
     store.update_latest(store_dir, run_dir)
     return run_dir, results, exit_code(results, crashed is not None)
+
+
+def clear_faults(cluster: Cluster) -> None:
+    """Jepsen heals at set-up too: partitions or netem a killed run left on hosts are removed."""
+    if cluster.local_dir is None:
+        for fault in make_faults(("partition", "netem"), cluster).values():
+            fault.teardown()
+            fault.heal()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM while cleaning up (only the main thread can)."""
+    try:
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _attempt(progress: Progress, name: str, step: Callable[[], Any]) -> None:
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - report and go on: cleaning up must finish
+        progress.say(f"{name} failed: {type(exc).__name__}: {exc}")
 
 
 def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) -> None:
@@ -345,19 +371,33 @@ def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) 
               ("tearing down", test.cluster.teardown),
               ("closing connections", test.cluster.control.close)]
     for name, step in steps:
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - report and go on: cleaning up must finish
-            progress.say(f"{name} failed: {type(exc).__name__}: {exc}")
+        _attempt(progress, name, step)
+
+
+def judge(test: dict[str, Any], history: list[Op], results: dict[str, Any]) -> dict[str, Any]:
+    """The verdict given how the run went: when it crashed or a fault could not be healed, replicas
+    that disagree prove nothing (convergence becomes unknown); a selected fault that never started
+    is a warning (the run did not test it)."""
+    conditions = ([f"crashed: {test['crashed']}"] if test.get("crashed") else []) + list(test.get("problems") or [])
+    convergence = results["checkers"].get("convergence", {})
+    if conditions and convergence.get("valid") is False:
+        convergence["valid"] = "unknown"
+        convergence["undecidable_because"] = conditions
+    started = {op["f"].removeprefix("start-") for op in history
+               if op.get("process") == NEMESIS and op["type"] == OK and str(op.get("f")).startswith("start-")}
+    warnings = [f"the {fault} nemesis never started a fault (is the time limit shorter than the nemesis interval?)"
+                for fault in test.get("nemesis", []) if fault not in started]
+    if warnings:
+        results["warnings"] = warnings
+    if test.get("crashed"):
+        results["crashed"] = test["crashed"]
+    results["valid"] = merge_valid([result.get("valid") for result in results["checkers"].values()])
+    return results
 
 
 def analyze(run_dir: Path) -> tuple[dict[str, Any], int]:
     """Re-check a stored run without a cluster; rewrites its results.json."""
     test, history, _ = store.load_run(run_dir)
-    results = check_all(test, history, run_dir)
-    if test.get("crashed"):
-        results["crashed"] = test["crashed"]
+    results = judge(test, history, check_all(test, history, run_dir))
     store.save_json(run_dir / "results.json", results)
     return results, exit_code(results, bool(test.get("crashed")))
-
-
