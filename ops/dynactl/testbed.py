@@ -183,13 +183,13 @@ class Testbed:
         bridged = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
         if not bridged.exists() or bridged.read_text().strip() != "1":
             return
-        rules = _run("iptables", "-S", "FORWARD").stdout.strip().splitlines()
+        rules = _run("iptables", "-w", "-S", "FORWARD").stdout.strip().splitlines()
         rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
-        if rules == ["-P FORWARD ACCEPT"] or _run("iptables", "-C", *rule, check=False).returncode == 0:
+        if rules == ["-P FORWARD ACCEPT"] or _run("iptables", "-w", "-C", *rule, check=False).returncode == 0:
             return
         self.record["forward_rule"] = rule
         self._save()
-        _run("iptables", "-I", *rule)
+        _run("iptables", "-w", "-I", *rule)
 
     def _ensure_host(self, name: str, index: int) -> None:
         namespace, outer = self.namespace(name), self.outer_link(name)
@@ -299,8 +299,8 @@ class Testbed:
             _run("ip", "link", "del", self.bridge)
             removed.append(f"bridge {self.bridge}")
         rule = self.record.get("forward_rule")
-        if rule and _run("iptables", "-C", *rule, check=False).returncode == 0:
-            _run("iptables", "-D", *rule)
+        if rule and _run("iptables", "-w", "-C", *rule, check=False).returncode == 0:
+            _run("iptables", "-w", "-D", *rule)
             removed.append("iptables FORWARD rule")
         self.record_path.unlink(missing_ok=True)
         return removed

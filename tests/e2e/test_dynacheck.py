@@ -37,8 +37,8 @@ def started_faults(run_dir: Path) -> set[str]:
 
 def test_vclock_keeps_every_acknowledged_add_through_partitions_clock_skew_and_kills(bed, wheelhouse, tmp_path):
     finished, report = run_check(bed, tmp_path, "--workload", "cart", "--mode", "vclock",
-                                 "--nemesis", "partition,clock,kill", "--time-limit", "16", "--rate", "40",
-                                 "--nemesis-interval", "1.5", "--nemesis-duration", "2.5", "--seed", "6")
+                                 "--nemesis", "partition,clock,kill", "--time-limit", "20", "--rate", "40",
+                                 "--nemesis-interval", "1", "--nemesis-duration", "2", "--seed", "6")
     run_dir = Path(report["run"])
     assert finished.returncode == 0, json.dumps(report["checkers"], indent=1)[:3000]
     siblings = report["checkers"]["siblings"]

@@ -24,7 +24,7 @@ def dynacheck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_a_local_cart_run_with_kills_pauses_and_clock_skew_is_valid_and_stored(tmp_path):
     finished = dynacheck("run", "--local", "3", "--workload", "cart", "--nemesis", "kill,pause,clock",
-                         "--time-limit", "8", "--rate", "30", "--nemesis-interval", "1", "--nemesis-duration", "1.5",
+                         "--time-limit", "15", "--rate", "30", "--nemesis-interval", "0.5", "--nemesis-duration", "1",
                          "--seed", "1", "--store", str(tmp_path), "--format", "json")
     report = json.loads(finished.stdout)
     assert finished.returncode == 0, json.dumps(report["checkers"], indent=1)[:3000] + finished.stderr[-2000:]
