@@ -16,37 +16,32 @@ def minority(nodes: list[str], rng: random.Random) -> list[str]:
     return sorted(rng.sample(nodes, rng.randint(1, most)))
 
 
-class KillFault(Fault):
+class ServiceFault(Fault):
+    """A fault made of two ``dynactl service`` actions on a minority of the nodes; healing runs
+    the undoing action everywhere (a no-op where nothing is to undo)."""
+
+    start_action = stop_action = ""
+
+    def plan(self, rng: random.Random) -> dict[str, Any]:
+        return {"nodes": minority(self.cluster.ids, rng)}
+
+    def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
+        return self.cluster.service(self.start_action, value["nodes"])
+
+    def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
+        return self.cluster.service(self.stop_action, value["nodes"])
+
+    def heal(self) -> dict[str, HostResult]:
+        return self.cluster.service(self.stop_action)
+
+
+class KillFault(ServiceFault):
     """kill -9 a minority; stopping restarts them (on the same data: crash recovery)."""
 
-    name = "kill"
-
-    def plan(self, rng: random.Random) -> dict[str, Any]:
-        return {"nodes": minority(self.cluster.ids, rng)}
-
-    def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        return self.cluster.service("kill", value["nodes"])
-
-    def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        return self.cluster.service("start", value["nodes"])
-
-    def heal(self) -> dict[str, HostResult]:
-        return self.cluster.service("start")  # a no-op on nodes that run
+    name, start_action, stop_action = "kill", "kill", "start"
 
 
-class PauseFault(Fault):
+class PauseFault(ServiceFault):
     """SIGSTOP a minority: they hold connections open but answer nothing; stopping resumes them."""
 
-    name = "pause"
-
-    def plan(self, rng: random.Random) -> dict[str, Any]:
-        return {"nodes": minority(self.cluster.ids, rng)}
-
-    def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        return self.cluster.service("pause", value["nodes"])
-
-    def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        return self.cluster.service("resume", value["nodes"])
-
-    def heal(self) -> dict[str, HostResult]:
-        return self.cluster.service("resume")
+    name, start_action, stop_action = "pause", "pause", "resume"
