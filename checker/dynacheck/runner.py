@@ -383,9 +383,13 @@ def judge(test: dict[str, Any], history: list[Op], results: dict[str, Any]) -> d
     if conditions and convergence.get("valid") is False:
         convergence["valid"] = "unknown"
         convergence["undecidable_because"] = conditions
-    started = {op["f"].removeprefix("start-") for op in history
-               if op.get("process") == NEMESIS and op["type"] == OK and str(op.get("f")).startswith("start-")}
-    warnings = [f"the {fault} nemesis never started a fault (is the time limit shorter than the nemesis interval?)"
+    starts = [op for op in history if op.get("process") == NEMESIS and str(op.get("f")).startswith("start-")
+              and op["type"] != INVOKE]
+    started = {op["f"].removeprefix("start-") for op in starts if op["type"] == OK}
+    failed = {op["f"].removeprefix("start-"): op.get("error", "") for op in starts if op["type"] != OK}
+    warnings = [f"every start of the {fault} nemesis failed, so the run did not test it: {failed[fault]}"
+                if fault in failed else
+                f"the {fault} nemesis never started a fault (is the time limit shorter than the nemesis interval?)"
                 for fault in test.get("nemesis", []) if fault not in started]
     if warnings:
         results["warnings"] = warnings

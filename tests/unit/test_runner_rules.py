@@ -67,3 +67,13 @@ def test_closing_the_runtime_drops_ops_not_yet_invoked_and_waits_for_those_in_fl
     ops = read_history(tmp_path / "history.jsonl")
     assert [(op["f"], op["type"]) for op in ops] == [("now", "invoke"), ("now", "ok")]
     assert ops[0]["time"] <= ops[1]["time"]
+
+
+def test_a_fault_whose_every_start_failed_is_named_with_the_reason():
+    history = [{"process": "nemesis", "type": "invoke", "f": "start-netem", "time": 1},
+               {"process": "nemesis", "type": "info", "f": "start-netem", "time": 2,
+                "error": "h1: Specified qdisc kind is unknown."}]
+    judged = judge({"nemesis": ["netem"]}, history, results(siblings=True))
+    assert judged["valid"] is True
+    assert judged["warnings"] == ["every start of the netem nemesis failed, so the run did not test it: "
+                                  "h1: Specified qdisc kind is unknown."]
