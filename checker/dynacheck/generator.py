@@ -214,11 +214,3 @@ class FaultCycle(Generator):
         op.update(thread=NEMESIS_THREAD, time=max(self.due, context.time))
         self.due = None
         return op
-
-    def heal(self) -> Op | None:
-        """The op that stops the fault in force, if any (the interpreter runs it at the end)."""
-        if self.active is None:
-            return None
-        fault, value = self.active
-        self.active = None
-        return {"f": f"stop-{fault}", "value": value, "thread": NEMESIS_THREAD}

@@ -101,16 +101,16 @@ def test_the_fault_cycle_alternates_start_and_stop_on_schedule():
         assert stop["f"] == "stop-" + start["f"].removeprefix("start-")
         assert stop["value"] == start["value"]
         assert stop["time"] - start["time"] >= 3 * SECOND
-    assert cycle.heal() is None or cycle.heal() is None  # the second call has nothing left to stop
 
 
-def test_a_fault_in_force_at_the_end_is_handed_back_for_healing():
+def test_the_first_fault_waits_one_interval_and_the_stop_carries_the_same_plan():
     cycle = FaultCycle(lambda r: ("clock", {"offsets": {"n1": 1.0}}), random.Random(1), SECOND, 100 * SECOND)
-    op = cycle.op(Context(time=0, free=("nemesis",)))
-    assert op["f"] == "start-clock" and op["time"] == SECOND
-    heal = cycle.heal()
-    assert heal["f"] == "stop-clock" and heal["value"] == {"offsets": {"n1": 1.0}}
-    assert cycle.heal() is None
+    start = cycle.op(Context(time=0, free=("nemesis",)))
+    assert start["f"] == "start-clock" and start["time"] == SECOND
+    assert cycle.op(Context(time=SECOND, free=(0,))) == Pending()  # the nemesis is busy
+    stop = cycle.op(Context(time=2 * SECOND, free=("nemesis",)))
+    assert stop == {"f": "stop-clock", "value": {"offsets": {"n1": 1.0}}, "thread": "nemesis",
+                    "time": 102 * SECOND}
 
 
 def test_sleep_and_time_limit_report_when_to_wake():
