@@ -44,10 +44,15 @@ def context_clock(context: str) -> dict[str, Any] | None:
     return {"vector": dict(decoded.vector), "cloud": sorted([actor, n] for actor, n in decoded.cloud)}
 
 
+def version_entry(value: bytes, version: dict[str, Any]) -> dict[str, Any]:
+    """The history's ``{"dot", "clock", "elements"}`` of one sibling, from its value and the API's
+    version document (a GET's ``versions`` entry or a replica sibling's ``clock``)."""
+    return {"dot": list(version["dot"]), "clock": clock_of(version), "elements": decode_elements(value)}
+
+
 def versions_of(read: GetResult) -> list[dict[str, Any]]:
-    """One ``{"dot", "clock", "elements"}`` per live sibling of a read."""
-    return [{"dot": list(version["dot"]), "clock": clock_of(version), "elements": decode_elements(value)}
-            for value, version in zip(read.siblings, read.versions, strict=False)]
+    """One version entry per live sibling of a read."""
+    return [version_entry(value, version) for value, version in zip(read.siblings, read.versions, strict=False)]
 
 
 def _unreachable_before_sending(exc: NodeUnavailable) -> bool:

@@ -25,7 +25,7 @@ import attrs
 from dynacheck import store
 from dynacheck.checkers import check_all, merge_valid
 from dynacheck.checkers.convergence import round_verdict
-from dynacheck.client import Client, clock_of, decode_elements
+from dynacheck.client import Client, version_entry
 from dynacheck.db import Cluster, local_cluster, with_test_settings
 from dynacheck.generator import SECOND, ClientOps, Concurrently, FaultCycle, Once, Phases, Stagger, TimeLimit
 from dynacheck.history import CONVERGENCE, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op
@@ -266,9 +266,8 @@ def _replica_poll(client: DynamoClient, key: str) -> Op:
     except (ClientError, NodeUnavailable) as exc:
         return {"type": "fail", "error": str(exc)}
     siblings = [] if document is None else document.get("siblings", [])
-    return {"type": OK, "value": [{"dot": list(s["clock"]["dot"]), "clock": clock_of(s["clock"]),
-                                    "deleted": bool(s.get("deleted")),
-                                    "elements": decode_elements(base64.b64decode(s["value"]))} for s in siblings]}
+    return {"type": OK, "value": [{**version_entry(base64.b64decode(s["value"]), s["clock"]),
+                                    "deleted": bool(s.get("deleted"))} for s in siblings]}
 
 
 def exit_code(results: dict[str, Any], crashed: bool) -> int:
