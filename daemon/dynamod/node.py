@@ -102,13 +102,13 @@ class Node(service.MultiService):
         #: Called once this node has left the cluster (the daemon exits).
         self.on_departed: Callable[[], None] = lambda: None
         self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
-        # One writer thread: every Berkeley DB transaction begins and commits inside one call.
-        self._write_pool = WorkerThreads(reactor, 1, name="dynamod-write")
+        # Transactions commit on the event loop; one thread makes them durable (a flush per group).
+        self._flush_pool = WorkerThreads(reactor, 1, name="dynamod-flush")
         self._housekeeping_pool = WorkerThreads(reactor, 1, name="dynamod-housekeeping")
         self.store = Store(
             self.engine, self.node_id,
             reader=self._read_pool.run if config.read_threads else run_synchronously,
-            writer=self._write_pool.run,
+            flusher=self._flush_pool.run,
             housekeeper=self._housekeeping_pool.run,
             on_batch=self._observe_batch,
             read_batches=max(1, config.read_threads),
@@ -271,7 +271,7 @@ class Node(service.MultiService):
         self.metrics.batch_seconds.observe(seconds)
 
     def startService(self) -> None:
-        for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):
+        for pool in (self._read_pool, self._flush_pool, self._housekeeping_pool):
             pool.start()
         super().startService()
         self._maintenance = task.LoopingCall(self._maintain)
@@ -300,7 +300,7 @@ class Node(service.MultiService):
         yield self.api.drained(self.reactor, self.config.request_timeout + 1)
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
         yield self.store.drain()
-        for pool in (self._read_pool, self._write_pool, self._housekeeping_pool):
+        for pool in (self._read_pool, self._flush_pool, self._housekeeping_pool):
             pool.stop()
         self.store.close()
         self.log.info("node {node} stopped", node=self.node_id)

@@ -1,7 +1,11 @@
 """One conformance suite, run against every storage engine (memory and Berkeley DB), and the
-Store's update semantics (staging, group commit, actor allocation) on top of each."""
+Store's update semantics (applied at once, acknowledged after a group flush, actor allocation) on
+top of each."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 from twisted.internet import defer
@@ -51,26 +55,28 @@ def test_missing_key_reads_as_none(make_engine):
     assert make_engine().read(b"nothing") is None
 
 
-def test_a_batch_writes_and_deletes(make_engine):
+def test_a_transaction_writes_and_deletes(make_engine):
     engine = make_engine()
-    engine.write_batch([(b"a", encode_record(record_of(version("x", 1, b"1")))),
-                        (b"b", encode_record(record_of(version("x", 2, b"2"))))])
-    engine.write_batch([(b"a", None), (b"missing", None)])
+    engine.apply([(b"a", encode_record(record_of(version("x", 1, b"1")))),
+                  (b"b", encode_record(record_of(version("x", 2, b"2"))))])
+    engine.apply([(b"a", None), (b"missing", None)])
     assert engine.read(b"a") is None
     assert engine.read(b"b") == record_of(version("x", 2, b"2"))
     assert sorted(engine.keys()) == [b"b"]
+    engine.flush()
+    assert sorted(engine.keys()) == [b"b"]
 
 
-def test_the_epoch_only_grows(make_engine):
+def test_the_epoch_reservation_only_grows(make_engine):
     engine = make_engine()
-    engine.write_batch([], epoch=5)
-    engine.write_batch([], epoch=3)
+    engine.reserve_epochs(5)
+    engine.reserve_epochs(3)
     assert engine.epoch == 5
 
 
 def test_corrupt_record_is_reported_not_dropped(make_engine):
     engine = make_engine()
-    engine.write_batch([(b"k", b"\xc1garbage")])
+    engine.apply([(b"k", b"\xc1garbage")])
     with pytest.raises(CorruptRecord):
         engine.read(b"k")
     [result] = engine.read_many([b"k"])
@@ -79,7 +85,9 @@ def test_corrupt_record_is_reported_not_dropped(make_engine):
 
 def test_bdb_survives_reopen_with_same_incarnation_and_epoch(tmp_path):
     engine = BerkeleyEngine(str(tmp_path / "d"))
-    engine.write_batch([(b"k", encode_record(record_of(version("a", 1, b"x"))))], epoch=7)
+    engine.apply([(b"k", encode_record(record_of(version("a", 1, b"x"))))])
+    engine.reserve_epochs(7)
+    engine.flush()
     incarnation = engine.incarnation
     engine.close()
     again = BerkeleyEngine(str(tmp_path / "d"))
@@ -103,8 +111,8 @@ def test_bdb_wiped_dir_gets_a_new_incarnation(tmp_path):
 # -- the store on each engine ----------------------------------------------------------------
 
 
-class HeldWriter:
-    """A writer runner whose batches commit only when the test says so."""
+class HeldFlusher:
+    """A flusher runner whose flushes run only when the test says so."""
 
     def __init__(self):
         self.held: list[tuple] = []
@@ -114,7 +122,7 @@ class HeldWriter:
         self.held.append((fn, args, waiter))
         return waiter
 
-    def commit_next(self):
+    def flush_next(self):
         fn, args, waiter = self.held.pop(0)
         waiter.callback(fn(*args))
 
@@ -133,31 +141,34 @@ def test_update_then_get(make_engine):
     assert fired(store.get(b"k")).siblings == (version("a", 1, b"x"),)
 
 
-def test_updates_see_earlier_uncommitted_updates_and_commit_in_groups(make_engine):
+def test_updates_see_earlier_unflushed_updates_and_are_acknowledged_in_groups(make_engine):
     engine = make_engine()
-    writer = HeldWriter()
-    store = Store(engine, "n1", writer=writer)
+    flusher = HeldFlusher()
+    store = Store(engine, "n1", flusher=flusher)
     results = []
     for i in range(5):
         store.update(b"k", merge(version("a", i + 1, b"%d" % i))).addCallback(results.append)
-    assert results == [] and store.batches == 1  # the first went alone; four wait for its commit
-    assert fired(store.get(b"k")).siblings[-1].value == b"4"  # reads see staged versions
-    writer.commit_next()
+    assert results == [] and store.batches == 1  # the first went alone; four wait for its flush
+    assert fired(store.get(b"k")).siblings[-1].value == b"4"  # reads see applied, unflushed versions
+    flusher.flush_next()
     assert results == [1] and store.batches == 2
-    writer.commit_next()
+    flusher.flush_next()
     assert results == [1, 2, 3, 4, 5]
     assert len(engine.read(b"k").siblings) == 5
 
 
-def test_a_failed_batch_fails_its_updates_and_unstages_them(make_engine):
+def test_a_failed_flush_fails_its_updates_and_the_next_flush_covers_later_ones(make_engine):
     engine = make_engine()
-    writer = HeldWriter()
-    store = Store(engine, "n1", writer=writer)
-    failures = []
+    flusher = HeldFlusher()
+    store = Store(engine, "n1", flusher=flusher)
+    failures, results = [], []
     store.update(b"k", merge(version("a", 1, b"x"))).addErrback(failures.append)
-    writer.fail_next()
-    assert len(failures) == 1
-    assert fired(store.get(b"k")) is None
+    store.update(b"k", merge(version("a", 2, b"y"))).addCallback(results.append)
+    flusher.fail_next()
+    assert len(failures) == 1 and results == []
+    flusher.flush_next()
+    assert results == [2]
+    assert fired(store.drain()) is None
 
 
 def test_a_raising_update_stages_nothing(make_engine):
@@ -173,7 +184,7 @@ def test_a_raising_update_stages_nothing(make_engine):
 
 def test_an_update_on_a_corrupt_record_fails(make_engine):
     engine = make_engine()
-    engine.write_batch([(b"k", b"\xc1garbage")])
+    engine.apply([(b"k", b"\xc1garbage")])
     store = Store(engine, "n1")
     with pytest.raises(CorruptRecord):
         fired(store.update(b"k", merge(version("a", 1, b"x"))))
@@ -192,3 +203,43 @@ def test_allocated_actors_are_fresh_across_restarts(tmp_path):
         assert third not in (first, second)
     finally:
         again.close()
+
+
+CRASHING_NODE = """
+import os, sys
+from twisted.internet import defer
+from dynamod.core.versions import Record
+from dynamod.storage.bdb import BerkeleyEngine
+from dynamod.storage.store import Store
+
+flushes = []
+
+def flusher(fn, *args):
+    if flushes:
+        return defer.Deferred()  # the process dies before this flush runs
+    flushes.append(fn)
+    return defer.maybeDeferred(fn, *args)
+
+store = Store(BerkeleyEngine(sys.argv[1]), "n1", flusher=flusher)
+acknowledged = []
+for key in (b"flushed", b"unflushed"):
+    store.update(key, lambda record, allocate: (Record(actor=allocate()), None)).addCallback(acknowledged.append)
+print(store.engine.read(b"flushed").actor, store.engine.read(b"unflushed").actor, len(acknowledged), flush=True)
+os._exit(0)  # no close, no checkpoint: what a kill -9 leaves
+"""
+
+
+def test_a_crash_keeps_acknowledged_updates_and_never_reissues_an_epoch(tmp_path):
+    data_dir = str(tmp_path / "d")
+    child = subprocess.run([sys.executable, "-c", CRASHING_NODE, data_dir], capture_output=True, text=True,
+                           timeout=60, check=True)
+    flushed_actor, unflushed_actor, acknowledged = child.stdout.split()
+    assert acknowledged == "1"  # the second update was applied (and its actor sent out) but never flushed
+    engine = BerkeleyEngine(data_dir)
+    try:
+        assert engine.read(b"flushed").actor == flushed_actor
+        store = Store(engine, "n1")
+        fresh = [fired(store.update(b"k%d" % i, lambda record, allocate: (Record(), allocate()))) for i in range(3)]
+        assert not {flushed_actor, unflushed_actor} & set(fresh)
+    finally:
+        engine.close()

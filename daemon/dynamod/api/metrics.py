@@ -19,7 +19,7 @@ class NodeMetrics:
                                  ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.corrupt_records = Counter("dynamod_corrupt_records", "stored records that failed to decode",
                                        registry=self.registry)
-        self.storage_batches = Gauge("dynamod_storage_batches", "group commits since start",
+        self.storage_batches = Gauge("dynamod_storage_batches", "group flushes (fsyncs) since start",
                                      registry=self.registry)
         self.storage_updates = Gauge("dynamod_storage_updates", "record updates since start",
                                      registry=self.registry)
@@ -31,9 +31,9 @@ class NodeMetrics:
         self.handoffs = Counter("dynamod_handoffs", "fallback copies acknowledged by their owner",
                                 registry=self.registry)
         self.batch_seconds = Histogram("dynamod_storage_batch_seconds",
-                                       "time from handing a batch to the writer to its commit",
+                                       "time from handing a group of updates to the flusher to their durability",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("dynamod_storage_batch_size", "updates per group commit",
+        self.batch_size = Histogram("dynamod_storage_batch_size", "updates per group flush",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.peers_reachable = Gauge("dynamod_peers_reachable", "peers with an open connection",
                                      registry=self.registry)

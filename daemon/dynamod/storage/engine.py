@@ -1,10 +1,11 @@
 """The storage engine seam: what a replica needs from a local key-value store.
 
-An engine stores one encoded ``Record`` per key and writes batches of encoded records in one
-transaction. Engines are synchronous and may block (Berkeley DB commits with fsync);
-``dynamod.storage.store.Store`` computes new records on the event loop and hands the engine only
-bytes to write, off the reactor thread, grouped into one transaction per batch (group commit).
-Every engine passes the same conformance suite (tests/unit/test_storage_conformance.py).
+An engine stores one encoded ``Record`` per key. Writing is split in two, the way a database
+with group commit splits it: ``apply`` commits a transaction without waiting for the disk (on the
+event loop: it costs about as much as a read), ``flush`` makes every applied transaction durable
+(it blocks on fsync, so ``dynamod.storage.store.Store`` runs it on a thread of its own, one flush
+for every write applied while the previous one ran). Every engine passes the same conformance
+suite (tests/unit/test_storage_conformance.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dynamod.core.versions import Record
 #: ``fn(record_or_None, allocate_actor) -> (new_record_or_None, result)``: a pure update of one key.
 UpdateFn = Callable[[Record | None, Callable[[], str]], tuple[Record | None, Any]]
 
-#: One batch entry: the key and its new encoded record, or None to delete it.
+#: One write: the key and its new encoded record, or None to delete it.
 Write = tuple[bytes, bytes | None]
 
 
@@ -49,22 +50,31 @@ def decode_stored(key: bytes, raw: bytes | None) -> Record | None:
 
 
 class StorageEngine(abc.ABC):
-    """A local, durable map from key to encoded record, written in atomic batches.
+    """A local, durable map from key to encoded record, written in atomic transactions.
 
-    ``incarnation`` is fresh for an empty data dir; ``epoch`` is the highest actor epoch a
-    committed batch recorded (see ``Store``'s actor allocation)."""
+    ``incarnation`` is fresh for an empty data dir; ``epoch`` is the highest actor epoch durably
+    reserved (see ``Store``'s actor allocation): no epoch above it was ever handed out."""
 
     incarnation: str
     epoch: int
 
     @abc.abstractmethod
     def read_raw(self, key: bytes) -> bytes | None:
-        """The stored bytes for ``key``, or None. Never waits for an in-flight batch."""
+        """The newest applied bytes for ``key``, or None. Never waits for a flush."""
 
     @abc.abstractmethod
-    def write_batch(self, writes: list[Write], epoch: int | None = None) -> None:
-        """Apply every write, and record ``epoch`` if given, in one durable transaction: all or
-        nothing."""
+    def apply(self, writes: list[Write]) -> None:
+        """Commit every write in one transaction, all or nothing, without waiting for the disk:
+        readable at once, durable once a ``flush`` that started after it returns."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make every transaction applied so far durable (blocks on the disk)."""
+
+    @abc.abstractmethod
+    def reserve_epochs(self, epoch: int) -> None:
+        """Durably record ``epoch`` as the new reservation, before returning (one synchronous
+        commit; rare, see ``Store.allocate_actor``)."""
 
     @abc.abstractmethod
     def keys(self) -> Iterator[bytes]:

@@ -9,7 +9,7 @@ from dynamod.storage.engine import StorageEngine, Write, new_incarnation
 
 
 class MemoryEngine(StorageEngine):
-    """Records in a dict; a batch applies atomically under a lock."""
+    """Records in a dict; a transaction applies atomically under a lock."""
 
     def __init__(self, incarnation: str | None = None):
         self.incarnation = incarnation or new_incarnation()
@@ -20,15 +20,19 @@ class MemoryEngine(StorageEngine):
     def read_raw(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def write_batch(self, writes: list[Write], epoch: int | None = None) -> None:
+    def apply(self, writes: list[Write]) -> None:
         with self._lock:
             for key, raw in writes:
                 if raw is None:
                     self.data.pop(key, None)
                 else:
                     self.data[key] = raw
-            if epoch is not None:
-                self.epoch = max(self.epoch, epoch)
+
+    def flush(self) -> None:
+        pass
+
+    def reserve_epochs(self, epoch: int) -> None:
+        self.epoch = max(self.epoch, epoch)
 
     def keys(self) -> Iterator[bytes]:
         return iter(sorted(self.data))

@@ -1,20 +1,21 @@
-"""The asynchronous face of a storage engine: updates computed on the event loop, group commit.
+"""The asynchronous face of a storage engine: updates applied on the event loop, group flush.
 
 An update is a pure function of the key's current record. ``Store.update`` applies it at once on
-the event loop, against the newest state: the record staged by an earlier update that has not
-committed yet, else the stored one. It queues the encoded result, and a single writer thread
-commits queued results in batches, one transaction (and one fsync) per batch: while a commit is in
-flight the next batch gathers, so the fsync rate bounds batches, not writes (MEASUREMENTS.md: 7.3k
-commits/s vs 80k puts/s in groups of 100). The writer thread only moves bytes into Berkeley DB:
-with the Python work on it, it spent most of each batch waiting for the GIL (3 ms per batch of 6).
+the event loop: it reads the stored record, computes the new one and commits it in its own
+transaction without waiting for the disk (``StorageEngine.apply``), so the next update and every
+read see it. A single flusher thread then makes the applied transactions durable, one ``flush``
+(one fsync) for every update applied while the previous flush ran: the fsync rate bounds flushes,
+not updates (MEASUREMENTS.md: 7.3k commits/s one fsync each vs 80k/s in groups of 100).
 
-An update's Deferred fires with the function's result once its batch has committed, so an
-acknowledgement always follows durability. Reads see staged records first, i.e. possibly versions
-whose commit is still in flight (not yet acknowledged to their writer).
+An update's Deferred fires with the function's result once a flush that started after it has
+returned, so an acknowledgement always follows durability. Reads may see versions whose flush is
+still running (not yet acknowledged to their writer); a failed flush fails its updates' Deferreds,
+and those versions, never acknowledged, may still become durable with a later flush.
 
-Actors for new versions are allocated here (``node~incarnation.epoch``): the epoch counter lives in
-memory and the batch holding the first record that uses an epoch also records it in the engine, so
-a restarted node never hands out an epoch twice.
+Actors for new versions are allocated here (``node~incarnation.epoch``). An epoch is used before
+the version that carries it is durable (a coordinator sends the version to the other replicas
+while its own flush runs), so epochs are reserved durably in blocks before they are handed out: a
+node that crashes and restarts skips the rest of its block and never hands out an epoch twice.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from dynamod.storage.engine import StorageEngine, UpdateFn
 
 Runner = Callable[..., defer.Deferred]
 
-#: Upper bound on updates per transaction (keeps one commit's latency bounded).
-MAX_BATCH = 256
+#: Upper bound on keys per batch of reads handed to a reader thread.
+READ_BATCH = 256
+#: Actor epochs reserved per synchronous commit (a restart skips what is left of its block; the
+#: counter has 64 bits).
+EPOCH_BLOCK = 100_000
 
 
 def run_synchronously(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -42,26 +46,22 @@ def run_synchronously(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 
 class Store:
-    """Deferred-returning reads and group-committed updates over a ``StorageEngine``."""
+    """Deferred-returning reads and durably acknowledged updates over a ``StorageEngine``."""
 
     log = Logger()
 
     def __init__(self, engine: StorageEngine, node_id: str = "node", *, reader: Runner = run_synchronously,
-                 writer: Runner = run_synchronously, housekeeper: Runner = run_synchronously,
-                 max_batch: int = MAX_BATCH, read_batches: int = 2,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 flusher: Runner = run_synchronously, housekeeper: Runner = run_synchronously,
+                 read_batches: int = 2, on_batch: Callable[[int, float], None] | None = None):
         self.engine = engine
         self.node_id = node_id
         self._reader = reader
-        self._writer = writer
+        self._flusher = flusher
         self._housekeeper = housekeeper
-        self._max_batch = max_batch
         self._on_batch = on_batch
-        # key -> (record, sequence number of the update that staged it), until that update commits
-        self._staged: dict[bytes, tuple[Record | None, int]] = {}
-        self._sequence = 0
         self._epoch = engine.epoch
-        self._pending: list[tuple[bytes, bytes | None, int, Any, defer.Deferred]] = []
+        # updates applied but not yet covered by a flush: (result, waiter)
+        self._unflushed: list[tuple[Any, defer.Deferred]] = []
         self._in_flight: defer.Deferred | None = None
         self._read_queue: list[tuple[bytes, defer.Deferred]] = []
         self._reads_in_flight = 0
@@ -98,16 +98,17 @@ class Store:
             self.hinted.pop(key, None)
 
     def allocate_actor(self) -> str:
-        """A fresh actor id for this node: never returned before, across restarts."""
+        """A fresh actor id for this node: never returned before, across restarts. Every
+        ``EPOCH_BLOCK``-th call waits for one synchronous commit (the next reservation)."""
         self._epoch += 1
+        if self._epoch > self.engine.epoch:
+            self.engine.reserve_epochs(self._epoch + EPOCH_BLOCK - 1)
         return f"{self.node_id}~{self.engine.incarnation}.{self._epoch}"
 
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, key: bytes) -> defer.Deferred:
         """Fires with the newest ``Record`` or None; fails with ``CorruptRecord``."""
-        if key in self._staged:
-            return defer.succeed(self._staged[key][0])
         if self._reader is run_synchronously:
             try:
                 return defer.succeed(self.engine.read(key))
@@ -122,17 +123,14 @@ class Store:
         """The newest encoded record of ``key`` (or None), undecoded: a replica answering a peer's
         read passes it on and the coordinator decodes (and validates) it once. Returned at once
         when reads run inline, else a Deferred."""
-        if key in self._staged:
-            record = self._staged[key][0]
-            return None if record is None else encode_record(record)
         if self._reader is run_synchronously:
             return self.engine.read_raw(key)
         return self._reader(self.engine.read_raw, key)
 
     def _flush_reads(self) -> None:
         while self._reads_in_flight < self._max_read_batches and self._read_queue:
-            batch = self._read_queue[:self._max_batch]
-            del self._read_queue[:self._max_batch]
+            batch = self._read_queue[:READ_BATCH]
+            del self._read_queue[:READ_BATCH]
             self._reads_in_flight += 1
             running = self._reader(self.engine.read_many, [key for key, _ in batch])
 
@@ -157,83 +155,70 @@ class Store:
     # -- updates -------------------------------------------------------------------------------
 
     def update(self, key: bytes, fn: UpdateFn) -> defer.Deferred:
-        """Apply ``fn`` to the key's newest record now; fires with fn's result once the
-        transaction holding the new record has committed. Fails at once (and stages nothing)
-        when fn raises or the stored record is corrupt."""
+        """Apply ``fn`` to the key's newest record now; fires with fn's result once the new
+        record is durable. Fails at once (and changes nothing) when fn raises, the stored
+        record is corrupt or the engine refuses the transaction."""
         try:
-            _, committed = self.stage(key, fn)
+            _, durable = self.stage(key, fn)
         except Exception:  # noqa: BLE001 - reported to this update's caller
             return defer.fail()
-        return committed
+        return durable
 
     def stage(self, key: bytes, fn: UpdateFn) -> tuple[Any, defer.Deferred]:
-        """Apply ``fn`` to the key's newest record now and queue the new record for commit.
-        Returns fn's result at once, and a Deferred that fires with it after the commit. Raises
-        (and stages nothing) when fn raises or the stored record is corrupt."""
-        current = self._staged[key][0] if key in self._staged else self.engine.read(key)
+        """Apply ``fn`` to the key's newest record now and commit the new record (not yet
+        durable). Returns fn's result at once, and a Deferred that fires with it once the record
+        is durable. Raises (and changes nothing) when fn raises, the stored record is corrupt or
+        the engine refuses the transaction."""
+        current = self.engine.read(key)
         new, result = fn(current, self.allocate_actor)
-        raw = None if new is None else encode_record(new)
+        self.engine.apply([(key, None if new is None else encode_record(new))])
         for observer in self._observers:
             observer(key, current, new)
-        self._sequence += 1
-        self._staged[key] = (new, self._sequence)
-        committed: defer.Deferred = defer.Deferred()
-        self._pending.append((key, raw, self._sequence, result, committed))
+        durable: defer.Deferred = defer.Deferred()
+        self._unflushed.append((result, durable))
         self._flush()
-        return result, committed
+        return result, durable
 
     def _flush(self) -> None:
-        if self._in_flight is not None or not self._pending:
+        if self._in_flight is not None or not self._unflushed:
             return
-        batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+        batch, self._unflushed = self._unflushed, []
         self.batches += 1
         self.updates += len(batch)
         started = time.perf_counter()
-        epoch = self._epoch if self._epoch > self.engine.epoch else None
-        running = self._writer(self.engine.write_batch, [(key, raw) for key, raw, _, _, _ in batch], epoch)
+        running = self._flusher(self.engine.flush)
         self._in_flight = running
 
-        def committed(_: Any) -> None:
+        def flushed(_: Any) -> None:
             if self._on_batch is not None:
                 self._on_batch(len(batch), time.perf_counter() - started)
-            self._unstage(batch)
-            for _, _, _, result, waiter in batch:
+            for result, waiter in batch:
                 waiter.callback(result)
 
         def failed(failure: Any) -> None:
-            self.log.failure("storage batch of {count} updates failed", failure, count=len(batch))
-            # Later updates of these keys stay staged: built on unacknowledged versions, they may
-            # still commit, which is allowed for a write that was never acknowledged.
-            self._unstage(batch)
-            for _, _, _, _, waiter in batch:
+            self.log.failure("storage flush of {count} updates failed", failure, count=len(batch))
+            for _, waiter in batch:
                 waiter.errback(failure)
 
         def next_batch(_: Any) -> None:
             self._in_flight = None
             self._flush()
 
-        running.addCallbacks(committed, failed)
+        running.addCallbacks(flushed, failed)
         running.addBoth(next_batch)
-
-    def _unstage(self, batch: list[tuple[bytes, bytes | None, int, Any, defer.Deferred]]) -> None:
-        """Forget staged records that this batch wrote, unless a later update replaced them."""
-        for key, _, sequence, _, _ in batch:
-            staged = self._staged.get(key)
-            if staged is not None and staged[1] == sequence:
-                del self._staged[key]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def maintain(self) -> defer.Deferred:
         """Run the engine's housekeeping on its own thread: a checkpoint flushes many dirty pages
-        and, on the writer thread, stalled every write behind it (p99.9 of 200-400 ms)."""
+        and, on the flusher thread, stalled every acknowledgement behind it (p99.9 of 200-400 ms)."""
         return self._housekeeper(self.engine.maintain)
 
     def drain(self) -> defer.Deferred:
-        """Fires once every queued update has committed (used on shutdown)."""
-        if self._in_flight is None and not self._pending:
+        """Fires once every applied update is durable (used on shutdown)."""
+        if self._in_flight is None and not self._unflushed:
             return defer.succeed(None)
-        waiters = [waiter for _, _, _, _, waiter in self._pending]
+        waiters = [waiter for _, waiter in self._unflushed]
         if self._in_flight is not None:
             waiters.append(self._in_flight)
         return defer.DeferredList([_observe(w) for w in waiters]).addCallback(lambda _: self.drain())
