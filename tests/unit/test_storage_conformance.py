@@ -11,11 +11,11 @@ import pytest
 from twisted.internet import defer
 
 from dynamod.core.encoding import encode_record
-from dynamod.core.versions import CausalContext, Record, Sibling, merge_into
+from dynamod.core.versions import CausalContext, Record, Sibling, merge_into, put_version
 from dynamod.storage.bdb import BerkeleyEngine
 from dynamod.storage.engine import CorruptRecord
 from dynamod.storage.memory import MemoryEngine
-from dynamod.storage.store import Store
+from dynamod.storage.store import StorageBroken, Store
 from tests.sim import fired
 
 
@@ -157,17 +157,17 @@ def test_updates_see_earlier_unflushed_updates_and_are_acknowledged_in_groups(ma
     assert len(engine.read(b"k").siblings) == 5
 
 
-def test_a_failed_flush_fails_its_updates_and_the_next_flush_covers_later_ones(make_engine):
+def test_a_failed_flush_fails_its_updates_and_every_later_one(make_engine):
     engine = make_engine()
     flusher = HeldFlusher()
     store = Store(engine, "n1", flusher=flusher)
-    failures, results = [], []
+    failures = []
     store.update(b"k", merge(version("a", 1, b"x"))).addErrback(failures.append)
-    store.update(b"k", merge(version("a", 2, b"y"))).addCallback(results.append)
-    flusher.fail_next()
-    assert len(failures) == 1 and results == []
-    flusher.flush_next()
-    assert results == [2]
+    store.update(b"k", merge(version("a", 2, b"y"))).addErrback(failures.append)
+    flusher.fail_next()  # a later fsync could succeed over the hole this one left
+    assert len(failures) == 2 and store.broken is not None
+    with pytest.raises(StorageBroken):
+        fired(store.update(b"j", merge(version("a", 3, b"z"))))
     assert fired(store.drain()) is None
 
 
@@ -210,7 +210,7 @@ import os, sys
 from twisted.internet import defer
 from dynamod.core.versions import Record
 from dynamod.storage.bdb import BerkeleyEngine
-from dynamod.storage.store import Store
+from dynamod.storage.store import StorageBroken, Store
 
 flushes = []
 
@@ -241,5 +241,57 @@ def test_a_crash_keeps_acknowledged_updates_and_never_reissues_an_epoch(tmp_path
         store = Store(engine, "n1")
         fresh = [fired(store.update(b"k%d" % i, lambda record, allocate: (Record(), allocate()))) for i in range(3)]
         assert not {flushed_actor, unflushed_actor} & set(fresh)
+    finally:
+        engine.close()
+
+
+ROLLED_BACK_NODE = """
+import os, sys
+from twisted.internet import defer
+from dynamod.core.versions import CausalContext, put_version
+from dynamod.storage.bdb import BerkeleyEngine
+from dynamod.storage.store import Store
+
+flushes = []
+
+def flusher(fn, *args):
+    if flushes:
+        return defer.Deferred()  # the process dies before this flush runs
+    flushes.append(fn)
+    return defer.maybeDeferred(fn, *args)
+
+def write(value):
+    def stamp(record, allocate):
+        new, version = put_version(record, value=value, context=CausalContext(), allocate_actor=allocate,
+                                   timestamp=0)
+        return new, version.dot
+    return stamp
+
+store = Store(BerkeleyEngine(sys.argv[1]), "n1", flusher=flusher)
+dots = []
+for value in (b"flushed", b"sent to the other replicas, never flushed here"):
+    dots.append(store.stage(b"k", write(value))[0])
+print(*dots[1], flush=True)
+os._exit(0)
+"""
+
+
+def test_a_dot_sent_out_before_a_crash_is_never_issued_again(tmp_path):
+    """kv679: the coordinator's record rolls back to the flushed counter, but the unflushed dot is
+    already at the other replicas; the next version must not get the same dot."""
+    data_dir = str(tmp_path / "d")
+    child = subprocess.run([sys.executable, "-c", ROLLED_BACK_NODE, data_dir], capture_output=True, text=True,
+                           timeout=60, check=True)
+    actor, counter = child.stdout.split()
+    engine = BerkeleyEngine(data_dir)
+    try:
+        store = Store(engine, "n1")
+
+        def stamp(record, allocate):
+            new, version = put_version(record, value=b"after the restart", context=CausalContext(),
+                                       allocate_actor=allocate, timestamp=0)
+            return new, version.dot
+
+        assert fired(store.update(b"k", stamp)) != (actor, int(counter))
     finally:
         engine.close()

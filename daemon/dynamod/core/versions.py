@@ -14,7 +14,9 @@ We follow dotted version vectors instead:
 Actors are per-key *epochs* of a node incarnation (``node~incarnation.epoch``): a node picks a fresh
 epoch the first time it coordinates a write on a record it holds, and counts that epoch's dots in the
 record itself. A node that lost its disk gets a new incarnation; a record deleted and re-created gets
-a new epoch; so a dot is never issued twice (see ``Record.next_dot``).
+a new epoch, and so does a record first written after its node restarted (the store hands
+``next_dot`` such a record without its actor: a crash may have rolled its counter back); so a dot
+is never issued twice (see ``Record.next_dot`` and ``dynamod.storage.store``).
 
 Everything here is pure: time and actor allocation are arguments.
 """

@@ -34,8 +34,9 @@ _CHECKPOINT_KBYTES = 2048
 _TRICKLE_PERCENT = 20
 _DEADLOCK_RETRIES = 5
 # In-memory log buffer: large enough that commits on the event loop seldom write it out themselves
-# (the flusher thread does); Berkeley DB's default for on-disk logs is 32 KiB.
-_LOG_BUFFER_BYTES = 4 * 1024 * 1024
+# (the flusher thread does); Berkeley DB's default for on-disk logs is 32 KiB, and a log file (10
+# MiB by default) must hold at least four buffers.
+_LOG_BUFFER_BYTES = 1024 * 1024
 
 
 class BerkeleyEngine(StorageEngine):
@@ -89,8 +90,8 @@ class BerkeleyEngine(StorageEngine):
     def read_raw(self, key: bytes) -> bytes | None:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                # Reads never wait for the writer's locks (which it holds through its fsync): a read
-                # may see a version whose batch is still committing, i.e. not yet acknowledged.
+                # Reads take no locks: a read may see a version whose flush is still running, i.e.
+                # not yet acknowledged.
                 return self.records.get(key, flags=db.DB_READ_UNCOMMITTED)
             except db.DBLockDeadlockError:
                 if attempt == _DEADLOCK_RETRIES - 1:
@@ -126,7 +127,7 @@ class BerkeleyEngine(StorageEngine):
         except BaseException:
             txn.abort()
             raise
-        txn.commit(0 if self.sync else db.DB_TXN_WRITE_NOSYNC)
+        txn.commit(db.DB_TXN_SYNC)  # even with sync = false: epochs must never be handed out twice
         self.epoch = epoch
 
     def maintain(self) -> None:

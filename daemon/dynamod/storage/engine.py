@@ -85,7 +85,8 @@ class StorageEngine(abc.ABC):
         """Flush and release everything."""
 
     def maintain(self) -> None:  # noqa: B027 - a no-op unless the engine needs housekeeping
-        """Periodic housekeeping (checkpoints); runs on its own thread, concurrently with batches."""
+        """Periodic housekeeping (checkpoints); runs on its own thread, concurrently with commits
+        and flushes."""
 
     def read(self, key: bytes) -> Record | None:
         """The decoded record for ``key``; raises ``CorruptRecord`` when it does not decode."""

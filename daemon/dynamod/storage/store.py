@@ -12,10 +12,17 @@ returned, so an acknowledgement always follows durability. Reads may see version
 still running (not yet acknowledged to their writer); a failed flush fails its updates' Deferreds,
 and those versions, never acknowledged, may still become durable with a later flush.
 
-Actors for new versions are allocated here (``node~incarnation.epoch``). An epoch is used before
-the version that carries it is durable (a coordinator sends the version to the other replicas
-while its own flush runs), so epochs are reserved durably in blocks before they are handed out: a
-node that crashes and restarts skips the rest of its block and never hands out an epoch twice.
+Actors for new versions are allocated here (``node~incarnation.epoch``). A dot is used before the
+version that carries it is durable (a coordinator sends the version to the other replicas while
+its own flush runs), so a crash can roll a record's counter back below a dot already out in the
+cluster. Two rules keep dots unique all the same: epochs are reserved durably in blocks before
+they are handed out (a restarted node skips the rest of its block), and a record's actor is reused
+only within the run that allocated it; after a restart the next version coordinated on the record
+takes a fresh actor (Riak's fix for kv679 is the same idea: a new epoch after a crash).
+
+A flush that fails leaves the log with a hole that a later successful fsync would paper over (the
+kernel may drop the pages that failed), so the first failure is permanent: every update from
+then on fails, and the node must be restarted (recovery replays what is durable).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -38,6 +46,10 @@ READ_BATCH = 256
 #: Actor epochs reserved per synchronous commit (a restart skips what is left of its block; the
 #: counter has 64 bits).
 EPOCH_BLOCK = 100_000
+
+
+class StorageBroken(RuntimeError):
+    """A flush failed earlier: the store takes no more updates."""
 
 
 def run_synchronously(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -60,6 +72,11 @@ class Store:
         self._housekeeper = housekeeper
         self._on_batch = on_batch
         self._epoch = engine.epoch
+        # Every actor this run allocates has an epoch above this; older ones may have been rolled back.
+        self._run_floor = engine.epoch
+        self._actor_prefix = f"{node_id}~{engine.incarnation}."
+        #: The flush failure that stopped all updates, if any.
+        self.broken: Any = None
         # updates applied but not yet covered by a flush: (result, waiter)
         self._unflushed: list[tuple[Any, defer.Deferred]] = []
         self._in_flight: defer.Deferred | None = None
@@ -103,7 +120,11 @@ class Store:
         self._epoch += 1
         if self._epoch > self.engine.epoch:
             self.engine.reserve_epochs(self._epoch + EPOCH_BLOCK - 1)
-        return f"{self.node_id}~{self.engine.incarnation}.{self._epoch}"
+        return f"{self._actor_prefix}{self._epoch}"
+
+    def _allocated_this_run(self, actor: str) -> bool:
+        prefix, _, epoch = actor.rpartition(".")
+        return prefix + "." == self._actor_prefix and epoch.isdigit() and int(epoch) > self._run_floor
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -169,11 +190,18 @@ class Store:
         durable). Returns fn's result at once, and a Deferred that fires with it once the record
         is durable. Raises (and changes nothing) when fn raises, the stored record is corrupt or
         the engine refuses the transaction."""
-        current = self.engine.read(key)
+        if self.broken is not None:
+            raise StorageBroken(f"storage stopped after a failed flush: {self.broken.getErrorMessage()}")
+        current = stored = self.engine.read(key)
+        if stored is not None and stored.actor is not None and not self._allocated_this_run(stored.actor):
+            current = attrs.evolve(stored, actor=None, counter=0)
         new, result = fn(current, self.allocate_actor)
         self.engine.apply([(key, None if new is None else encode_record(new))])
         for observer in self._observers:
-            observer(key, current, new)
+            try:
+                observer(key, stored, new)
+            except Exception:  # noqa: BLE001 - the change is committed: the other observers still hear of it
+                self.log.failure("storage observer failed on {key!r}", key=key)
         durable: defer.Deferred = defer.Deferred()
         self._unflushed.append((result, durable))
         self._flush()
@@ -196,9 +224,12 @@ class Store:
                 waiter.callback(result)
 
         def failed(failure: Any) -> None:
-            self.log.failure("storage flush of {count} updates failed", failure, count=len(batch))
-            for _, waiter in batch:
+            self.log.failure("storage flush of {count} updates failed; every update fails from now on, "
+                             "restart the node", failure, count=len(batch))
+            self.broken = failure
+            for _, waiter in batch + self._unflushed:
                 waiter.errback(failure)
+            self._unflushed = []
 
         def next_batch(_: Any) -> None:
             self._in_flight = None
