@@ -205,22 +205,26 @@ def test_allocated_actors_are_fresh_across_restarts(tmp_path):
         again.close()
 
 
-CRASHING_NODE = """
+#: A child node whose first flush runs and whose later ones never do: it dies (os._exit) first.
+CRASH_PRELUDE = """
 import os, sys
 from twisted.internet import defer
-from dynamod.core.versions import Record
+from dynamod.core.versions import CausalContext, Record, put_version
 from dynamod.storage.bdb import BerkeleyEngine
-from dynamod.storage.store import StorageBroken, Store
+from dynamod.storage.store import Store
 
 flushes = []
 
 def flusher(fn, *args):
     if flushes:
-        return defer.Deferred()  # the process dies before this flush runs
+        return defer.Deferred()
     flushes.append(fn)
     return defer.maybeDeferred(fn, *args)
 
 store = Store(BerkeleyEngine(sys.argv[1]), "n1", flusher=flusher)
+"""
+
+CRASHING_NODE = CRASH_PRELUDE + """
 acknowledged = []
 for key in (b"flushed", b"unflushed"):
     store.update(key, lambda record, allocate: (Record(actor=allocate()), None)).addCallback(acknowledged.append)
@@ -245,21 +249,7 @@ def test_a_crash_keeps_acknowledged_updates_and_never_reissues_an_epoch(tmp_path
         engine.close()
 
 
-ROLLED_BACK_NODE = """
-import os, sys
-from twisted.internet import defer
-from dynamod.core.versions import CausalContext, put_version
-from dynamod.storage.bdb import BerkeleyEngine
-from dynamod.storage.store import Store
-
-flushes = []
-
-def flusher(fn, *args):
-    if flushes:
-        return defer.Deferred()  # the process dies before this flush runs
-    flushes.append(fn)
-    return defer.maybeDeferred(fn, *args)
-
+ROLLED_BACK_NODE = CRASH_PRELUDE + """
 def write(value):
     def stamp(record, allocate):
         new, version = put_version(record, value=value, context=CausalContext(), allocate_actor=allocate,
@@ -267,7 +257,6 @@ def write(value):
         return new, version.dot
     return stamp
 
-store = Store(BerkeleyEngine(sys.argv[1]), "n1", flusher=flusher)
 dots = []
 for value in (b"flushed", b"sent to the other replicas, never flushed here"):
     dots.append(store.stage(b"k", write(value))[0])
