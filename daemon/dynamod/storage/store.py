@@ -87,7 +87,7 @@ class Store:
         self.updates = 0
         #: key -> owners it is held for as a fallback (kept current by ``stage``, built by ``scan``).
         self.hinted: dict[bytes, frozenset[str]] = {}
-        #: Called as ``observer(key, old_record, new_record)`` for every staged change.
+        #: Called as ``observer(key, old_record, new_record)`` for every applied change.
         self._observers: list[Callable[[bytes, Record | None, Record | None], None]] = [self._index_hints]
 
     def observe(self, observer: Callable[[bytes, Record | None, Record | None], None]) -> None:
