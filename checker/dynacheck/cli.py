@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from dynacheck.nemesis import parse_nemesis
+from dynacheck.nemesis import COPY_LOSING, parse_nemesis
 from dynacheck.workloads import WORKLOADS
 
 EXIT_USAGE = 2
@@ -67,7 +68,7 @@ def cli() -> None:
 @click.option("--nodes-file", type=click.Path(dir_okay=False), help="hosts to test (nodes.json or inventory.ini)")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
 @click.option("--nemesis", default="none", show_default=True,
-              help="none, all, or comma-separated: partition, clock, kill, pause, netem")
+              help="none, all, or comma-separated: partition, clock, kill, pause, netem, disk, power, corrupt")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True, help="seconds")
 @click.option("--concurrency", type=click.IntRange(1, 200), default=10, show_default=True, help="client threads")
 @click.option("--rate", type=click.FloatRange(0.1, 100000), default=50, show_default=True, help="ops/s, all clients")
@@ -82,13 +83,15 @@ def cli() -> None:
 @click.option("--nemesis-duration", type=click.FloatRange(0.1, 3600), default=5, show_default=True,
               help="seconds a fault lasts")
 @click.option("--convergence-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True)
+@click.option("--quiet-margin", type=click.FloatRange(0, 3600), default=3, show_default=True,
+              help="seconds after a fault before the quorum checker judges stale reads")
 @click.option("--store", default="store", show_default=True, help="the store directory")
 @click.option("--name", help="test name in the store (default: WORKLOAD-MODE-NEMESES)")
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: str | None, workload: str,
         nemesis: str, time_limit: float, concurrency: int, rate: float, keys: int, mode: str, replicas: int,
         read_quorum: int, write_quorum: int, seed: int | None, nemesis_interval: float, nemesis_duration: float,
-        convergence_timeout: float, store: str, name: str | None, output: str) -> None:
+        convergence_timeout: float, quiet_margin: float, store: str, name: str | None, output: str) -> None:
     """Run one test against a cluster and print the verdict and the run's store path."""
     from dynacheck.runner import Options, run_test
     targets = [flag for flag, value in (("--local", local), ("--testbed", testbed), ("--nodes-file", nodes_file))
@@ -100,16 +103,22 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
     if not (read_quorum <= replicas and write_quorum <= replicas):
         raise click.UsageError("--r and --w must not exceed --n")
     try:
-        faults = parse_nemesis(nemesis, local=bool(local))
+        faults = parse_nemesis(nemesis, local=bool(local), root=os.geteuid() == 0)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    losing = [fault for fault in faults if fault in COPY_LOSING]
+    if losing and write_quorum < 2:
+        if nemesis.strip() != "all":
+            raise click.UsageError(f"{', '.join(losing)} needs --w 2 or more: with W=1 one lost disk may hold the "
+                                   "only copy of an acknowledged write")
+        faults = tuple(fault for fault in faults if fault not in COPY_LOSING)
     if nodes_file and not Path(nodes_file).is_file():
         raise click.UsageError(f"--nodes-file {nodes_file}: no such file")
     options = Options(workload=workload, nemesis=faults, time_limit=time_limit, concurrency=concurrency, rate=rate,
                       keys=keys, mode=mode, n=replicas, r=read_quorum, w=write_quorum,
                       seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
                       nemesis_interval=nemesis_interval, nemesis_duration=nemesis_duration,
-                      convergence_timeout=convergence_timeout, local=local, testbed=testbed,
+                      convergence_timeout=convergence_timeout, quiet_margin=quiet_margin, local=local, testbed=testbed,
                       testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name)
     signal.signal(signal.SIGTERM, _interrupt)  # heal and tear down on SIGTERM as on Ctrl-C
     run_dir, results, code = run_test(options)

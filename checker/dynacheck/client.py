@@ -55,15 +55,36 @@ def versions_of(read: GetResult) -> list[dict[str, Any]]:
     return [version_entry(value, version) for value, version in zip(read.siblings, read.versions, strict=False)]
 
 
+def union_clock(versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CLOCK holding every dot the given versions have seen (per-actor maximum, union of clouds):
+    what a write whose context came from a read of these versions may claim to have seen."""
+    vector: dict[str, int] = {}
+    cloud: set[tuple[str, int]] = set()
+    for version in versions:
+        for actor, counter in version["clock"].get("vector", {}).items():
+            vector[actor] = max(counter, vector.get(actor, 0))
+        cloud.update((actor, counter) for actor, counter in version["clock"].get("cloud", []))
+    return {"vector": vector, "cloud": sorted([actor, counter] for actor, counter in cloud
+                                              if counter > vector.get(actor, 0))}
+
+
 def _unreachable_before_sending(exc: NodeUnavailable) -> bool:
     return isinstance(exc.__cause__, ConnectionRefusedError)
 
 
 class Client:
-    """Executes ops for one worker thread; talks to ``op["node"]`` or the thread's own node."""
+    """Executes ops for one worker thread (Dynamo's client-side routing): each op goes to the
+    thread's current node; when that node refuses the connection (nothing was done) the op is
+    tried on the next node, and after a failure or an unknown outcome the thread moves on to the
+    next node for its later ops, so the cluster stays under load through every fault. An op that
+    names its ``node`` (the final reads) goes there only."""
 
-    def __init__(self, addresses: dict[str, str], default_node: str, timeout: float = DEFAULT_TIMEOUT_SECONDS):
-        self.addresses, self.default_node, self.timeout = addresses, default_node, timeout
+    def __init__(self, addresses: dict[str, str], default_node: str, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 failover: bool = True):
+        self.addresses, self.timeout, self.failover = addresses, timeout, failover
+        self.nodes = list(addresses)
+        self.current = self.nodes.index(default_node) if default_node in self.nodes else 0
+        self.default_node = default_node
         self.connections: dict[str, DynamoClient] = {}
 
     def _client(self, node: str) -> DynamoClient:
@@ -71,24 +92,45 @@ class Client:
             self.connections[node] = DynamoClient(self.addresses[node], timeout=self.timeout)
         return self.connections[node]
 
+    @property
+    def current_node(self) -> str:
+        return self.nodes[self.current]
+
     def node_for(self, op: Op) -> str:
-        return op.get("node") or self.default_node
+        return op.get("node") or self.current_node
 
     def __call__(self, op: Op) -> Op:
-        client = self._client(self.node_for(op))
+        if op.get("final") or not self.failover:
+            return {**self._run(self.node_for(op), op), "node": self.node_for(op)}
+        completion: Op = {}
+        tried = 0
+        for offset in range(len(self.nodes)):
+            node = self.nodes[(self.current + offset) % len(self.nodes)]
+            completion = {**self._run(node, op), "node": node}
+            tried += 1
+            if not completion.pop("refused", False):
+                break
+        else:
+            completion.pop("refused", None)
+        if completion["type"] != OK:  # the next op starts on the next node
+            self.current = (self.current + tried) % len(self.nodes)
+        return completion
+
+    def _run(self, node: str, op: Op) -> Op:
+        client = self._client(node)
         if op["f"] == "read":
             return self.read(client, op)
         if op["f"] == "add":
             return self.add(client, op)
         if op["f"] == "write":
-            return self.write(client, op, context=None, supersedes=[], elements=[op["value"]])
+            return self.write(client, op, context=None, versions=[], elements=[op["value"]])
         return {"type": FAIL, "error": f"unknown op {op['f']!r}"}
 
     def read(self, client: DynamoClient, op: Op) -> Op:
         try:
             result = client.get(op["key"])
         except (ClientError, NodeUnavailable) as exc:
-            return {"type": FAIL, "error": str(exc)}
+            return {"type": FAIL, "error": str(exc), **_refused(exc)}
         versions = versions_of(result)
         elements = sorted({element for version in versions for element in version["elements"]})
         return {"type": OK, "value": elements, "versions": versions}
@@ -97,24 +139,25 @@ class Client:
         try:
             read = client.get(op["key"])
         except (ClientError, NodeUnavailable) as exc:
-            return {"type": FAIL, "error": f"read before the add: {exc}"}
+            return {"type": FAIL, "error": f"read before the add: {exc}", **_refused(exc)}
         versions = versions_of(read)
         items = {element for version in versions for element in version["elements"]} | {op["value"]}
-        return self.write(client, op, context=read.context or None,
-                          supersedes=[version["dot"] for version in versions], elements=items)
+        return self.write(client, op, context=read.context or None, versions=versions, elements=items)
 
-    def write(self, client: DynamoClient, op: Op, context: str | None, supersedes: list[Any],
+    def write(self, client: DynamoClient, op: Op, context: str | None, versions: list[dict[str, Any]],
               elements: Any) -> Op:
         try:
             written = client.write(op["key"], encode_elements(elements), context=context)
         except QuorumError as exc:
             return {"type": INFO, "error": str(exc)}
         except NodeUnavailable as exc:
-            return {"type": FAIL if _unreachable_before_sending(exc) else INFO, "error": str(exc)}
+            refused = _unreachable_before_sending(exc)
+            return {"type": FAIL if refused else INFO, "error": str(exc), **_refused(exc)}
         except ClientError as exc:
             # A 4xx refused the write; a 5xx may have come after it was stored: unknown.
             return {"type": FAIL if exc.status < 500 else INFO, "error": str(exc)}
-        completion: Op = {"type": OK, "supersedes": supersedes}
+        completion: Op = {"type": OK, "supersedes": [version["dot"] for version in versions],
+                          "read_clock": union_clock(versions)}
         clock = context_clock(written.context)
         if written.dot is not None and clock is not None:
             completion["version"] = {"dot": list(written.dot), "clock": clock}
@@ -123,3 +166,9 @@ class Client:
     def close(self) -> None:
         for connection in self.connections.values():
             connection.close()
+
+
+def _refused(exc: Exception) -> dict[str, bool]:
+    """``{"refused": True}`` when nothing reached the node (it refused the connection): the op
+    certainly did nothing and may be tried on another node."""
+    return {"refused": True} if isinstance(exc, NodeUnavailable) and _unreachable_before_sending(exc) else {}

@@ -188,29 +188,117 @@ class Sleep(Generator):
         return None if context.time >= self.until else Pending(self.until)
 
 
-class FaultCycle(Generator):
-    """The nemesis schedule: wait ``interval``, start a fault (the next from ``plan``), keep it for
-    ``duration``, stop it, and again. ``plan(rng)`` returns ``(fault, start_value)``."""
+@attrs.frozen
+class PlannedFault:
+    """One fault of a test's schedule: its kind, when it starts and stops (ns since the workload
+    started) and what exactly it breaks (the ``plan`` its ``Fault`` chose)."""
 
-    def __init__(self, plan: Callable[[random.Random], tuple[str, Any]], rng: random.Random,
-                 interval_ns: int, duration_ns: int):
-        self.plan, self.rng = plan, rng
-        self.interval, self.duration = interval_ns, duration_ns
-        self.active: tuple[str, Any] | None = None
-        self.due: int | None = None
+    id: int
+    fault: str
+    start: int
+    stop: int
+    plan: Any
+
+    def document(self) -> dict[str, Any]:
+        """How the schedule is saved in ``test.json``."""
+        return {"id": self.id, "fault": self.fault, "start": self.start, "stop": self.stop, "plan": self.plan}
+
+
+#: How a fault relates to the one before it: at its own time, inside it (overlapping), or just after
+#: it healed (while hinted handoff and repair are busy with what it left), or repeated quickly (flapping).
+RELATIONS = ("independent", "during", "after", "flap")
+
+
+def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, frozenset[str]], tuple[Any, set[str]]],
+                  rng: random.Random, time_limit_ns: int, interval_ns: int, duration_ns: int,
+                  held_limit: int) -> list[PlannedFault]:
+    """The whole fault schedule of a test, from the seed alone (pure).
+
+    Kinds are taken in shuffled rounds, so a short run still meets each. Gaps and durations vary
+    around ``interval_ns`` and ``duration_ns`` (a third to twice as long), and each fault relates to
+    the one before it in one of ``RELATIONS``: faults of different kinds overlap (a kill during a
+    partition, a kill just as a healed partition's hints are delivered), and a fault may flap.
+    ``plan(kind, rng, held)`` returns the fault's plan and the nodes it takes down (``held`` are the
+    nodes taken by faults active at that time: they are avoided). At most one fault of a kind is
+    active at once, and faults that take nodes down never hold more than ``held_limit`` nodes together.
+    """
+    faults: list[PlannedFault] = []
+    order: list[str] = []
+    time = interval_ns
+    previous: PlannedFault | None = None
+    held_by: dict[int, set[str]] = {}
+    while time < time_limit_ns:
+        if not order:
+            order = list(kinds)
+            rng.shuffle(order)
+        kind = order.pop(0)
+        relation = rng.choice(RELATIONS) if previous is not None else "independent"
+        length = int(duration_ns * rng.uniform(1 / 3, 2))
+        if relation == "during" and previous is not None:
+            start = previous.start + int((previous.stop - previous.start) * rng.uniform(0.1, 0.7))
+        elif relation == "after" and previous is not None:
+            start = previous.stop + int(rng.uniform(0.05, 1.0) * SECOND)
+        elif relation == "flap":
+            kind = previous.fault if previous is not None else kind
+            start = (previous.stop if previous is not None else time) + int(rng.uniform(0.1, 0.5) * SECOND)
+            length = max(SECOND // 10, length // 4)
+        else:
+            start = time
+        start, value, takes = _place(kind, start, length, faults, held_by, plan, rng, held_limit)
+        if start >= time_limit_ns:
+            break
+        planned = PlannedFault(id=len(faults), fault=kind, start=start, stop=min(start + length, time_limit_ns),
+                               plan=value)
+        faults.append(planned)
+        held_by[planned.id] = set(takes)
+        previous = planned
+        time = max(time, start) + int(interval_ns * rng.uniform(1 / 3, 2))
+    return sorted(faults, key=lambda fault: (fault.start, fault.id))
+
+
+def _place(kind: str, start: int, length: int, faults: list[PlannedFault], held_by: dict[int, set[str]],
+           plan: Callable[[str, random.Random, frozenset[str]], tuple[Any, set[str]]], rng: random.Random,
+           held_limit: int) -> tuple[int, Any, set[str]]:
+    """The earliest start from ``start`` at which a fault of ``kind`` lasting ``length`` overlaps no
+    fault of its own kind and, with the faults it overlaps, takes at most ``held_limit`` nodes down;
+    with its plan and the nodes it takes."""
+    while True:
+        overlapping = [fault for fault in faults if fault.start < start + length and start < fault.stop]
+        same = [fault.stop for fault in overlapping if fault.fault == kind]
+        if same:
+            start = max(same) + SECOND // 10
+            continue
+        held = frozenset(node for fault in overlapping for node in held_by.get(fault.id, ()))
+        value, takes = plan(kind, rng, held)
+        if not takes or len(held | set(takes)) <= held_limit:
+            return start, value, set(takes)
+        start = max(fault.stop for fault in overlapping if held_by.get(fault.id)) + SECOND // 10
+
+
+class FaultSchedule(Generator):
+    """Plays a planned schedule on the nemesis thread: each fault's start, then its stop. The
+    thread runs one op at a time, so an op that takes long (a restart) delays the next: a start
+    issued late keeps its planned duration, and every op carries the planned fault's ``id``."""
+
+    def __init__(self, schedule: Sequence[PlannedFault]):
+        # (due, order, action, fault): stops sort before starts due at the same time.
+        self.events: list[tuple[int, int, str, PlannedFault]] = sorted(
+            [(fault.start, 1, "start", fault) for fault in schedule])
+
+    def _push(self, due: int, action: str, fault: PlannedFault) -> None:
+        self.events.append((due, 0 if action == "stop" else 1, action, fault))
+        self.events.sort(key=lambda event: (event[0], event[1], event[3].id))
 
     def op(self, context: Context) -> Answer:
+        if not self.events:
+            return None
+        due, _, action, fault = self.events[0]
         if NEMESIS_THREAD not in context.free:
             return Pending()
-        if self.due is None:
-            self.due = context.time + (self.duration if self.active else self.interval)
-        if self.active is None:
-            fault, value = self.plan(self.rng)
-            op = {"f": f"start-{fault}", "value": value}
-            self.active = (fault, value)
-        else:
-            op = {"f": f"stop-{self.active[0]}", "value": self.active[1]}
-            self.active = None
-        op.update(thread=NEMESIS_THREAD, time=max(self.due, context.time))
-        self.due = None
-        return op
+        if due > context.time:
+            return Pending(due)
+        self.events.pop(0)
+        if action == "start":
+            self._push(max(fault.stop, context.time + fault.stop - fault.start), "stop", fault)
+        value = fault.plan if not isinstance(fault.plan, dict) else {**fault.plan, "id": fault.id}
+        return {"f": f"{action}-{fault.fault}", "value": value, "thread": NEMESIS_THREAD, "time": context.time}

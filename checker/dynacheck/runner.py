@@ -27,10 +27,22 @@ from dynacheck.checkers import check_all, merge_valid
 from dynacheck.checkers.convergence import round_verdict
 from dynacheck.client import Client, version_entry
 from dynacheck.db import Cluster, local_cluster, with_test_settings
-from dynacheck.generator import SECOND, ClientOps, Concurrently, FaultCycle, Once, Phases, Stagger, TimeLimit
-from dynacheck.history import CONVERGENCE, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op
+from dynacheck.generator import (
+    SECOND,
+    ClientOps,
+    Concurrently,
+    FaultSchedule,
+    Once,
+    Phases,
+    PlannedFault,
+    Stagger,
+    TimeLimit,
+    plan_schedule,
+)
+from dynacheck.history import CONVERGENCE, FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, is_client
 from dynacheck.interpreter import ThreadRuntime, run
 from dynacheck.nemesis import Fault, make_faults, results_document
+from dynacheck.nemesis.storage import Skipped, release_command
 from dynacheck.progress import Progress
 from dynacheck.workloads import workload
 from dynactl.inventory import load_hosts
@@ -57,7 +69,8 @@ class Options:
     seed: int = 0
     nemesis_interval: float = 5.0
     nemesis_duration: float = 5.0
-    quiesce: float = 3.0
+    quiesce: float = 0.5
+    quiet_margin: float = 3.0
     convergence_timeout: float = 60.0
     client_timeout: float = 5.0
     local: int | None = None
@@ -120,7 +133,6 @@ class Test:
 
     def __init__(self, options: Options, run_dir: Path, progress: Progress):
         self.options, self.run_dir, self.progress = options, run_dir, progress
-        self.fault_order: list[str] = []
         self.workload = workload(options.workload, options.keys)
         self.clock_start = time.monotonic_ns()
         self.history = HistoryWriter(run_dir / "history.jsonl", clock=self.now)
@@ -128,6 +140,8 @@ class Test:
         self.problems: list[str] = []  # heal or quiesce failures: they make convergence undecidable
         self.cluster: Cluster | None = None
         self.faults: dict[str, Fault] = {}
+        self.schedule: list[PlannedFault] = []
+        self.skipped: set[Any] = set()  # ids of planned faults the nemesis skipped at run time
         self.test: dict[str, Any] = {**attrs.asdict(options), "name": options.test_name(),
                                      "keys": list(self.workload.keys), "start": datetime.now().isoformat()}
 
@@ -152,32 +166,42 @@ class Test:
                           seeded(options.seed, "stagger"))
         generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
         if self.faults:
-            cycle = FaultCycle(self._plan_fault, seeded(options.seed, "nemesis"),
-                               int(options.nemesis_interval * SECOND), int(options.nemesis_duration * SECOND))
-            generators.append(TimeLimit(int(options.time_limit * SECOND), cycle))
+            generators.append(TimeLimit(int(options.time_limit * SECOND), FaultSchedule(self.schedule)))
         self._interpret(Concurrently(*generators), nemesis=bool(self.faults))
 
-    def _plan_fault(self, rng: random.Random) -> tuple[str, Any]:
-        """The next fault of the schedule and what exactly it breaks: every chosen kind once per
-        round, in a shuffled order, so a short run still meets each of them."""
-        if not self.fault_order:
-            self.fault_order = sorted(self.faults)
-            rng.shuffle(self.fault_order)
-        name = self.fault_order.pop(0)
-        return name, self.faults[name].plan(rng)
+    def plan_faults(self) -> list[PlannedFault]:
+        """The run's whole fault schedule, from the seed (saved in test.json as planned)."""
+        options = self.options
+
+        def plan(kind: str, rng: random.Random, held: frozenset[str]) -> tuple[Any, set[str]]:
+            fault = self.faults[kind]
+            value = fault.plan(rng, held) if fault.takes_nodes else fault.plan(rng)
+            return value, set(value.get("nodes", ())) if fault.takes_nodes else set()
+
+        nodes = len(self.cluster.ids)
+        schedule = plan_schedule(sorted(self.faults), plan, seeded(options.seed, "nemesis"),
+                                 int(options.time_limit * SECOND), int(options.nemesis_interval * SECOND),
+                                 int(options.nemesis_duration * SECOND), held_limit=max(1, (nodes - 1) // 2))
+        self.test["fault_schedule"] = [fault.document() for fault in schedule]
+        return schedule
 
     def _interpret(self, generator: Any, nemesis: bool) -> None:
         addresses = self.cluster.addresses()
         nodes = self.cluster.ids
 
+        clients: dict[int, Client] = {}
+
         def executor_for(thread: Any) -> Callable[[Op], Op]:
             if thread == NEMESIS:
                 return self._nemesis_op
-            return Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
+            clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
+            return clients[thread]
 
         def record(op: Op) -> Op:
             if op["type"] == INVOKE and isinstance(op.get("process"), int) and not op.get("node"):
-                op = {**op, "node": nodes[op["process"] % self.options.concurrency % len(nodes)]}
+                client = clients.get(op["process"] % self.options.concurrency)
+                node = client.current_node if client else nodes[op["process"] % self.options.concurrency % len(nodes)]
+                op = {**op, "node": node}
             return self.history.append(op)
 
         runtime = ThreadRuntime(executor_for, record)
@@ -190,7 +214,13 @@ class Test:
     def _nemesis_op(self, op: Op) -> Op:
         action, _, fault = op["f"].partition("-")
         target = self.faults[fault]
-        results = target.start(op["value"]) if action == "start" else target.stop(op["value"])
+        try:
+            results = target.start(op["value"]) if action == "start" else target.stop(op["value"])
+        except Skipped as skipped:
+            self.skipped.add(op["value"].get("id") if isinstance(op["value"], dict) else None)
+            return {"type": INFO, "skipped": str(skipped), "error": f"skipped: {skipped}"}
+        if action == "stop" and isinstance(op["value"], dict) and op["value"].get("id") in self.skipped:
+            results = {}  # nothing was done, so nothing is undone (its nodes may belong to another fault now)
         failed = {node: result.error for node, result in results.items() if not result.ok}
         return {"type": INFO if failed else OK, "value": {"plan": op["value"], "nodes": results_document(results)},
                 **({"error": "; ".join(f"{node}: {why}" for node, why in failed.items())} if failed else {})}
@@ -227,7 +257,7 @@ class Test:
         needed = min(self.options.n, len(clients))
         deadline = time.monotonic() + self.options.convergence_timeout
         round_number = 0
-        diverged = list(self.workload.keys)
+        diverged = self.keys()
         try:
             while True:
                 round_ops = []
@@ -246,13 +276,41 @@ class Test:
                 round_number += 1
                 time.sleep(0.5)
         finally:
+            self.snapshot_status("after", clients)
             for client in clients.values():
                 client.close()
+
+    def snapshot_status(self, phase: str, clients: dict[str, DynamoClient] | None = None) -> None:
+        """Each node's repair counters as history ops ("before": right after the final heal; "after":
+        once the polls ended), so the convergence checker can say which mechanism (anti-entropy,
+        hinted handoff) brought the replicas together."""
+        owned = clients is None
+        if clients is None:
+            clients = {node: DynamoClient(address, timeout=self.options.client_timeout)
+                       for node, address in self.cluster.addresses().items()}
+        for node, client in clients.items():
+            base = {"process": CONVERGENCE, "f": "status", "node": node, "phase": phase}
+            self.record({**base, "type": INVOKE, "value": None})
+            try:
+                status = client.status()
+            except (ClientError, NodeUnavailable) as exc:
+                self.record({**base, "type": FAIL, "error": str(exc)})
+                continue
+            self.record({**base, "type": OK, "value": {"anti_entropy": status.get("anti_entropy"),
+                                                        "hinted_keys": status.get("hinted_keys")}})
+        if owned:
+            for client in clients.values():
+                client.close()
+
+    def keys(self) -> list[str]:
+        """Every key of the run: the workload's hot keys and every other key an op touched."""
+        touched = {op["key"] for op in self.history.ops if is_client(op) and op.get("key") is not None}
+        return list(self.workload.keys) + sorted(touched - set(self.workload.keys))
 
     def final_reads(self) -> None:
         # Fresh processes: one that ended info in the main phase never runs again.
         self.next_process = -(-self.next_process // self.options.concurrency) * self.options.concurrency
-        self._interpret(Phases(Once(self.workload.final_reads(self.cluster.ids))), nemesis=False)
+        self._interpret(Phases(Once(self.workload.final_reads(self.keys(), self.cluster.ids))), nemesis=False)
 
 
 def seeded(seed: int, stream: str) -> random.Random:
@@ -303,12 +361,19 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
         test.save_test()
         wheelhouse = timed("building the wheelhouse", lambda: build_wheelhouse_for(test.cluster))
         timed("clearing faults a killed run may have left", lambda: clear_faults(test.cluster))
-        timed("setting up dynamod", lambda: test.cluster.setup(wheelhouse, progress.say))
         test.faults = make_faults(options.nemesis, test.cluster)
+
+        def prepare_faults() -> None:
+            for fault in test.faults.values():
+                Cluster.require(fault.prepare(), f"preparing the {fault.name} nemesis")
+        timed("setting up dynamod", lambda: test.cluster.setup(wheelhouse, progress.say, before_start=prepare_faults))
         for fault in test.faults.values():
             Cluster.require(fault.setup(), f"setting up the {fault.name} nemesis")
+        test.schedule = test.plan_faults()
+        test.save_test()
         timed(f"running {options.workload} for {options.time_limit:g}s", test.main_phase)
         timed("healing every fault", test.heal)
+        test.snapshot_status("before")
         timed("quiescing", test.quiesce)
         test.test["converged"] = timed("polling replicas until they converge", test.poll_convergence)
         timed("final reads", test.final_reads)
@@ -339,6 +404,8 @@ def clear_faults(cluster: Cluster) -> None:
         for fault in make_faults(("partition", "netem"), cluster).values():
             fault.teardown()
             fault.heal()
+        cluster.service("stop")  # a node may still run on a lazyfs mount a killed run left
+        cluster.run(release_command)
 
 
 @contextlib.contextmanager
@@ -368,6 +435,7 @@ def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) 
     steps += [("removing fault rules", lambda: [fault.teardown() for fault in test.faults.values()]),
               ("collecting node logs", lambda: test.cluster.collect_logs(run_dir / "nodes")),
               ("tearing down", test.cluster.teardown),
+              ("releasing fault mounts", lambda: [fault.release() for fault in test.faults.values()]),
               ("closing connections", test.cluster.control.close)]
     for name, step in steps:
         _attempt(progress, name, step)

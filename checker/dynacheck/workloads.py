@@ -6,6 +6,11 @@
 * ``register``: blind writes of unique values (no context: each supersedes nothing) and reads. In
   vclock mode every acknowledged value must survive as a sibling; in lww mode one value wins.
 
+Both also write *cold* keys (``cart-cold-N``): a tenth of the updates go to a fresh key that no
+op touches again, so no client read repairs it: when a fault left its replicas apart, only hinted
+handoff or anti-entropy can bring them together after the final heal (the convergence checker
+says which had to).
+
 Elements are numbered by the generator (the op counter), so they are unique and replayable.
 """
 
@@ -29,10 +34,11 @@ class Workload:
     keys: tuple[str, ...]
     make: Callable[[random.Random, int], Op]
 
-    def final_reads(self, nodes: list[str]) -> list[Op]:
-        """One read of every key through every node, once the cluster has healed and converged."""
+    def final_reads(self, keys: list[str], nodes: list[str]) -> list[Op]:
+        """One read of each of ``keys`` (the hot keys and every cold key written) through every node,
+        once the cluster has healed and converged."""
         return [{"f": "read", "key": key, "value": None, "node": node, "final": True}
-                for key in self.keys for node in nodes]
+                for key in keys for node in nodes]
 
 
 def keys_for(name: str, count: int) -> tuple[str, ...]:
@@ -40,8 +46,13 @@ def keys_for(name: str, count: int) -> tuple[str, ...]:
     return tuple(f"{name}-{index}" for index in range(count))
 
 
-def workload(name: str, key_count: int, read_fraction: float | None = None) -> Workload:
-    """The named workload over ``key_count`` keys."""
+#: Share of the updates that go to a fresh cold key.
+COLD_FRACTION = 0.1
+
+
+def workload(name: str, key_count: int, read_fraction: float | None = None,
+             cold_fraction: float = COLD_FRACTION) -> Workload:
+    """The named workload over ``key_count`` hot keys (and the cold keys it makes up as it goes)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r} (choose from {', '.join(WORKLOADS)})")
     keys = keys_for(name, key_count)
@@ -52,5 +63,10 @@ def workload(name: str, key_count: int, read_fraction: float | None = None) -> W
     def update(rng: random.Random, n: int) -> Op:
         return {"f": "add" if name == "cart" else "write", "key": rng.choice(keys), "value": n}
 
+    def cold(rng: random.Random, n: int) -> Op:
+        return {"f": "add" if name == "cart" else "write", "key": f"{name}-cold-{n}", "value": n}
+
     reads = read_fraction if read_fraction is not None else (0.2 if name == "cart" else 0.5)
-    return Workload(name=name, keys=keys, make=mix([(1.0 - reads, update), (reads, read)]))
+    updates = 1.0 - reads
+    return Workload(name=name, keys=keys, make=mix([(updates * (1 - cold_fraction), update),
+                                                    (updates * cold_fraction, cold), (reads, read)]))

@@ -1,22 +1,28 @@
 """Generators simulated without threads or sleeps: seeded schedules replay, rates and time limits hold,
-phases never overlap, the nemesis alternates start and stop, and info ops retire their process."""
+phases never overlap, fault schedules overlap kinds but never one kind or too many nodes, and info ops
+retire their process."""
 
 from __future__ import annotations
 
 import random
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dynacheck.generator import (
     SECOND,
     ClientOps,
     Concurrently,
     Context,
-    FaultCycle,
+    FaultSchedule,
     Once,
     Pending,
     Phases,
+    PlannedFault,
     Sleep,
     Stagger,
     TimeLimit,
+    plan_schedule,
 )
 from dynacheck.history import pairs
 from dynacheck.interpreter import simulate
@@ -87,30 +93,70 @@ def test_phases_wait_for_every_op_of_the_previous_phase():
     assert min(op["time"] for op in final_invokes) >= last_main_completion
 
 
-def test_the_fault_cycle_alternates_start_and_stop_on_schedule():
-    rng = random.Random(9)
-    cycle = FaultCycle(lambda r: (r.choice(["partition", "kill"]), {"n": r.randint(0, 9)}), rng,
-                       interval_ns=5 * SECOND, duration_ns=3 * SECOND)
-    history = simulate(Concurrently(cart_ops(6, rate=20, limit=30), TimeLimit(30 * SECOND, cycle)), 2,
-                       fixed_latency)
-    nemesis = [op for op in history if op["process"] == "nemesis" and op["type"] == "invoke"]
-    assert [op["f"].split("-")[0] for op in nemesis] == ["start", "stop"] * (len(nemesis) // 2) + \
-        (["start"] if len(nemesis) % 2 else [])
-    assert len(nemesis) >= 6
-    for start, stop in zip(nemesis[::2], nemesis[1::2], strict=False):
-        assert stop["f"] == "stop-" + start["f"].removeprefix("start-")
-        assert stop["value"] == start["value"]
-        assert stop["time"] - start["time"] >= 3 * SECOND
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+KINDS = ["partition", "clock", "kill", "pause", "disk"]
+TAKES_NODES = {"kill", "pause", "disk"}
 
 
-def test_the_first_fault_waits_one_interval_and_the_stop_carries_the_same_plan():
-    cycle = FaultCycle(lambda r: ("clock", {"offsets": {"n1": 1.0}}), random.Random(1), SECOND, 100 * SECOND)
-    start = cycle.op(Context(time=0, free=("nemesis",)))
-    assert start["f"] == "start-clock" and start["time"] == SECOND
-    assert cycle.op(Context(time=SECOND, free=(0,))) == Pending()  # the nemesis is busy
-    stop = cycle.op(Context(time=2 * SECOND, free=("nemesis",)))
-    assert stop == {"f": "stop-clock", "value": {"offsets": {"n1": 1.0}}, "thread": "nemesis",
-                    "time": 102 * SECOND}
+def plan_for_test(kind, rng, held):
+    if kind not in TAKES_NODES:
+        return {"mode": rng.choice(["a", "b"])}, set()
+    free = [node for node in NODES if node not in held] or NODES
+    nodes = sorted(rng.sample(free, rng.randint(1, min(2, len(free)))))
+    return {"nodes": nodes}, set(nodes)
+
+
+def schedule(seed, limit=120, interval=4.0, duration=5.0, held_limit=2):
+    return plan_schedule(KINDS, plan_for_test, random.Random(seed), limit * SECOND, int(interval * SECOND),
+                         int(duration * SECOND), held_limit)
+
+
+@given(st.integers(0, 10_000))
+def test_a_fault_schedule_replays_from_its_seed_and_keeps_each_kind_and_the_nodes_apart(seed):
+    planned = schedule(seed)
+    assert planned == schedule(seed)
+    assert all(0 < fault.start < fault.stop <= 120 * SECOND for fault in planned)
+    events = sorted({fault.start for fault in planned})
+    for moment in events:
+        active = [fault for fault in planned if fault.start <= moment < fault.stop]
+        kinds = [fault.fault for fault in active]
+        assert len(kinds) == len(set(kinds)), f"two faults of one kind at once: {active}"
+        held = [node for fault in active if fault.fault in TAKES_NODES for node in fault.plan["nodes"]]
+        assert len(held) == len(set(held)) and len(held) <= 2, f"nodes taken twice or too many: {active}"
+
+
+def test_schedules_meet_every_kind_and_overlap_and_flap():
+    overlapping = flapping = 0
+    for seed in range(20):
+        planned = schedule(seed)
+        assert {fault.fault for fault in planned} == set(KINDS)
+        overlapping += any(a.start < b.start < a.stop for a in planned for b in planned if a.id != b.id)
+        flapping += any(a.fault == b.fault and 0 < b.start - a.stop <= SECOND for a in planned for b in planned)
+    assert overlapping >= 15 and flapping >= 5
+
+
+def test_the_fault_schedule_plays_each_start_then_its_stop_with_the_planned_id():
+    planned = [PlannedFault(0, "partition", 2 * SECOND, 6 * SECOND, {"mode": "halves"}),
+               PlannedFault(1, "kill", 3 * SECOND, 4 * SECOND, {"nodes": ["n1"]})]
+    history = simulate(Concurrently(cart_ops(6, rate=20, limit=10), TimeLimit(10 * SECOND, FaultSchedule(planned))),
+                       2, fixed_latency)
+    nemesis = [(op["f"], op["value"]["id"], op["time"] // SECOND) for op in history
+               if op["process"] == "nemesis" and op["type"] == "invoke"]
+    assert nemesis == [("start-partition", 0, 2), ("start-kill", 1, 3), ("stop-kill", 1, 4),
+                       ("stop-partition", 0, 6)]
+
+
+def test_a_start_delayed_by_a_slow_nemesis_op_keeps_its_planned_duration():
+    planned = [PlannedFault(0, "kill", SECOND, 2 * SECOND, {"nodes": ["n1"]}),
+               PlannedFault(1, "pause", SECOND + 1, 3 * SECOND, {"nodes": ["n2"]})]
+    generator = FaultSchedule(planned)
+    first = generator.op(Context(time=SECOND, free=("nemesis",)))
+    assert first["f"] == "start-kill"
+    assert generator.op(Context(time=SECOND, free=(0,))) == Pending()  # the nemesis is busy
+    late = generator.op(Context(time=5 * SECOND, free=("nemesis",)))  # the kill took 4 s
+    assert late["f"] == "start-pause" and late["time"] == 5 * SECOND
+    assert generator.op(Context(time=5 * SECOND, free=("nemesis",)))["f"] == "stop-kill"
+    assert generator.op(Context(time=5 * SECOND, free=("nemesis",))) == Pending(5 * SECOND + 2 * SECOND - 1)
 
 
 def test_sleep_and_time_limit_report_when_to_wake():

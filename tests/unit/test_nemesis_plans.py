@@ -82,12 +82,48 @@ def test_kills_and_pauses_leave_a_majority_running(count, seed):
     assert 1 <= len(chosen) and (count - len(chosen) > count // 2 or count <= 2)
 
 
+@given(st.integers(3, 9), st.integers(0, 1000), st.sets(st.integers(0, 8)))
+def test_process_faults_keep_off_the_nodes_other_faults_hold(count, seed, held):
+    nodes = [f"n{i}" for i in range(count)]
+    avoid = frozenset(f"n{i}" for i in held if i < count)
+    chosen = minority(nodes, random.Random(seed), avoid)
+    if len(avoid) < count:
+        assert not set(chosen) & avoid
+    assert 1 <= len(chosen) <= max(1, (count - 1) // 2)
+
+
 def test_parse_nemesis():
     assert parse_nemesis("none", local=False) == ()
-    assert parse_nemesis("all", local=False) == ("partition", "clock", "kill", "pause")
+    assert parse_nemesis("all", local=False) == ("partition", "clock", "kill", "pause", "disk", "power", "corrupt")
     assert parse_nemesis("kill, clock,kill", local=False) == ("kill", "clock")
-    assert parse_nemesis("all", local=True) == ("clock", "kill", "pause")  # partitions need own addresses
+    # partitions need own addresses, power a FUSE mount (root)
+    assert parse_nemesis("all", local=True, root=False) == ("clock", "kill", "pause", "disk", "corrupt")
+    assert parse_nemesis("all", local=True, root=True) == ("clock", "kill", "pause", "disk", "power", "corrupt")
     with pytest.raises(ValueError, match="own addresses"):
         parse_nemesis("partition", local=True)
+    with pytest.raises(ValueError, match="needs root"):
+        parse_nemesis("power", local=True, root=False)
     with pytest.raises(ValueError, match="unknown nemesis"):
         parse_nemesis("flood", local=False)
+
+
+def status(sweeps: int, uptime: float = 100.0, hinted: int = 0) -> dict:
+    return {"uptime": uptime, "hinted_keys": hinted,
+            "anti_entropy": {"coverage": {"sweeps": sweeps, "pairs_exchanged": 3, "pairs_total": 32}}}
+
+
+def test_a_lost_copy_is_known_repaired_only_after_a_whole_sweep_that_began_after_the_loss():
+    from dynacheck.nemesis.storage import not_repaired_because
+    baseline = {"n1": 4, "n2": 7, "n3": 1}
+    # n1 and n2 have not run a sweep that started after the loss; n3 restarted (wiped) after it.
+    assert "n1 has not completed" in not_repaired_because(
+        {"n1": status(5), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline, since_loss=10.0)
+    assert not_repaired_because({"n1": status(6), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline,
+                                since_loss=10.0) is None
+    assert "n3 has not completed" in not_repaired_because(
+        {"n1": status(6), "n2": status(9), "n3": status(0, uptime=2.0)}, baseline, since_loss=10.0)
+    assert "holds 2 hinted keys" in not_repaired_because(
+        {"n1": status(6, hinted=2), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline, since_loss=10.0)
+    assert "did not answer" in not_repaired_because(
+        {"n1": "n1 did not answer (refused)", "n2": status(9), "n3": status(1)}, baseline, since_loss=10.0)
+    assert "does not report" in not_repaired_because({"n1": {"uptime": 1}}, {}, since_loss=1.0)

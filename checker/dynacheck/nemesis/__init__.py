@@ -3,7 +3,9 @@ chosen with the test's seeded random source) and ``start``/``stop``/``heal`` tha
 
 Every fault is recorded as ``start-<fault>`` and ``stop-<fault>`` nemesis ops. ``heal`` undoes
 whatever a fault may have left behind and is safe to call any number of times: the runner calls
-it for every fault at the end of the test and on interrupt or crash.
+it for every fault at the end of the test and on interrupt or crash. Faults that take nodes down
+(kill, pause, disk, power, corrupt) say which in their plan's ``nodes``, so the schedule can keep
+overlapping faults off each other's nodes and a majority up.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from typing import Any
 from dynacheck.db import Cluster
 from dynactl.remote import HostResult
 
-#: Faults in ``--nemesis all`` and what each needs: "hosts" = separate network addresses.
-FAULTS = ("partition", "clock", "kill", "pause", "netem")
+#: Every fault, those in ``--nemesis all``, and what some need: separate network addresses (hosts),
+#: or root on the nodes' hosts (FUSE mounts).
+FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power", "corrupt")
 NEEDS_HOSTS = frozenset({"partition", "netem"})
-ALL = ("partition", "clock", "kill", "pause")
+NEEDS_ROOT = frozenset({"power"})
+#: Faults that destroy the copies a node held (they need W >= 2 to keep the promise testable).
+COPY_LOSING = frozenset({"disk", "corrupt"})
+ALL = ("partition", "clock", "kill", "pause", "disk", "power", "corrupt")
 
 
 class Fault:
@@ -25,14 +31,22 @@ class Fault:
     host's failure: they return a result per host."""
 
     name = "none"
+    #: True when the plan's ``nodes`` are down (or unreachable as nodes) while the fault lasts.
+    takes_nodes = False
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
 
-    def setup(self) -> dict[str, HostResult]:
+    def prepare(self) -> dict[str, HostResult]:
+        """Before the nodes start (e.g. mount what their data dirs live on)."""
         return {}
 
-    def plan(self, rng: random.Random) -> Any:
+    def setup(self) -> dict[str, HostResult]:
+        """Once the nodes run, before the workload."""
+        return {}
+
+    def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> Any:
+        """What the next fault breaks, from ``rng`` alone; faults that take nodes keep off ``avoid``."""
         raise NotImplementedError
 
     def start(self, value: Any) -> dict[str, HostResult]:
@@ -45,11 +59,17 @@ class Fault:
         raise NotImplementedError
 
     def teardown(self) -> dict[str, HostResult]:
+        """After the run, while the nodes still run (remove rules and the like)."""
+        return {}
+
+    def release(self) -> dict[str, HostResult]:
+        """After the nodes stopped (undo ``prepare``)."""
         return {}
 
 
-def parse_nemesis(text: str, local: bool) -> tuple[str, ...]:
-    """``none``, ``all`` or a comma-separated list of faults; raises ValueError with the reason."""
+def parse_nemesis(text: str, local: bool, root: bool = True) -> tuple[str, ...]:
+    """``none``, ``all`` or a comma-separated list of faults; raises ValueError with the reason.
+    ``all`` leaves out what this kind of cluster cannot do (partitions on ``--local``, FUSE without root)."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if names in ([], ["none"]):
         return ()
@@ -67,6 +87,11 @@ def parse_nemesis(text: str, local: bool) -> tuple[str, ...]:
             raise ValueError(f"{', '.join(unsupported)} needs nodes with their own addresses (--testbed or "
                              "--nodes-file): every --local node shares 127.0.0.1")
         chosen = [fault for fault in chosen if fault not in NEEDS_HOSTS]
+    if local and not root:
+        unsupported = [fault for fault in chosen if fault in NEEDS_ROOT]
+        if unsupported and names != ["all"]:
+            raise ValueError(f"{', '.join(unsupported)} needs root on the nodes' hosts (FUSE mounts)")
+        chosen = [fault for fault in chosen if fault not in NEEDS_ROOT]
     return tuple(chosen)
 
 
@@ -75,9 +100,12 @@ def make_faults(names: tuple[str, ...], cluster: Cluster) -> dict[str, Fault]:
     from dynacheck.nemesis.clock import ClockFault
     from dynacheck.nemesis.network import NetemFault, PartitionFault
     from dynacheck.nemesis.process import KillFault, PauseFault
+    from dynacheck.nemesis.storage import CorruptFault, DataLoss, DiskFault, PowerFault
     kinds = {"partition": PartitionFault, "clock": ClockFault, "kill": KillFault, "pause": PauseFault,
              "netem": NetemFault}
-    return {name: kinds[name](cluster) for name in names}
+    losses = DataLoss(cluster)  # disk and corrupt share one budget of lost copies
+    storage = {"disk": DiskFault, "corrupt": CorruptFault, "power": PowerFault}
+    return {name: storage[name](cluster, losses) if name in storage else kinds[name](cluster) for name in names}
 
 
 def results_document(results: dict[str, HostResult]) -> dict[str, str]:

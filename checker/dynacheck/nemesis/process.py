@@ -10,10 +10,12 @@ from dynacheck.nemesis import Fault
 from dynactl.remote import HostResult
 
 
-def minority(nodes: list[str], rng: random.Random) -> list[str]:
-    """One node, or up to a minority of them (a majority stays up, so quorums remain possible)."""
+def minority(nodes: list[str], rng: random.Random, avoid: frozenset[str] = frozenset()) -> list[str]:
+    """One node, or up to a minority of them (a majority stays up, so quorums remain possible),
+    taken from those not in ``avoid`` when any are left."""
     most = max(1, (len(nodes) - 1) // 2)
-    return sorted(rng.sample(nodes, rng.randint(1, most)))
+    candidates = [node for node in nodes if node not in avoid] or list(nodes)
+    return sorted(rng.sample(candidates, rng.randint(1, min(most, len(candidates)))))
 
 
 class ServiceFault(Fault):
@@ -21,9 +23,10 @@ class ServiceFault(Fault):
     the undoing action everywhere (a no-op where nothing is to undo)."""
 
     start_action = stop_action = ""
+    takes_nodes = True
 
-    def plan(self, rng: random.Random) -> dict[str, Any]:
-        return {"nodes": minority(self.cluster.ids, rng)}
+    def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
+        return {"nodes": minority(self.cluster.ids, rng, avoid)}
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         return self.cluster.service(self.start_action, value["nodes"])

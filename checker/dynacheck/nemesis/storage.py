@@ -1,0 +1,227 @@
+"""Storage faults: a node loses its disk, loses power, or finds its files corrupt (Jepsen's
+``lose-unsynced-writes`` through LazyFS, and its file-corruption nemesis).
+
+Each is a crash: the node is killed (``kill -9``), its storage is damaged while it is down, and
+stopping the fault starts it again on what is left.
+
+* ``disk``: the data dir is wiped; the node restarts empty, with a new incarnation, and must be
+  refilled by anti-entropy.
+* ``power``: everything the node wrote but did not fsync is lost (its data dir lives on the
+  ``dynacheck.lazyfs`` FUSE layer, mounted before the nodes start when ``power`` is chosen).
+  Nothing acknowledged may be lost: every acknowledgement waits for an fsync.
+* ``corrupt``: bits flipped in, or a truncation of, one of its Berkeley DB files
+  (``dynacheck.nemesis.corruption``); the node must notice, serve nothing corrupt, and recover
+  what it lost from its peers.
+
+A lost disk or a corrupt file destroys the copies one node held. The store promises that an
+acknowledged write survives the loss of fewer than W copies, so ``DataLoss`` lets such a fault
+happen only when every earlier loss is known to be repaired: no node holds hinted keys and every
+node has completed an anti-entropy sweep (every partition it replicates exchanged with every other
+replica of it) that began after the loss, so every replica holds every version any replica held.
+Otherwise the fault is skipped (recorded, with the reason).
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dynacheck.db import Cluster
+from dynacheck.nemesis import Fault
+from dynacheck.nemesis.process import minority
+from dynactl.inventory import Host
+from dynactl.remote import HostResult
+from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+
+#: The Berkeley DB files a corruption may hit, and how.
+CORRUPT_TARGETS = ("records", "meta", "log", "any")
+CORRUPT_MODES = ("bitflip", "truncate")
+
+
+class Skipped(Exception):
+    """The nemesis decided at run time not to do this fault; the message says why."""
+
+
+class DataLoss:
+    """The budget of lost copies shared by ``disk`` and ``corrupt``: at most one node's copies are
+    lost between two points at which every key is known to be replicated again.
+
+    Known replicated again: no node holds hinted keys, and every node has completed a whole
+    anti-entropy sweep that began after the loss: two more sweeps than it had completed just before
+    the loss, or one when it has restarted since (its count starts again at zero)."""
+
+    def __init__(self, cluster: Cluster, timeout: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.cluster = cluster
+        self.timeout = timeout
+        self.clock = clock
+        #: When the unrepaired loss happened, and each node's completed sweeps just before it.
+        self.lost_at: float | None = None
+        self.baseline: dict[str, int] = {}
+        self.lost_nodes: list[str] = []
+
+    def statuses(self) -> dict[str, dict[str, Any] | str]:
+        """Each node's ``/admin/status``, or why it did not answer."""
+        answers: dict[str, dict[str, Any] | str] = {}
+        for node, address in self.cluster.addresses().items():
+            client = DynamoClient(address, timeout=self.timeout)
+            try:
+                answers[node] = client.status()
+            except (ClientError, NodeUnavailable) as exc:
+                answers[node] = f"{node} did not answer ({exc})"
+            finally:
+                client.close()
+        return answers
+
+    def check(self) -> None:
+        """Raise ``Skipped`` unless a node may lose its copies now."""
+        if self.lost_at is None:
+            return
+        reason = not_repaired_because(self.statuses(), self.baseline, self.clock() - self.lost_at)
+        if reason is not None:
+            raise Skipped(f"copies lost on {', '.join(self.lost_nodes)} are not known repaired: {reason}")
+        self.lost_at, self.baseline, self.lost_nodes = None, {}, []
+
+    def before_loss(self, nodes: list[str]) -> None:
+        """Called just before ``nodes`` lose their copies: remember where every sweep stood."""
+        self.baseline = {node: sweeps_of(status) for node, status in self.statuses().items()
+                         if isinstance(status, dict)}
+        self.lost_at = self.clock()
+        self.lost_nodes = sorted(set(self.lost_nodes) | set(nodes))
+
+
+def sweeps_of(status: dict[str, Any]) -> int:
+    return int(((status.get("anti_entropy") or {}).get("coverage") or {}).get("sweeps", 0))
+
+
+def not_repaired_because(statuses: dict[str, dict[str, Any] | str], baseline: dict[str, int],
+                         since_loss: float) -> str | None:
+    """Why the cluster is not known fully replicated since a loss ``since_loss`` seconds ago (None
+    when it is), from every node's status (pure)."""
+    for node, status in sorted(statuses.items()):
+        if not isinstance(status, dict):
+            return status
+        coverage = (status.get("anti_entropy") or {}).get("coverage")
+        if not coverage or "sweeps" not in coverage:
+            return f"{node} does not report anti-entropy sweeps"
+        if status.get("hinted_keys"):
+            return f"{node} holds {status['hinted_keys']} hinted keys"
+        restarted = float(status.get("uptime", 0.0)) < since_loss or node not in baseline
+        needed = 1 if restarted else baseline[node] + 2
+        if coverage["sweeps"] < needed:
+            return (f"{node} has not completed an anti-entropy sweep since the loss "
+                    f"({coverage.get('pairs_exchanged')} of {coverage.get('pairs_total')} replica pairs)")
+    return None
+
+
+class CrashFault(Fault):
+    """kill -9 one node, damage its storage while it is down, start it again when the fault stops."""
+
+    takes_nodes = True
+    loses_copies = False
+
+    def __init__(self, cluster: Cluster, losses: DataLoss):
+        super().__init__(cluster)
+        self.losses = losses
+
+    def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
+        # One node at a time: a lost disk or a corrupt file must never take more than one copy.
+        nodes = minority(self.cluster.ids, rng, avoid)[:1]
+        return {"nodes": nodes, **self.plan_damage(rng)}
+
+    def plan_damage(self, rng: random.Random) -> dict[str, Any]:
+        return {}
+
+    def damage(self, host: Host, value: dict[str, Any]) -> str:
+        """The shell command that damages ``host``'s storage (the node is down)."""
+        raise NotImplementedError
+
+    def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
+        if self.loses_copies:
+            self.losses.check()
+            self.losses.before_loss(value["nodes"])
+        killed = self.cluster.service("kill", value["nodes"])
+        down = [node for node, result in killed.items() if result.ok]
+        damaged = self.cluster.run(lambda host: self.damage(host, value), down, timeout=120.0) if down else {}
+        return {**killed, **damaged}
+
+    def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
+        return self.cluster.service("start", value["nodes"])
+
+    def heal(self) -> dict[str, HostResult]:
+        return self.cluster.service("start")
+
+
+def data_dir(host: Host) -> str:
+    return str(host.var("dynamod_data_dir"))
+
+
+class DiskFault(CrashFault):
+    """The node's disk is lost: its data dir is emptied (the directory itself stays, it may be a
+    mount point)."""
+
+    name = "disk"
+    loses_copies = True
+
+    def damage(self, host: Host, value: dict[str, Any]) -> str:
+        directory = shlex.quote(data_dir(host))
+        return f"mkdir -p {directory} && find {directory} -mindepth 1 -delete"
+
+
+class CorruptFault(CrashFault):
+    """Bits flipped in, or a truncation of, one Berkeley DB file of the node."""
+
+    name = "corrupt"
+    loses_copies = True
+
+    def plan_damage(self, rng: random.Random) -> dict[str, Any]:
+        return {"target": rng.choice(CORRUPT_TARGETS), "mode": rng.choice(CORRUPT_MODES),
+                "flips": rng.choice((1, 8, 64)), "seed": rng.randrange(2**31)}
+
+    def damage(self, host: Host, value: dict[str, Any]) -> str:
+        return shlex.join([f"{host.venv}/bin/python", "-m", "dynacheck.nemesis.corruption", data_dir(host),
+                           "--target", value["target"], "--mode", value["mode"], "--flips", str(value["flips"]),
+                           "--seed", str(value["seed"])])
+
+
+class PowerFault(CrashFault):
+    """The node loses power: what it wrote without fsync is gone. Its data dir is a
+    ``dynacheck.lazyfs`` mount over ``DATA_DIR.lazyfs`` for the whole run."""
+
+    name = "power"
+
+    def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
+        # Losing power loses no acknowledged copy, so a whole minority may lose it at once.
+        return {"nodes": minority(self.cluster.ids, rng, avoid)}
+
+    @staticmethod
+    def backing(host: Host) -> str:
+        return data_dir(host).rstrip("/") + ".lazyfs"
+
+    def _lazyfs(self, host: Host, *args: str) -> list[str]:
+        return [f"{host.venv}/bin/python", "-m", "dynacheck.lazyfs", *args]
+
+    def prepare(self) -> dict[str, HostResult]:
+        def mount(host: Host) -> str:
+            backing, directory = shlex.quote(self.backing(host)), shlex.quote(data_dir(host))
+            log = shlex.quote(f"{host.var('dynamod_log_dir')}/lazyfs.log")
+            return (f"rm -rf {backing} && mkdir -p {backing} {directory} && "
+                    + shlex.join(self._lazyfs(host, "mount", self.backing(host), data_dir(host),
+                                              "--pidfile", f"{self.backing(host)}.pid"))
+                    + f" --log {log}")
+        return self.cluster.run(mount, timeout=60.0)
+
+    def damage(self, host: Host, value: dict[str, Any]) -> str:
+        return shlex.join(self._lazyfs(host, "crash", data_dir(host)))
+
+    def release(self) -> dict[str, HostResult]:
+        return self.cluster.run(lambda host: release_command(host), timeout=60.0)
+
+
+def release_command(host: Host) -> str:
+    """Shell: unmount a lazyfs mount left on the node's data dir (by this run or a killed one)."""
+    directory = shlex.quote(data_dir(host))
+    unmount = shlex.join([f"{host.venv}/bin/python", "-m", "dynacheck.lazyfs", "unmount", data_dir(host)])
+    return f"if mountpoint -q {directory} 2>/dev/null; then {unmount} || umount -l {directory}; fi; true"
