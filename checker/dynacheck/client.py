@@ -112,8 +112,8 @@ class Client:
                 break
         else:
             completion.pop("refused", None)
-        if completion["type"] != OK:  # the next op starts on the next node
-            self.current = (self.current + tried) % len(self.nodes)
+        # The next op starts where this one was served, or on the next node after a failure.
+        self.current = (self.current + tried - (completion["type"] == OK)) % len(self.nodes)
         return completion
 
     def _run(self, node: str, op: Op) -> Op:

@@ -71,3 +71,21 @@ def test_lww_loses_acknowledged_adds_under_clock_skew_and_analyze_agrees(bed, wh
     again = json.loads(reanalysed.stdout)
     assert again["valid"] is False
     assert again["checkers"]["siblings"]["lost_count"] == siblings["lost_count"]
+
+
+def test_lost_disks_lost_power_and_corrupt_files_overlapping_a_partition_lose_no_acknowledged_add(
+        bed, wheelhouse, tmp_path):
+    finished, report = run_check(bed, tmp_path, "--workload", "cart", "--mode", "vclock",
+                                 "--nemesis", "disk,power,corrupt,partition", "--time-limit", "30", "--rate", "40",
+                                 "--nemesis-interval", "1.5", "--nemesis-duration", "2", "--seed", "12")
+    run_dir = Path(report["run"])
+    assert finished.returncode == 0, json.dumps(report["checkers"], indent=1)[:3000] + finished.stderr[-2000:]
+    assert started_faults(run_dir) >= {"disk", "power", "corrupt", "partition"}
+    siblings = report["checkers"]["siblings"]
+    assert siblings["lost_count"] == 0 and siblings["acknowledged_count"] > 100
+    assert report["checkers"]["convergence"]["valid"] is True
+    faults = report["checkers"]["faults"]
+    assert faults["valid"] is True
+    # The data dirs lived on lazyfs for the run and were unmounted after it.
+    for host in ("h1", "h2", "h3"):
+        assert not Path(bed.directory, "hosts", host, "data").is_mount()

@@ -101,12 +101,17 @@ def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_clu
     assert read["type"] == "ok" and read["value"] == [1, 2]
     assert [version["dot"] for version in read["versions"]] == [second["version"]["dot"]]
     cluster.kill("n3")
-    refused = Client(addresses, "n3", timeout=5.0)({"f": "add", "key": "cart", "value": 3})
+    refused = Client(addresses, "n3", timeout=5.0, failover=False)({"f": "add", "key": "cart", "value": 3})
     assert refused["type"] == "fail"  # the read before the write could not even connect
+    failing_over = Client(addresses, "n3", timeout=5.0)
+    moved = failing_over({"f": "add", "key": "cart", "value": 3})
+    assert moved["type"] == "ok" and moved["node"] != "n3"  # refused, so tried on the next node
+    assert failing_over.current_node == moved["node"]  # and the client stays there
+    assert moved["read_clock"]["vector"] or moved["read_clock"]["cloud"]
     unacknowledged = client.write(DynamoClient(addresses["n1"]), {"f": "write", "key": "cart"}, None, [], [4])
     assert unacknowledged["type"] == "ok"  # W=2 of the two nodes left
     cluster.kill("n2")
-    lonely = client({"f": "write", "key": "cart", "value": 5})
+    lonely = Client(addresses, "n1", timeout=5.0, failover=False)({"f": "write", "key": "cart", "value": 5})
     assert lonely["type"] == "info" and "quorum" in lonely["error"]  # 503: may or may not survive
 
 
