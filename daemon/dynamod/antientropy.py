@@ -3,11 +3,17 @@ the versions of the keys they disagree on, with no client reads involved.
 
 The node keeps one tree per partition, updated on every change the store stages (and built by the
 store's scan at start), plus the keys of each leaf. Every ``interval`` seconds it takes the next
-partition it replicates and one other replica of it that is up, walks the two trees from the root
-down, only into differing subtrees (one round trip per level), fetches the other side's records
-for the differing leaves and merges them here, and sends its own records for those leaves there.
-Merging is reconciliation, so the exchange is safe in both directions and in any order. A wiped
-node (new incarnation, empty disk) is refilled this way, partition by partition.
+(partition, other replica) pair of the partitions it replicates, in a fixed rotation that skips
+peers that are down, walks the two trees from the root down, only into differing subtrees (one
+round trip per level), fetches the other side's records for the differing leaves and merges them
+here, and sends its own records for those leaves there. Merging is reconciliation, so the exchange
+is safe in both directions and in any order. A wiped or salvaged node (new incarnation) is refilled
+this way, pair by pair: ``coverage`` counts the pairs exchanged since start (or the last ring
+change), so pairs_total intervals after its peers are up it holds every version they held.
+
+Records that do not decode are never sent (they are not in the trees; an answer skips them) and
+never merged (an incoming one is counted and skipped); a valid version from the peer replaces one
+here (``Store.stage``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of_hash, record_digest
 from dynamod.core.ring import key_hash, partition_of_hash
 from dynamod.core.versions import Record
-from dynamod.storage.engine import decode_stored
+from dynamod.storage.engine import CorruptRecord, decode_stored
 
 
 class AntiEntropyService(TimerService):
@@ -49,6 +55,14 @@ class AntiEntropyService(TimerService):
         #: partition -> keys held here (what ownership transfers walk)
         self.partition_keys: dict[int, set[bytes]] = {}
         self._cursor = 0
+        #: (partition, peer) pairs exchanged in both directions on the ring ``_covered_ring``.
+        self._covered: set[tuple[int, str]] = set()
+        self._covered_ring: Any = None
+        #: Pairs exchanged in the sweep under way, and the sweeps completed (every pair exchanged
+        #: once more) since start: a sweep that began after an event proves every replica pair was
+        #: reconciled after it (the checker's disk nemesis waits for one before another disk is lost).
+        self._sweep: set[tuple[int, str]] = set()
+        self._sweeps = 0
         self._running: defer.Deferred | None = None
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
                       "failed_exchanges": 0, "last_exchange": None}
@@ -99,11 +113,22 @@ class AntiEntropyService(TimerService):
         raws = [self.coordinator.store.get_raw(key) for key in keys]
 
         def pair(found: list[bytes | None]) -> list[list[Any]]:
-            return [[key, raw] for key, raw in zip(keys, found, strict=True) if raw is not None]
+            return [[key, raw] for key, raw in zip(keys, found, strict=True) if self._sendable(key, raw)]
 
         if any(isinstance(raw, defer.Deferred) for raw in raws):  # reads on threads (read_threads > 0)
             return defer.gatherResults([defer.maybeDeferred(lambda r=raw: r) for raw in raws]).addCallback(pair)
         return pair(raws)
+
+    def _sendable(self, key: bytes, raw: bytes | None) -> bool:
+        """True for a stored record that decodes (one that does not is noted, never sent)."""
+        if raw is None:
+            return False
+        try:
+            decode_stored(key, raw)
+        except CorruptRecord as exc:
+            self.coordinator.store.note_corrupt(key, exc.reason)
+            return False
+        return True
 
     # -- exchanging ----------------------------------------------------------------------------
 
@@ -112,27 +137,45 @@ class AntiEntropyService(TimerService):
         ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
         return [p for p in range(ring.partitions) if me in ring.preference_list_for_partition(p, n)]
 
+    def pairs(self) -> list[tuple[int, str]]:
+        """Every (partition, other replica) pair of the partitions this node replicates, in the
+        order exchanges take them."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        return [(partition, node) for partition in self.my_partitions()
+                for node in ring.preference_list_for_partition(partition, n) if node != me]
+
+    def _current_coverage(self) -> set[tuple[int, str]]:
+        """The pairs exchanged on the current ring (forgotten when the ring changes)."""
+        ownership = tuple(self.coordinator.ring.ownership)
+        if ownership != self._covered_ring:
+            self._covered_ring, self._covered, self._sweep = ownership, set(), set()
+        return self._covered
+
     def round(self) -> None:
-        """Exchange the next partition with one of its other replicas that is up."""
+        """Exchange the next (partition, peer) pair whose peer is up, in rotation, taking pairs not
+        yet exchanged in the sweep under way first (a peer back from a failure is covered at once)."""
         if self._running is not None:
             return
-        partitions = self.my_partitions()
-        if not partitions:
+        pairs = self.pairs()
+        order = [(self._cursor + step) % len(pairs) for step in range(len(pairs))]
+        up = [index for index in order if self.is_up(pairs[index][1])]
+        if not up or not self.admit(1):
             return
-        partition = partitions[self._cursor % len(partitions)]
-        self._cursor += 1
-        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
-        peers = [node for node in ring.preference_list_for_partition(partition, n)
-                 if node != me and self.is_up(node)]
-        if not peers or not self.admit(1):
-            return
-        peer = peers[(self._cursor // len(partitions)) % len(peers)]
+        self._current_coverage()
+        index = next((i for i in up if pairs[i] not in self._sweep), up[0])
+        self._cursor = (index + 1) % len(pairs)
+        partition, peer = pairs[index]
         self._running = self.exchange(partition, peer)
         self._running.addBoth(self._finished, partition, peer)
 
     def _finished(self, result: Any, partition: int, peer: str) -> None:
         self._running = None
         if isinstance(result, int):
+            self._current_coverage().add((partition, peer))
+            self._sweep.add((partition, peer))
+            if self._sweep >= set(self.pairs()):
+                self._sweeps += 1
+                self._sweep = set()
             self.stats["exchanges"] += 1
             self.stats["last_exchange"] = {"partition": partition, "peer": peer, "keys": result,
                                            "at": round(self.clock.seconds(), 3)}
@@ -161,15 +204,24 @@ class AntiEntropyService(TimerService):
                 return 0
         incoming = yield call("aae_records", [partition, frontier], timeout)
         received = 0
+        merges = []
         for key, raw in incoming:
-            record = decode_stored(key, raw)
+            try:
+                record = decode_stored(key, raw)
+            except CorruptRecord as exc:  # an older peer may still send one: never merged
+                self.coordinator.report_corrupt_replica(peer, key, exc.reason)
+                continue
             if record is not None:
                 received += 1
-                self.coordinator.store.update(key, self.coordinator.merge_update(record.siblings, None))
+                merges.append(self.coordinator.store.update(key, self.coordinator.merge_update(record.siblings, None)))
+        yield defer.gatherResults(merges, consumeErrors=True)  # "exchanged" only once merged
         sent = 0
         for leaf in frontier:
             for key in sorted(self.leaf_keys.get((partition, leaf), ())):
-                record = yield self.coordinator.store.get(key)
+                try:
+                    record = yield self.coordinator.store.get(key)
+                except CorruptRecord:
+                    continue  # noted by the store; nothing usable to send
                 if record is None or not record.siblings:
                     continue
                 packed = packb(siblings_to_wire(record.siblings), use_bin_type=True)
@@ -181,5 +233,9 @@ class AntiEntropyService(TimerService):
 
     def report(self) -> dict[str, Any]:
         """Progress for /admin/status."""
+        pairs = self.pairs()
+        covered = self._current_coverage()
         return {**self.stats, "partitions": len(self.my_partitions()),
-                "keys": sum(len(keys) for keys in self.leaf_keys.values())}
+                "keys": sum(len(keys) for keys in self.leaf_keys.values()),
+                "coverage": {"pairs_exchanged": sum(1 for pair in pairs if pair in covered),
+                             "pairs_total": len(pairs), "sweeps": self._sweeps}}

@@ -104,6 +104,8 @@ class Coordinator:
         self.admit = admit
         #: Further peer operations served by other services: ``op -> handler(payload)``.
         self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
+        # (replica, key) pairs already logged as corrupt: each is logged once, counted every time.
+        self._corrupt_logged: set[tuple[str, bytes]] = set()
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
         """The key's preference list (its N owners, up or not)."""
@@ -122,47 +124,63 @@ class Coordinator:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def _read_replica(self, replica: str, key: bytes) -> defer.Deferred:
+    def _read_replica(self, replica: str, key: bytes, corrupt: set[str]) -> defer.Deferred:
         if replica == self.node_id:
             return self.store.get(key).addCallbacks(lambda record: record.siblings if record else (),
-                                                    self._report_corrupt, errbackArgs=(replica,))
+                                                    self._report_corrupt, errbackArgs=(replica, key, corrupt))
         return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(
-            self._siblings_of_raw, replica, key)
+            self._siblings_of_raw, replica, key, corrupt)
 
-    def _siblings_of_raw(self, raw: bytes | None, replica: str, key: bytes) -> tuple[Sibling, ...]:
+    def _siblings_of_raw(self, raw: bytes | None, replica: str, key: bytes,
+                         corrupt: set[str] | None = None) -> tuple[Sibling, ...]:
         """A replica's stored record, passed on undecoded, decoded (and validated) here."""
         try:
             record = decode_stored(key, raw)
         except CorruptRecord:
-            self._report_corrupt(Failure(), replica)
+            self._report_corrupt(Failure(), replica, key, corrupt)
             raise
         return record.siblings if record else ()
 
-    def _report_corrupt(self, failure: Failure, replica: str) -> Failure:
-        """Log and count a record that does not decode; the replica's answer stays a failure."""
+    def _report_corrupt(self, failure: Failure, replica: str, key: bytes,
+                        corrupt: set[str] | None = None) -> Failure:
+        """A replica's record does not decode: its answer stays a failure (never "absent"), the
+        read repairs it like a replica that lacked the versions, and a peer's is counted and
+        logged once (this node's own are the store's to report)."""
         if failure.check(CorruptRecord):
-            self.on_event("corrupt_record")
-            self.log.error("replica {replica} holds a corrupt record: {reason}", replica=replica,
-                           reason=failure.getErrorMessage())
+            if corrupt is not None:
+                corrupt.add(replica)
+            if replica != self.node_id:
+                self.report_corrupt_replica(replica, key, failure.value.reason)
         return failure
+
+    def report_corrupt_replica(self, replica: str, key: bytes, reason: str) -> None:
+        """Count a peer's record that does not decode, and log it once per (peer, key)."""
+        self.on_event("corrupt_record")
+        if (replica, key) not in self._corrupt_logged:
+            if len(self._corrupt_logged) < 100_000:
+                self._corrupt_logged.add((replica, key))
+            self.log.error("replica {replica} holds a record of {key!r} that does not decode: {reason}",
+                           replica=replica, key=key, reason=reason)
 
     def get(self, key: bytes, r: int) -> defer.Deferred:
         """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
         targets = self.targets(key)
         core = GetCore(tuple(targets) + self._unreplaced(key, targets), r, lww=self.settings.lww)
         self._mark_unreplaced(core, key, targets)
-        requests = [(replica, self._read_replica(replica, key), core.add_reply) for replica in targets]
-        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, targets))
+        corrupt: set[str] = set()
+        requests = [(replica, self._read_replica(replica, key, corrupt), core.add_reply) for replica in targets]
+        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, targets, corrupt))
 
-    def _repair(self, key: bytes, core: GetCore, targets: dict[str, str | None]) -> None:
+    def _repair(self, key: bytes, core: GetCore, targets: dict[str, str | None],
+                corrupt: set[str] | frozenset[str] = frozenset()) -> None:
         """Read repair (Dynamo §4.5): once every replica has answered or failed, those whose reply
-        lacked part of the reconciled versions (or held superseded ones) get them, in the
-        background; the client's answer never waits for this."""
+        lacked part of the reconciled versions (or held superseded ones), and those whose record
+        does not decode, get them, in the background; the client's answer never waits for this."""
         replies = list(core.replies.values())
         if all(reply == replies[0] for reply in replies[1:]) and len(replies) == len(core.replicas):
             return  # the common case: every replica holds the same versions
-        stale = core.stale_replicas()
-        if not stale:
+        stale = core.stale_replicas() + sorted(corrupt)
+        if not stale or not core.replies:
             return
         if not self.admit(len(stale)):
             self.on_event("read_repair_deferred")  # anti-entropy repairs it later
@@ -291,7 +309,13 @@ class Coordinator:
             sent = self.peers[owner].call("put", [key, packed, None], self.settings.timeout)
             return sent.addCallback(lambda _: self._forget_hint(key, owner, delivered))
 
-        return self.store.get(key).addCallback(deliver)
+        def unusable(failure: Failure) -> Any:
+            # Nothing usable to hand off (the store noted it): drop the copy unless a valid
+            # version has replaced it meanwhile; the key's other replicas hold the versions.
+            failure.trap(CorruptRecord)
+            return self.store.update(key, lambda record, _: (record, record is None or owner not in record.hints))
+
+        return self.store.get(key).addCallbacks(deliver, unusable)
 
     def _forget_hint(self, key: bytes, owner: str, delivered: tuple[Sibling, ...]) -> defer.Deferred:
         keep_copy = self.node_id in self.replicas(key)

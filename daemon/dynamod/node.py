@@ -45,6 +45,15 @@ VERSION = "0.1.0"
 MAINTENANCE_INTERVAL = 2.0
 #: File in the data dir holding the last known cluster state.
 STATE_FILE = "cluster-state.msgpack"
+#: Exit status of a node whose storage failed at run time (main.py's internal error).
+EXIT_STORAGE_FAILED = 3
+
+
+def exit_at_once(reason: str) -> None:
+    """End the process without a clean shutdown: a failed environment cannot even be closed, and
+    every acknowledged write is already durable. The next start takes the open-time path (move
+    the environment aside, salvage, new incarnation), which is why this does not rebuild in place."""
+    os._exit(EXIT_STORAGE_FAILED)
 
 
 def open_engine(config: NodeConfig) -> StorageEngine:
@@ -94,6 +103,14 @@ class Node(service.MultiService):
                                        timeout=config.request_timeout,
                                        max_context_entries=config.max_context_entries)
         self.engine = engine or open_engine(config)
+        if self.engine.recovery is not None:
+            recovery = self.engine.recovery
+            self.log.warn("storage was damaged ({reason}): moved to {quarantined}, {salvaged} records salvaged, "
+                          "new incarnation {incarnation}; anti-entropy refills the rest",
+                          reason=recovery["reason"], quarantined=recovery["quarantined"],
+                          salvaged=recovery["salvaged_keys"], incarnation=self.engine.incarnation)
+        #: Called once the storage has failed as a whole (the default ends the process).
+        self.on_storage_failure: Callable[[str], None] = exit_at_once
         state_file = StateFile(os.path.join(config.data_dir, STATE_FILE)) if config.engine == "bdb" else None
         state = initial_state(config, state_file)
         if state.status_of(self.node_id) == LEFT:
@@ -112,6 +129,8 @@ class Node(service.MultiService):
             housekeeper=self._housekeeping_pool.run,
             on_batch=self._observe_batch,
             read_batches=max(1, config.read_threads),
+            on_corrupt=lambda key: self.metrics.corrupt_records.inc(),
+            on_fatal=self._storage_failed,
         )
         self.writer = Coalescer(reactor)
         self.admission = AdmissionControl(config.background_rate, config.background_latency_target)
@@ -266,6 +285,13 @@ class Node(service.MultiService):
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
          "read_repair_deferred": self.metrics.read_repairs_deferred, "handoff": self.metrics.handoffs}[event].inc()
 
+    def _storage_failed(self, reason: str) -> None:
+        """Nothing the storage holds may be served or sent any more: stop the node (the store has
+        logged why and marked the damage for the next start)."""
+        self.log.critical("node {node} exits with status {status}: its storage failed ({reason})",
+                          node=self.node_id, status=EXIT_STORAGE_FAILED, reason=reason)
+        self.reactor.callLater(0, self.on_storage_failure, reason)
+
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.batch_seconds.observe(seconds)
@@ -331,7 +357,8 @@ class Node(service.MultiService):
             "n": self.config.n, "r": self.config.r, "w": self.config.w,
             "mode": self.config.mode, "partitions": self.config.partitions,
             "engine": self.config.engine, "sync": self.config.sync,
-            "storage": {"batches": self.store.batches, "updates": self.store.updates},
+            "storage": {"batches": self.store.batches, "updates": self.store.updates,
+                        "corrupt_keys": len(self.store.corrupt_keys), "recovery": self.engine.recovery},
             "hinted_keys": self.handoff.pending(),
             "anti_entropy": self.anti_entropy.report(),
             "membership": self.gossip.report(),

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from dynamod.coordinator import Coordinator
 from dynamod.core.merkle import record_digest
 from dynamod.core.versions import Record
-from dynamod.storage.engine import decode_stored
+from dynamod.storage.engine import CorruptRecord, decode_stored
 
 
 def tombstones_only(record: Record | None) -> bool:
@@ -126,11 +126,20 @@ class TombstoneReaper(TimerService):
         timeout = coordinator.settings.timeout
         replies = []
         for owner in coordinator.replicas(key):
-            if owner == coordinator.node_id:
-                record = yield coordinator.store.get(key)
-            else:
-                raw = yield coordinator.peers[owner].call("get", [key], timeout)
-                record = decode_stored(key, raw)
+            # An owner whose record does not decode holds no tombstones that count: nothing is
+            # reaped until read repair or anti-entropy has replaced that record.
+            try:
+                if owner == coordinator.node_id:
+                    record = yield coordinator.store.get(key)
+                else:
+                    raw = yield coordinator.peers[owner].call("get", [key], timeout)
+                    record = decode_stored(key, raw)
+            except CorruptRecord as exc:
+                if owner == coordinator.node_id:
+                    self.candidates.discard(key)  # noted by the store; a valid version brings it back
+                else:
+                    coordinator.report_corrupt_replica(owner, key, exc.reason)
+                return None
             if not tombstones_only(record):
                 return None
             replies.append(record_digest(record.siblings))

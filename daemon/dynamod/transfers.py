@@ -11,6 +11,10 @@ found through the anti-entropy service's per-partition key index, moved in batch
 A batch carries the sender's ring version, and a node that knows a newer ring refuses it: two
 nodes on different rings could otherwise each take the other for the owner, swap the same
 records, and both drop their copy.
+
+A record here that does not decode is something this node cannot hand over: it is never sent,
+and it is dropped (unless a valid version replaced it meanwhile), so it holds back neither its
+batch nor a leave. The key's owners keep what they hold; what only that record held is lost.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ from dynamod.antientropy import AntiEntropyService
 from dynamod.coordinator import Coordinator
 from dynamod.core.encoding import siblings_from_wire, siblings_to_wire, unpack
 from dynamod.core.versions import Record, after_transfer
+from dynamod.storage.engine import CorruptRecord
+
+#: Stands in for the record of a key whose stored bytes do not decode.
+_UNUSABLE = object()
+
+
+def _unusable(failure: Any) -> Any:
+    failure.trap(CorruptRecord)  # the store noted (logged, counted) it
+    return _UNUSABLE
+
+
+def _drop_unusable(record: Record | None, _: Any) -> tuple[Record | None, bool]:
+    """The store hands a record that does not decode to an update as None: drop it, unless a valid
+    version has replaced it since."""
+    return record, record is None
 
 
 class TransferService(TimerService):
@@ -48,7 +67,7 @@ class TransferService(TimerService):
         self.parallel = parallel
         self.ring_version = ring_version
         self._in_flight: set[int] = set()
-        self.stats = {"keys_sent": 0, "keys_dropped": 0, "failed_batches": 0}
+        self.stats = {"keys_sent": 0, "keys_dropped": 0, "keys_unusable": 0, "failed_batches": 0}
         self.waiting: dict[int, str] = {}
         coordinator.extra_handlers["put_many"] = self.receive
 
@@ -110,13 +129,19 @@ class TransferService(TimerService):
     def move(self, partition: int, keys: list[bytes], owners: tuple[str, ...]) -> Any:
         """Send one batch of a partition's records to all its owners, then drop what they hold."""
         store, coordinator = self.coordinator.store, self.coordinator
-        records = yield defer.gatherResults([store.get(key) for key in keys])
+        records = yield defer.gatherResults([store.get(key).addErrback(_unusable) for key in keys])
         delivered: dict[bytes, Any] = {}
         entries = []
+        unusable = []
         for key, record in zip(keys, records, strict=True):
-            if record is not None and record.siblings and not record.hints:
+            if record is _UNUSABLE:
+                unusable.append(store.update(key, _drop_unusable))
+            elif record is not None and record.siblings and not record.hints:
                 delivered[key] = record.siblings
                 entries.append([key, packb(siblings_to_wire(record.siblings), use_bin_type=True)])
+        if unusable:
+            dropped = yield defer.gatherResults(unusable)
+            self.stats["keys_unusable"] += sum(dropped)
         if not entries:
             return
         timeout = 2 * coordinator.settings.timeout

@@ -116,11 +116,12 @@ def test_a_corrupt_replica_record_is_reported_and_the_quorum_uses_the_others():
     reports = []
     network.nodes["n1"].on_event = reports.append
     network.nodes["n2"].store.engine.data[b"k"] = b"\xc1not a record"
-    result = get(network, "n1", b"k", r=2)
-    assert live_values(result.siblings) == [b"v"]
-    assert reports[0] == "corrupt_record"
-    failed = get(network, "n1", b"k", r=3)
+    failed = get(network, "n1", b"k", r=3)  # a corrupt reply is a failure, never "nothing stored"
     assert failed.outcome is Outcome.FAILED and "CorruptRecord" in failed.errors["n2"]
+    assert reports[0] == "corrupt_record"
+    # read repair gave n2 the reconciled versions, replacing what did not decode
+    assert live_values(network.nodes["n2"].store.engine.read(b"k").siblings) == [b"v"]
+    assert live_values(get(network, "n1", b"k", r=3).siblings) == [b"v"]
 
 
 def test_read_repair_brings_a_replica_that_missed_a_write_up_to_date():

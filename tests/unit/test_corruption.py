@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from dynacheck.nemesis import corruption
 
-FILES = {"records.db": 65536, "meta.db": 16384, "log.0000000001": 200000, "__db.001": 8192, "empty": 0}
+FILES = {"records.db": 65536, "meta.db": 16384, "log.0000000001": 200000, "__db.001": 8192, "empty": 0,
+         "identity.json": 100}
 
 
 @given(st.sampled_from(sorted(corruption.TARGET_PATTERNS)), st.sampled_from(["bitflip", "truncate"]),
@@ -21,6 +22,7 @@ def test_the_seed_chooses_a_matching_non_empty_file_and_damage_inside_it(target,
     assert action == corruption.choose(FILES, target, mode, flips, random.Random(seed))
     name = action["file"]
     assert name in corruption.candidates(FILES, target) and FILES[name] > 0
+    assert name != "identity.json"  # not a Berkeley DB file
     if target != "any":
         assert name.startswith(corruption.TARGET_PATTERNS[target][0])
     if mode == "truncate":

@@ -182,12 +182,19 @@ def test_a_raising_update_stages_nothing(make_engine):
     assert fired(store.get(b"a")) is None
 
 
-def test_an_update_on_a_corrupt_record_fails(make_engine):
+def test_an_update_replaces_a_corrupt_record_as_if_nothing_were_held(make_engine):
     engine = make_engine()
     engine.apply([(b"k", b"\xc1garbage")])
-    store = Store(engine, "n1")
+    noted = []
+    store = Store(engine, "n1", on_corrupt=noted.append)
     with pytest.raises(CorruptRecord):
-        fired(store.update(b"k", merge(version("a", 1, b"x"))))
+        fired(store.get(b"k"))  # readers are told, never handed "absent"
+    seen = []
+    assert fired(store.update(b"k", lambda record, _: (seen.append(record) or merge_into(record, (
+        version("a", 1, b"x"),)), True))) is True
+    assert seen == [None] and noted == [b"k"]  # counted once, however often it is met
+    assert engine.read(b"k").siblings == (version("a", 1, b"x"),)
+    assert store.corrupt_keys == set()
 
 
 def test_allocated_actors_are_fresh_across_restarts(tmp_path):

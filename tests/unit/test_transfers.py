@@ -383,3 +383,27 @@ def test_a_node_on_a_newer_ring_refuses_a_stale_batch_so_the_sender_keeps_its_co
     transfer.round()
     cluster.clock.advance(5)
     assert transfer.pending() == 0
+
+
+def test_a_leave_finishes_with_an_undecodable_record_which_is_never_sent():
+    """The leaving node holds nothing usable for a key whose record does not decode: it is dropped,
+    not sent, and holds back neither its batch nor the leave (the key's other owners keep theirs)."""
+    cluster = Cluster(size=4, batch=5)
+    keys, siblings = write_keys(cluster)
+    held = sorted(cluster.stored("n4"))
+    broken = held[len(held) // 2]
+    cluster.network.nodes["n4"].store.engine.data[broken] = b"\xc1 not a record"
+    ring = cluster.ring.release("n4", N)
+    cluster.set_ring(ring)
+    cluster.run_rounds(3)
+    assert cluster.stored("n4") == set()
+    report = cluster.transfers["n4"].report()
+    assert report["pending_keys"] == 0 and report["keys_unusable"] == 1 and report["failed_batches"] == 0
+    assert all(broken not in batch for _, _, batch in cluster.batches)
+    assert cluster.network.nodes["n4"].store.corrupt_keys == set()  # dropped, no longer held
+    others = [key for key in keys if key != broken]
+    assert_held_by_exactly_the_owners(cluster, others, siblings)
+    # the key's previous owners still hold it; a new owner gets it from them (read repair, anti-entropy)
+    holders = cluster.holders(broken)
+    assert holders and holders < set(cluster.ring.preference_list(broken, N))
+    assert all(cluster.record(node, broken).siblings == siblings[broken] for node in holders)

@@ -4,7 +4,7 @@
 ``choose`` is pure: from the seed and the files present it picks the file and what to do to it
 (bit flips at random offsets, or a truncation to a random length); ``apply`` does it and fsyncs.
 Targets: ``records`` (records.db), ``meta`` (meta.db: the incarnation and epochs), ``log`` (a
-Berkeley DB log file), ``any`` (any regular file of the environment, region files included).
+Berkeley DB log file), ``any`` (any of those, or a region file ``__db.*``).
 Prints one JSON line saying what it did; exit 0 also when the target file does not exist (nothing
 to corrupt: the line says so).
 """
@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TARGET_PATTERNS = {"records": ("records.db",), "meta": ("meta.db",), "log": ("log.",), "any": ("",)}
+#: The Berkeley DB environment's files (the node's own identity and cluster-state files are not
+#: Berkeley DB's: a real disk could hit them too, but the node's answer to that is to refuse to start).
+TARGET_PATTERNS = {"records": ("records.db",), "meta": ("meta.db",), "log": ("log.",),
+                   "any": ("records.db", "meta.db", "log.", "__db.")}
 
 
 def candidates(files: dict[str, int], target: str) -> list[str]:

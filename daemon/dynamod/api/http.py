@@ -203,9 +203,7 @@ class Api:
             return failure.value.response()
         if failure.check(MembershipError):
             return ApiError(failure.value.status, str(failure.value)).response()
-        if failure.check(CorruptRecord):
-            self.node.metrics.corrupt_records.inc()
-            log.error("corrupt record: {reason}", reason=failure.getErrorMessage())
+        if failure.check(CorruptRecord):  # counted and logged once per key by the store
             return ApiError(500, failure.getErrorMessage()).response()
         log.failure("request failed", failure)
         return ApiError(500, f"internal error: {failure.getErrorMessage()}").response()

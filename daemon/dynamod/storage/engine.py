@@ -26,12 +26,19 @@ Write = tuple[bytes, bytes | None]
 
 
 class CorruptRecord(Exception):
-    """A stored record that does not decode: reported, never silently treated as absent."""
+    """A stored record that does not decode: reported to readers, never silently treated as absent;
+    an update treats it as "nothing usable here" (``Store.stage``)."""
 
     def __init__(self, key: bytes, reason: str):
         super().__init__(f"stored record for key {key!r} does not decode: {reason}")
         self.key = key
         self.reason = reason
+
+
+class EnvironmentFailed(Exception):
+    """The engine as a whole can no longer be trusted (a page checksum failed, the environment
+    panicked): nothing it holds may be served or sent, and the node must reopen it (the open-time
+    checks then move it aside and salvage what verifies)."""
 
 
 def new_incarnation() -> str:
@@ -57,6 +64,8 @@ class StorageEngine(abc.ABC):
 
     incarnation: str
     epoch: int
+    #: What the open-time checks found and did (a damaged environment moved aside), else None.
+    recovery: dict[str, Any] | None = None
 
     @abc.abstractmethod
     def read_raw(self, key: bytes) -> bytes | None:
@@ -83,6 +92,16 @@ class StorageEngine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release everything."""
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored ``(key, encoded record)``, undecoded (the start-up scan)."""
+        for key in list(self.keys()):
+            raw = self.read_raw(key)
+            if raw is not None:
+                yield key, raw
+
+    def mark_damaged(self, reason: str) -> None:  # noqa: B027 - nothing to remember without a disk
+        """Remember durably that the environment failed, so the next open moves it aside."""
 
     def maintain(self) -> None:  # noqa: B027 - a no-op unless the engine needs housekeeping
         """Periodic housekeeping (checkpoints); runs on its own thread, concurrently with commits

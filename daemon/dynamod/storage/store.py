@@ -23,6 +23,14 @@ takes a fresh actor (Riak's fix for kv679 is the same idea: a new epoch after a 
 A flush that fails leaves the log with a hole that a later successful fsync would paper over (the
 kernel may drop the pages that failed), so the first failure is permanent: every update from
 then on fails, and the node must be restarted (recovery replays what is durable).
+
+Damage. A record that does not decode (``CorruptRecord``) is reported to readers, logged once per
+key and counted; an update treats it as "this node holds nothing usable for the key": a replica's
+version or a client's write replaces it (a client write gets a fresh actor, as on a new record),
+and background work that finds it holds nothing to send. An engine that fails as a whole
+(``EnvironmentFailed``: a page checksum, a panic) stops the store for good: the damage is marked
+on disk for the next open, and ``on_fatal`` is told (the node exits; a restarted node moves the
+environment aside and salvages it).
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dynamod.core.encoding import encode_record
 from dynamod.core.versions import Record
-from dynamod.storage.engine import StorageEngine, UpdateFn
+from dynamod.storage.engine import CorruptRecord, EnvironmentFailed, StorageEngine, UpdateFn, decode_stored
 
 Runner = Callable[..., defer.Deferred]
 
@@ -46,6 +55,8 @@ READ_BATCH = 256
 #: Actor epochs reserved per synchronous commit (a restart skips what is left of its block; the
 #: counter has 64 bits).
 EPOCH_BLOCK = 100_000
+#: Corrupt keys remembered (each logged once); past this the log may repeat itself.
+MAX_CORRUPT_KEYS = 100_000
 
 
 class StorageBroken(RuntimeError):
@@ -64,7 +75,9 @@ class Store:
 
     def __init__(self, engine: StorageEngine, node_id: str = "node", *, reader: Runner = run_synchronously,
                  flusher: Runner = run_synchronously, housekeeper: Runner = run_synchronously,
-                 read_batches: int = 2, on_batch: Callable[[int, float], None] | None = None):
+                 read_batches: int = 2, on_batch: Callable[[int, float], None] | None = None,
+                 on_corrupt: Callable[[bytes], None] = lambda key: None,
+                 on_fatal: Callable[[str], None] = lambda reason: None):
         self.engine = engine
         self.node_id = node_id
         self._reader = reader
@@ -89,6 +102,12 @@ class Store:
         self.hinted: dict[bytes, frozenset[str]] = {}
         #: Called as ``observer(key, old_record, new_record)`` for every applied change.
         self._observers: list[Callable[[bytes, Record | None, Record | None], None]] = [self._index_hints]
+        #: Keys whose stored record was found not to decode (until a write replaces it).
+        self.corrupt_keys: set[bytes] = set()
+        #: Called once per key found corrupt (the node counts it); ``on_fatal`` once when the
+        #: engine fails as a whole.
+        self.on_corrupt = on_corrupt
+        self.on_fatal = on_fatal
 
     def observe(self, observer: Callable[[bytes, Record | None, Record | None], None]) -> None:
         """Have ``observer`` told of every change (and of every stored record by ``scan``)."""
@@ -96,17 +115,55 @@ class Store:
 
     def scan(self) -> int:
         """Tell every observer about every stored record, once, at start; returns the count.
-        Corrupt records are skipped here and reported when read."""
+        Records that do not decode are noted (``corrupt_keys``), not indexed: this node holds
+        nothing usable for them, so transfers and handoff have nothing to move."""
         count = 0
-        for key in list(self.engine.keys()):
-            try:
-                record = self.engine.read(key)
-            except Exception:  # noqa: BLE001 - reported when the key is read
-                continue
-            count += 1
-            for observer in self._observers:
-                observer(key, None, record)
+        try:
+            for key, raw in self.engine.items():
+                try:
+                    record = decode_stored(key, raw)
+                except CorruptRecord as exc:
+                    self.note_corrupt(key, exc.reason)
+                    continue
+                count += 1
+                for observer in self._observers:
+                    observer(key, None, record)
+        except EnvironmentFailed:
+            self._fail_environment(Failure())
+            raise
         return count
+
+    def note_corrupt(self, key: bytes, reason: str) -> None:
+        """Record that ``key``'s stored record does not decode: logged and counted once per key."""
+        if key in self.corrupt_keys:
+            return
+        if len(self.corrupt_keys) < MAX_CORRUPT_KEYS:
+            self.corrupt_keys.add(key)
+        self.log.warn("stored record of {key!r} does not decode ({reason}); this node holds nothing "
+                      "usable for it until a replica's version or a write replaces it", key=key, reason=reason)
+        self.on_corrupt(key)
+
+    def _fail_environment(self, failure: Failure) -> None:
+        """The engine failed as a whole: stop every update, mark the damage for the next open,
+        tell ``on_fatal`` (once)."""
+        if self.broken is not None and self.broken.check(EnvironmentFailed):
+            return
+        self.broken = failure
+        reason = failure.getErrorMessage()
+        try:
+            self.engine.mark_damaged(reason)
+        except OSError as exc:
+            self.log.error("could not mark the storage damaged: {error}", error=str(exc))
+        self.log.critical("storage failed, nothing it holds can be trusted: {reason}", reason=reason)
+        self.on_fatal(reason)
+
+    def _checked(self, failure: Failure, key: bytes | None = None) -> Failure:
+        """Note corrupt records and engine failures on their way to a caller."""
+        if failure.check(EnvironmentFailed):
+            self._fail_environment(failure)
+        elif key is not None and failure.check(CorruptRecord):
+            self.note_corrupt(key, failure.value.reason)
+        return failure
 
     def _index_hints(self, key: bytes, old: Record | None, new: Record | None) -> None:
         if new is not None and new.hints:
@@ -134,7 +191,7 @@ class Store:
             try:
                 return defer.succeed(self.engine.read(key))
             except Exception:  # noqa: BLE001 - CorruptRecord and engine errors go to the caller
-                return defer.fail()
+                return defer.fail(self._checked(Failure(), key))
         done: defer.Deferred = defer.Deferred()
         self._read_queue.append((key, done))
         self._flush_reads()
@@ -145,8 +202,12 @@ class Store:
         read passes it on and the coordinator decodes (and validates) it once. Returned at once
         when reads run inline, else a Deferred."""
         if self._reader is run_synchronously:
-            return self.engine.read_raw(key)
-        return self._reader(self.engine.read_raw, key)
+            try:
+                return self.engine.read_raw(key)
+            except EnvironmentFailed:
+                self._fail_environment(Failure())
+                raise
+        return self._reader(self.engine.read_raw, key).addErrback(self._checked)
 
     def _flush_reads(self) -> None:
         while self._reads_in_flight < self._max_read_batches and self._read_queue:
@@ -157,15 +218,16 @@ class Store:
 
             def deliver(results: list[Any], batch: list = batch) -> None:
                 self._reads_in_flight -= 1
-                for (_, waiter), result in zip(batch, results, strict=True):
+                for (key, waiter), result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
-                        waiter.errback(result)
+                        waiter.errback(self._checked(Failure(result), key))
                     else:
                         waiter.callback(result)
                 self._flush_reads()
 
             def fail_all(failure: Any, batch: list = batch) -> None:
                 self._reads_in_flight -= 1
+                self._checked(failure)
                 self.log.failure("storage read batch of {count} keys failed", failure, count=len(batch))
                 for _, waiter in batch:
                     waiter.errback(failure)
@@ -177,8 +239,8 @@ class Store:
 
     def update(self, key: bytes, fn: UpdateFn) -> defer.Deferred:
         """Apply ``fn`` to the key's newest record now; fires with fn's result once the new
-        record is durable. Fails at once (and changes nothing) when fn raises, the stored
-        record is corrupt or the engine refuses the transaction."""
+        record is durable. Fails at once (and changes nothing) when fn raises or the engine
+        refuses the transaction."""
         try:
             _, durable = self.stage(key, fn)
         except Exception:  # noqa: BLE001 - reported to this update's caller
@@ -188,15 +250,28 @@ class Store:
     def stage(self, key: bytes, fn: UpdateFn) -> tuple[Any, defer.Deferred]:
         """Apply ``fn`` to the key's newest record now and commit the new record (not yet
         durable). Returns fn's result at once, and a Deferred that fires with it once the record
-        is durable. Raises (and changes nothing) when fn raises, the stored record is corrupt or
-        the engine refuses the transaction."""
+        is durable. A stored record that does not decode is handed to fn as None (nothing usable
+        is held). Raises (and changes nothing) when fn raises or the engine refuses the
+        transaction."""
         if self.broken is not None:
-            raise StorageBroken(f"storage stopped after a failed flush: {self.broken.getErrorMessage()}")
-        current = stored = self.engine.read(key)
+            raise StorageBroken(f"storage stopped after a failure: {self.broken.getErrorMessage()}")
+        try:
+            current = stored = self.engine.read(key)
+        except CorruptRecord as exc:
+            self.note_corrupt(key, exc.reason)
+            current = stored = None
+        except EnvironmentFailed:
+            self._fail_environment(Failure())
+            raise
         if stored is not None and stored.actor is not None and not self._allocated_this_run(stored.actor):
             current = attrs.evolve(stored, actor=None, counter=0)
         new, result = fn(current, self.allocate_actor)
-        self.engine.apply([(key, None if new is None else encode_record(new))])
+        try:
+            self.engine.apply([(key, None if new is None else encode_record(new))])
+        except EnvironmentFailed:
+            self._fail_environment(Failure())
+            raise
+        self.corrupt_keys.discard(key)
         for observer in self._observers:
             try:
                 observer(key, stored, new)
@@ -224,9 +299,12 @@ class Store:
                 waiter.callback(result)
 
         def failed(failure: Any) -> None:
-            self.log.failure("storage flush of {count} updates failed; every update fails from now on, "
-                             "restart the node", failure, count=len(batch))
-            self.broken = failure
+            if failure.check(EnvironmentFailed):
+                self._fail_environment(failure)
+            else:
+                self.log.failure("storage flush of {count} updates failed; every update fails from now on, "
+                                 "restart the node", failure, count=len(batch))
+                self.broken = failure
             for _, waiter in batch + self._unflushed:
                 waiter.errback(failure)
             self._unflushed = []
@@ -243,7 +321,7 @@ class Store:
     def maintain(self) -> defer.Deferred:
         """Run the engine's housekeeping on its own thread: a checkpoint flushes many dirty pages
         and, on the flusher thread, stalled every acknowledgement behind it (p99.9 of 200-400 ms)."""
-        return self._housekeeper(self.engine.maintain)
+        return self._housekeeper(self.engine.maintain).addErrback(self._checked)
 
     def drain(self) -> defer.Deferred:
         """Fires once every applied update is durable (used on shutdown)."""
