@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test bench bench-checker lint clean
+.PHONY: bootstrap demo test bench bench-checker bench-nemesis lint clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -19,6 +19,9 @@ bench:
 
 bench-checker: bootstrap
 	@$(PY) scripts/bench_checker.py $(BENCH_ARGS)
+
+bench-nemesis: bootstrap
+	@$(PY) scripts/bench_nemesis.py $(BENCH_ARGS)
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts

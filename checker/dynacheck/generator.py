@@ -222,6 +222,8 @@ def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, froz
     nodes taken by faults active at that time: they are avoided). At most one fault of a kind is
     active at once, and faults that take nodes down never hold more than ``held_limit`` nodes together.
     """
+    if not kinds:
+        return []
     faults: list[PlannedFault] = []
     order: list[str] = []
     time = interval_ns

@@ -97,7 +97,7 @@ class Node(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.node_id = config.node_id
-        self.started_at = time.time()
+        self.started_at = time.monotonic()  # uptime must not jump with the wall clock
         self.metrics = NodeMetrics()
         self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
                                        timeout=config.request_timeout,
@@ -347,7 +347,7 @@ class Node(service.MultiService):
             "node": self.node_id,
             "version": VERSION,
             "incarnation": self.engine.incarnation,
-            "uptime": round(time.time() - self.started_at, 3),
+            "uptime": round(time.monotonic() - self.started_at, 3),
             "members": [
                 {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
                  "partitions": len(self.ring.partitions_of(m.id)),

@@ -22,7 +22,9 @@ from dynactl import process
 from dynactl.local import fetch_status
 from dynamod.config import ConfigError, build_config, load_toml
 
-FAKETIME_LIBRARY = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+#: libfaketime's thread-safe variant: with the file re-read on every clock read, the plain library parses it
+#: into shared static buffers, and the node's threads read the clock concurrently (the GIL's timed waits do).
+FAKETIME_LIBRARY = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 
 
@@ -83,6 +85,10 @@ class Service:
         return pid if process.is_dynamod(pid, str(self.config)) else None
 
     def start(self, wait: float = 30.0) -> str:
+        if self.faketime_file and self.uses_systemd():
+            # The unit does not carry the libfaketime environment: the node would run unskewed, unnoticed.
+            raise ServiceError(f"--faketime is not supported with the systemd unit {self.unit}: "
+                               f"remove {SYSTEMD_UNIT_DIR / (self.unit + '.service')} or run without --faketime")
         running = self.pid()
         if running:
             return f"already running pid {running}"
@@ -128,10 +134,7 @@ class Service:
         if self.faketime_file:
             if not Path(FAKETIME_LIBRARY).is_file():
                 raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
-            # Re-read the timestamp file on every call so a nemesis can move this node's clock at will.
-            # The node's timers use the monotonic clock, which stays real: only wall time is skewed.
-            environment.update(LD_PRELOAD=FAKETIME_LIBRARY, FAKETIME_TIMESTAMP_FILE=self.faketime_file,
-                               FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+            environment.update(faketime_environment(self.faketime_file, environment.get("LD_PRELOAD", "")))
         return environment
 
     def _drop_privileges(self):
@@ -159,6 +162,35 @@ class Service:
                 return
             time.sleep(0.1)
         raise ServiceError(f"{node_id} runs but does not answer http://{address}/admin/status after {wait:.0f}s")
+
+
+def faketime_environment(timestamp_file: str, preload: str = "") -> dict[str, str]:
+    """The variables that run a process under libfaketime with only its wall clock moved: by the offset
+    (``+1.500``, ``-300``) in ``timestamp_file``, re-read on every read so a change applies at once."""
+    return {
+        "LD_PRELOAD": ":".join(filter(None, (FAKETIME_LIBRARY, preload))),
+        "FAKETIME_TIMESTAMP_FILE": timestamp_file,
+        # Every wall-clock read re-reads the file (open, fstat, read, close: ~5 us; a node reads the wall
+        # clock a few times per request): the strobe flips it every 25-100 ms, and the cache
+        # (FAKETIME_CACHE_DURATION) refreshes at most once per whole second.
+        "FAKETIME_NO_CACHE": "1",
+        # The monotonic clock stays real: the node's timers, timeouts and failure detector run on it.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        # libfaketime up to 0.9.12 converts the deadline of a pthread_cond_timedwait on a monotonic
+        # condition variable through the *faked* monotonic clock, an epoch-sized value in offset mode;
+        # the "forced monotonic fix" (on by default for glibc >= 2.30) then makes it negative, so every
+        # such wait times out at once. CPython's GIL waits that way: a thread wanting the GIL spun,
+        # re-reading the file while it held the GIL's mutex, and requests stalled for seconds.
+        # Without the fix the deadline passes through unchanged, as it should with a real monotonic
+        # clock. (Upstream fixed the conversion after 0.9.12, commit a2e406c; tests/integration/
+        # test_faketime.py fails if a libfaketime needs this switch the other way.)
+        "FAKETIME_FORCE_MONOTONIC_FIX": "0",
+        # File timestamps stay real (each faked stat() would also re-read the file three times).
+        # No setting mends one more 0.9.10 bug (fixed in 0.9.11): a sleep until a monotonic deadline
+        # (clock_nanosleep TIMER_ABSTIME, which time.sleep uses) fails with EINVAL: the node must not sleep
+        # (it does not: its timers are reactor calls).
+        "NO_FAKE_STAT": "1",
+    }
 
 
 def _systemctl(action: str, unit: str) -> None:

@@ -321,7 +321,11 @@ class Testbed:
             _run("ip", "netns", "del", namespace)
             removed.append(f"namespace {namespace}")
         if _run("ip", "link", "show", self.outer_link(name), check=False).returncode == 0:
-            _run("ip", "link", "del", self.outer_link(name))
+            # Deleting the namespace deletes its end of the veth pair, and with it this end, a moment
+            # later: a link that vanished meanwhile is gone as asked.
+            deleted = _run("ip", "link", "del", self.outer_link(name), check=False)
+            if deleted.returncode != 0 and "Cannot find device" not in deleted.stderr:
+                raise TestbedError(f"ip link del {self.outer_link(name)} failed: {deleted.stderr.strip()}")
             removed.append(f"link {self.outer_link(name)}")
         self.record["hosts"] = [h for h in self.record["hosts"] if h["name"] != name]
         if self.record_path.exists():

@@ -1,6 +1,9 @@
 """Clock skew through libfaketime (Jepsen's clock nemesis): each node's wall clock reads an offset
-from a timestamp file the node re-reads, so skew changes while it runs. Only wall time moves; the
-node's timers use the monotonic clock. lww mode orders writes by these wall clocks.
+from a timestamp file the node re-reads on every wall-clock read, so skew changes while it runs, at
+once (the strobe flips it every 25-100 ms). Only wall time moves (lww timestamps, logs): the node's
+timers and timed waits stay on the real monotonic clock, and the node runs as fast as without the
+nemesis (``make bench-nemesis``). How the node is started: ``dynactl.service.faketime_environment``.
+lww mode orders writes by these wall clocks.
 """
 
 from __future__ import annotations
