@@ -223,3 +223,78 @@ def test_a_version_whose_clock_holds_its_own_descendant_is_a_cycle():
     final_read(h, "k", [version(B1, [1, 2], seen=[A1])])
     result = causality.check(TEST, h.history(), None)
     assert result["cycles"] == [{"key": "k", "via": "clocks", "cycle": ["a/1", "b/1"]}]
+
+
+# -- over_claimed: a write's clock may claim only what its read returned, and its own dot --------------
+
+
+def test_a_clock_claiming_a_dot_the_read_never_returned_is_over_claimed():
+    h = HistoryBuilder()
+    h.add(0, "k", 1, 0, 2, dot=A1)
+    h.add(1, "k", 2, 3, 5, dot=A2, seen=[A1], supersedes=[A1])
+    # A plain vector clock {a: 4} for the dot a/4 on a context of {a: 2}: it claims a/3, never read.
+    h.add(0, "k", 3, 6, 8, dot=("a", 4), supersedes=[A2], read_clock=[A1, A2], clock={"vector": {"a": 4}, "cloud": []})
+    final_read(h, "k", [version(("a", 4), [1, 2, 3], seen=[A1, A2, A3])])
+    result = causality.check(TEST, h.history(), None)
+    assert result["valid"] is False
+    assert anomalies(result) == {"over_claimed": 1}
+    assert result["over_claimed"] == [{"key": "k", "dot": "a/4", "unread_count": 1, "unread": ["a/3"],
+                                       "acked_ms": 8.0}]
+
+
+def test_a_cloud_dot_the_read_never_returned_is_over_claimed():
+    h = HistoryBuilder()
+    h.add(0, "k", 1, 0, 2, dot=A1)
+    h.add(1, "k", 2, 3, 5, dot=B1, seen=[A1, ("c", 7)], supersedes=[A1], read_clock=[A1])
+    final_read(h, "k", [version(B1, [1, 2], seen=[A1, ("c", 7)])])
+    result = causality.check(TEST, h.history(), None)
+    assert [(entry["dot"], entry["unread"]) for entry in result["over_claimed"]] == [("b/1", ["c/7"])]
+    per_key = causality.analyse(h.history())
+    per_key["k"].find_anomalies()
+    assert ("b", 1) in per_key["k"].anomalous  # drawn as an anomaly in the graphs
+
+
+def test_correct_claims_are_not_over_claimed():
+    h = HistoryBuilder()
+    # Blind writes: nothing read, the clock holds the own dot only (in the vector or the cloud).
+    h.add(0, "reg", 1, 0, 2, dot=A1, f="write")
+    h.add(1, "reg", 2, 0, 2, dot=("b", 5), f="write", clock={"vector": {}, "cloud": [["b", 5]]})
+    final_read(h, "reg", [version(A1, [1]), version(("b", 5), [2])])
+    # A read-modify-write of two siblings, one a DVV cloud dot: it claims both and its own dot.
+    h.add(2, "k", 1, 0, 2, dot=A1)
+    h.add(3, "k", 2, 0, 2, dot=("b", 3), seen=[("b", 1)])
+    h.add(2, "k", 3, 3, 5, dot=A2, seen=[A1, ("b", 1), ("b", 3)], supersedes=[A1, ("b", 3)])
+    # A truncated context claims less than was read: never an over-claim.
+    h.add(3, "k", 4, 6, 8, dot=A3, seen=[A1, A2, ("b", 3)], supersedes=[A2],
+          read_clock=[A1, A2, ("b", 1), ("b", 3)])  # forgot b/1
+    final_read(h, "k", [version(A3, [1, 2, 3, 4], seen=[A1, A2, ("b", 3)])], at_ms=2000)
+    result = causality.check(TEST, h.history(), None)
+    assert result["valid"] is True, anomalies(result)
+
+
+def test_writes_without_read_clock_are_not_judged_for_claims():
+    h = HistoryBuilder()
+    h.add(0, "k", 1, 0, 2, dot=("a", 4), clock={"vector": {"a": 4}, "cloud": []}, legacy=True)
+    final_read(h, "k", [version(("a", 4), [1], seen=[A1, A2, A3])])
+    assert causality.check(TEST, h.history(), None)["over_claimed_count"] == 0
+
+
+def test_over_claims_counts_a_long_vector_jump_without_walking_it():
+    count, sample = causality.over_claims({"vector": {"a": 1_000_000}, "cloud": []}, ("a", 1_000_000),
+                                          {"vector": {"a": 10}, "cloud": [["a", 12]]})
+    assert count == 1_000_000 - 10 - 2
+    assert sample == [("a", 11)] + [("a", n) for n in range(13, 22)]
+    assert causality.over_claims({"vector": {"a": 3}, "cloud": [["b", 2]]}, ("b", 2), {"vector": {"a": 3}}) == (0, [])
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 10_000), pick=st.integers(0, 10**6))
+def test_a_simulated_write_claiming_an_unread_dot_is_caught(seed, pick):
+    test, history = generate(300, seed=seed, active_keys=3, key_limit=60)
+    writes = [op for op in history if op.get("f") == "add" and op["type"] == "ok"]
+    op = writes[pick % len(writes)]
+    clock = op["version"]["clock"]
+    op["version"] = {**op["version"], "clock": {**clock, "cloud": [*clock["cloud"], ["ghost", 1]]}}
+    result = causality.check(test, history, None)
+    assert result["valid"] is False
+    assert [entry["unread"] for entry in result["over_claimed"]] == [["ghost/1"]]

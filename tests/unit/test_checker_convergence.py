@@ -143,3 +143,102 @@ def test_a_simulated_run_converges_after_its_final_heal():
     assert result["valid"] is True
     assert result["rounds"] >= 2  # the first round, right after the heal, still saw hinted copies
     assert result["time_to_converge_ms"] > 0
+
+
+# -- which mechanism had to work ----------------------------------------------------------------------
+
+
+def snapshot(received: int = 0, exchanges: int = 0, handoffs: int | None = 0, hinted: int = 0, sent: int = 0) -> dict:
+    value = {"anti_entropy": {"exchanges": exchanges, "keys_received": received, "keys_sent": sent,
+                              "partitions_in_sync": 0, "coverage": {"pairs_exchanged": 0, "pairs_total": 3}},
+             "hinted_keys": hinted}
+    if handoffs is not None:
+        value["handoffs"] = handoffs
+    return value
+
+
+def healed_run(before: dict[str, dict | None], after: dict[str, dict | None], repaired: bool = True) -> list:
+    """Hot key k and cold key cart-cold-0; k diverged at the first poll when ``repaired``, cold never."""
+    h = HistoryBuilder()
+    h.nemesis("stop-partition", 0, 1)
+    for i, (node, value) in enumerate(before.items()):
+        h.status(node, "before", 2 + i, value)
+    poll_round(h, 1, 10, {"k": {"n1": [A2], "n2": [A1] if repaired else [A2], "n3": [A2]},
+                          "cart-cold-0": {"n1": [B1], "n2": [B1], "n3": [B1]}})
+    poll_round(h, 2, 100, {"k": {"n1": [A2], "n2": [A2], "n3": [A2]}})
+    for i, (node, value) in enumerate(after.items()):
+        h.status(node, "after", 200 + i, value)
+    return h.history()
+
+
+def test_keys_are_told_apart_by_whether_they_needed_repair_hot_and_cold():
+    h = HistoryBuilder()
+    poll_round(h, 1, 0, {"k": {"n1": [A2], "n2": [A1], "n3": [A2]}, "cart-cold-1": {"n1": [A1]},
+                         "j": {"n1": [B1], "n2": [B1], "n3": [B1]}, "register-cold-0": {}})
+    poll_round(h, 2, 100, {"k": {"n1": [A2], "n2": [A2], "n3": [A2]}, "cart-cold-1": {"n1": [A1], "n2": [A1]},
+                           "j": {"n1": [B1], "n2": [A1], "n3": [B1]}})
+    poll_round(h, 3, 200, {"cart-cold-1": {"n1": [A1], "n2": [A1], "n3": [A1]}, "j": {"n1": [B1], "n2": [B1],
+                                                                                      "n3": [B1]}})
+    result = convergence.check(TEST, h.history(), None)
+    assert result["valid"] is True  # the verdict rule is unchanged
+    assert result["key_fates"] == {"already_converged": {"hot": 0, "cold": 1}, "repaired": {"hot": 1, "cold": 1},
+                                   "rediverged": {"hot": 1, "cold": 0}, "still_diverged": {"hot": 0, "cold": 0}}
+    assert result["repaired_by"] == "unknown: no node was snapshotted before and after the polls"
+
+
+def test_no_key_needing_repair_needs_no_mechanism():
+    history = healed_run({"n1": snapshot()}, {"n1": snapshot()}, repaired=False)
+    result = convergence.check(TEST, history, None)
+    assert result["repaired_by"] == "none needed"
+    assert result["repair_counters"]["keys_repaired"] == 0
+
+
+def test_status_deltas_name_anti_entropy_per_node_and_in_total():
+    history = healed_run({"n1": snapshot(received=5, exchanges=10), "n2": snapshot(exchanges=3, sent=1)},
+                         {"n1": snapshot(received=7, exchanges=14), "n2": snapshot(exchanges=4, sent=2)})
+    result = convergence.check(TEST, history, None)
+    assert result["repaired_by"] == "anti-entropy"
+    assert result["status"]["n1"] == {"snapshots": ["after", "before"], "keys_received": 2, "keys_sent": 0,
+                                      "exchanges": 4, "handoffs": 0, "hinted_keys_before": 0, "hinted_keys_after": 0}
+    assert result["repair_counters"] == {"keys_repaired": 1, "keys_received": 2, "keys_sent": 1, "exchanges": 5,
+                                         "handoffs": 0, "hinted_keys_before": 0, "hinted_keys_after": 0}
+    json.dumps(result)
+
+
+def test_handoffs_or_fewer_hinted_keys_name_hinted_handoff():
+    history = healed_run({"n1": snapshot(handoffs=1, hinted=2)}, {"n1": snapshot(handoffs=3, hinted=0)})
+    assert convergence.check(TEST, history, None)["repaired_by"] == "hinted handoff"
+    # Without a handoffs counter, the hinted keys that went away still tell.
+    history = healed_run({"n1": snapshot(handoffs=None, hinted=2)}, {"n1": snapshot(handoffs=None, hinted=0)})
+    result = convergence.check(TEST, history, None)
+    assert (result["repaired_by"], result["status"]["n1"]["handoffs"]) == ("hinted handoff", None)
+
+
+def test_both_counters_moving_name_both_mechanisms():
+    history = healed_run({"n1": snapshot(received=1, handoffs=0)}, {"n1": snapshot(received=2, handoffs=1)})
+    assert convergence.check(TEST, history, None)["repaired_by"] == "anti-entropy and/or hinted handoff"
+
+
+def test_repair_with_no_counter_moving_is_unexplained():
+    history = healed_run({"n1": snapshot(exchanges=1)}, {"n1": snapshot(exchanges=9)})
+    assert convergence.check(TEST, history, None)["repaired_by"] == (
+        "unexplained: no anti-entropy transfer and no handoff counted")
+
+
+def test_a_node_that_did_not_answer_a_snapshot_is_left_out_of_the_totals():
+    history = healed_run({"n1": snapshot(received=1), "n2": None}, {"n1": snapshot(received=4), "n2": snapshot()})
+    result = convergence.check(TEST, history, None)
+    assert result["status"]["n2"]["snapshots"] == ["after"]
+    assert result["status"]["n2"]["keys_received"] is None
+    assert (result["status"]["total"]["nodes"], result["status"]["total"]["nodes_with_both_snapshots"]) == (2, 1)
+    assert result["repair_counters"]["keys_received"] == 3
+
+
+def test_a_simulated_run_says_its_cold_keys_were_repaired_by_the_store():
+    test, history = generate(3_000, seed=3, active_keys=4, key_limit=100, cold_ratio=0.05)
+    result = convergence.check(test, history, None)
+    assert result["valid"] is True
+    fates = result["key_fates"]
+    assert fates["already_converged"]["cold"] + fates["repaired"]["cold"] > 0
+    assert result["repaired_by"] in ("anti-entropy", "hinted handoff", "anti-entropy and/or hinted handoff")
+    assert result["status"]["total"]["nodes_with_both_snapshots"] == len(test["nodes"])

@@ -12,7 +12,14 @@ The graph stays sparse (no transitive closure); descent is decided by the versio
 * ``context_lost``: ``v``'s clock lacks a dot ``u`` its write superseded: the context lost what it read;
 * ``dropped``: an acknowledged version that is not a final sibling and that no final sibling's clock
   holds — it vanished without a descendant that saw it;
-* ``not_maximal``: a final sibling some other known version has seen — a superseded version came back.
+* ``not_maximal``: a final sibling some other known version has seen — a superseded version came back;
+* ``over_claimed``: an acknowledged write whose clock, its own dot aside, holds a dot that is not in its
+  ``read_clock`` (the union of the clocks of the versions its read returned; ``{}`` for a blind write):
+  the store made the new version claim to have seen a version the client never read, so that version
+  is silently superseded (a plain vector clock stamping ``{a: 5}`` on a context of ``{a: 3}`` claims
+  ``a/4``). Judged only on writes that carry ``read_clock``. Context truncation (``max_context_entries``)
+  only ever removes entries from a context, so a truncated clock claims less, never more: it cannot
+  make this check fire.
 
 Final siblings are the versions returned by the ok final reads; a key without one cannot be judged.
 """
@@ -30,7 +37,8 @@ import networkx as nx
 from dynacheck.history import CONVERGENCE, OK, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
-KINDS = ("cycles", "reused_dots", "context_lost", "dropped", "not_maximal")
+KINDS = ("cycles", "reused_dots", "context_lost", "dropped", "not_maximal", "over_claimed")
+CLAIM_SAMPLE = 10
 Dot = tuple[str, int]
 
 
@@ -45,6 +53,38 @@ def _has(clock: dict[str, Any] | None, dot: Dot) -> bool:
         return False
     actor, counter = dot
     return counter <= (clock.get("vector") or {}).get(actor, 0) or [actor, counter] in (clock.get("cloud") or ())
+
+
+def over_claims(clock: dict[str, Any], own: Dot, read_clock: dict[str, Any],
+                limit: int = CLAIM_SAMPLE) -> tuple[int, list[Dot]]:
+    """The dots ``clock`` holds besides ``own`` that ``read_clock`` lacks: their number and the first
+    ``limit`` of them. A vector entry ``{a: n}`` claims every counter up to ``n``; counting per actor
+    keeps this proportional to the clocks' sizes, not to the counters."""
+    read_vector = read_clock.get("vector") or {}
+    read_cloud = {(actor, n) for actor, n in read_clock.get("cloud") or ()}
+    vector = clock.get("vector") or {}
+    count, sample = 0, []
+    for actor, top in vector.items():
+        covered = read_vector.get(actor, 0)
+        if top <= covered:
+            continue
+        # Counters covered+1..top are claimed; those in the read's cloud, and the version's own, were seen.
+        seen = {n for a, n in read_cloud if a == actor and covered < n <= top}
+        if own[0] == actor and covered < own[1] <= top:
+            seen.add(own[1])
+        count += top - covered - len(seen)
+        counter = covered
+        while len(sample) < limit and counter < top:
+            counter += 1
+            if counter not in seen:
+                sample.append((actor, counter))
+    for actor, n in {(actor, n) for actor, n in clock.get("cloud") or ()}:
+        if (actor, n) == own or n <= vector.get(actor, 0) or n <= read_vector.get(actor, 0) or (actor, n) in read_cloud:
+            continue
+        count += 1
+        if len(sample) < limit:
+            sample.append((actor, n))
+    return count, sorted(sample)
 
 
 class Version:
@@ -69,6 +109,8 @@ class KeyVersions:
         self.key = key
         self.versions: dict[Dot, Version] = {}
         self.edges: list[tuple[Dot, Dot]] = []
+        #: Acknowledged writes that carry a ``read_clock``: (dot, clock, read_clock, time) to check claims.
+        self.claims: list[tuple[Dot, dict[str, Any], dict[str, Any], int]] = []
         self.final_reads = 0
         self.anomalies: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         #: Dots involved in a cycle, reuse, lost context or not-maximal finding; and the dropped ones.
@@ -121,6 +163,7 @@ class KeyVersions:
                                cycle=[u for u, _ in cycle])
         self._check_reuse()
         self._check_edges(in_cycles)
+        self._check_claims()
         if self.final_reads:
             self._check_finals()
 
@@ -143,6 +186,13 @@ class KeyVersions:
                 self._flag("context_lost", [u, v], superseded=dot_name(u), by=dot_name(v))
             if _has(versions[u].clock, v):
                 self._flag("cycles", [u, v], via="clocks", cycle=[dot_name(u), dot_name(v)])
+
+    def _check_claims(self) -> None:
+        for dot, clock, read_clock, time in self.claims:
+            count, unread = over_claims(clock, dot, read_clock)
+            if count:
+                self._flag("over_claimed", [dot], dot=dot_name(dot), unread_count=count,
+                           unread=[dot_name(d) for d in unread], acked_ms=round(time / 1e6, 3))
 
     def _check_finals(self) -> None:
         finals = [self.versions[dot] for dot in self.final_dots]
@@ -200,6 +250,8 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
         if wanted is not None and key not in wanted:
             continue
         if invoke.get("process") == CONVERGENCE:
+            if invoke.get("f", "replica") != "replica":
+                continue  # a status snapshot, not a replica's siblings
             for sibling in completion.get("value") or ():
                 of(key).observe(sibling, completion["time"], False)
         elif not is_client(invoke):
@@ -218,6 +270,9 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
             version.acked, version.time = True, completion["time"]
             version.clock = completion["version"].get("clock") or version.clock
             version.writes.append(invoke.get("value"))
+            read_clock = completion.get("read_clock")
+            if read_clock is not None and completion["version"].get("clock") is not None:
+                kv.claims.append((dot, completion["version"]["clock"], read_clock, completion["time"]))
             for superseded in completion.get("supersedes") or ():
                 u = (superseded[0], superseded[1])
                 kv.version(u, completion["time"])

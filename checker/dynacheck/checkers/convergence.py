@@ -10,6 +10,23 @@ the runner can use it live to decide when to stop polling.
 Rounds may poll every key or only those still diverged: a key's state is the one of the last round
 that polled it, and it counts as converged from the first round after which its polls never diverged
 again.
+
+Which mechanism had to work (reported, never part of the verdict). The runner polls before the final
+reads, so between the heal and the last poll no client op touches a key: a key diverged at its first
+poll and converged at its last was repaired by the store alone, by anti-entropy (§4.7) or hinted
+handoff (§4.6). Keys are counted as ``already_converged`` (first poll converged, never diverged after),
+``repaired`` (first poll diverged, last converged), ``rediverged`` (converged first, diverged later,
+converged at the end) or ``still_diverged``, split into hot and cold keys (cold: the name holds
+``-cold-``; written a few times and never read before the end, so nothing but those mechanisms brings
+their replicas together). The runner's ``f: "status"`` snapshots of each node, ``phase`` ``before``
+(right after the final heal) and ``after`` (once the polls ended), give per node and in total the
+deltas of ``anti_entropy.keys_received``, ``keys_sent``, ``exchanges`` and ``handoffs``, and
+``hinted_keys`` before and after; ``repaired_by`` sums it up (with ``repair_counters``, the totals):
+``none needed`` when no key had to be
+repaired, else the mechanisms whose counters moved (``anti-entropy``: keys received or sent;
+``hinted handoff``: handoffs, or fewer hinted keys after than before), ``anti-entropy and/or hinted
+handoff`` when both did (the counters are per node, not per key), ``unexplained`` when neither did and
+``unknown`` without a node snapshotted before and after.
 """
 
 from __future__ import annotations
@@ -22,6 +39,11 @@ from typing import Any
 from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, Op, gc_paused
 
 SAMPLE = 50
+FATES = ("already_converged", "repaired", "rediverged", "still_diverged")
+COLD = "-cold-"
+#: Status counters whose change from ``before`` to ``after`` is reported, and where they are.
+COUNTERS = {"keys_received": ("anti_entropy", "keys_received"), "keys_sent": ("anti_entropy", "keys_sent"),
+            "exchanges": ("anti_entropy", "exchanges"), "handoffs": ("handoffs",)}
 
 
 def _sibling_set(value: Any) -> frozenset[tuple[tuple[Any, ...], bool]]:
@@ -79,6 +101,82 @@ def diverged_detail(round_ops: Iterable[Op], key: str) -> dict[str, Any]:
     return detail
 
 
+def key_fates(states: dict[str, list[tuple[int, bool]]]) -> dict[str, dict[str, int]]:
+    """How many keys were already converged at their first poll, repaired, rediverged or still
+    diverged, each split into hot and cold keys (see the module doc)."""
+    fates = {fate: {"hot": 0, "cold": 0} for fate in FATES}
+    for key, seen in states.items():
+        if not seen[-1][1]:
+            fate = "still_diverged"
+        elif not seen[0][1]:
+            fate = "repaired"
+        else:
+            fate = "already_converged" if all(converged for _, converged in seen) else "rediverged"
+        fates[fate]["cold" if COLD in key else "hot"] += 1
+    return fates
+
+
+def _counter(value: Any, *path: str) -> int | None:
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def status_deltas(statuses: list[Op]) -> dict[str, dict[str, Any]]:
+    """Node -> the counters of its ``before`` and ``after`` status snapshots and their differences
+    (None where a snapshot or counter is missing). Completions are paired with their invoke by node
+    and phase."""
+    open_ops: dict[tuple[Any, Any], Op] = {}
+    snapshots: dict[Any, dict[str, Any]] = defaultdict(dict)
+    for op in statuses:
+        slot = (op.get("node"), op.get("phase"))
+        if op["type"] == INVOKE:
+            open_ops[slot] = op
+        elif open_ops.pop(slot, None) is not None and op["type"] == OK and isinstance(op.get("value"), dict):
+            snapshots[slot[0]][str(slot[1])] = op["value"]
+    nodes = sorted({op.get("node") for op in statuses}, key=str)
+    deltas: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        before, after = snapshots[node].get("before"), snapshots[node].get("after")
+        entry: dict[str, Any] = {"snapshots": sorted(snapshots[node])}
+        for name, path in COUNTERS.items():
+            old, new = _counter(before, *path), _counter(after, *path)
+            entry[name] = new - old if old is not None and new is not None else None
+        entry["hinted_keys_before"] = _counter(before, "hinted_keys")
+        entry["hinted_keys_after"] = _counter(after, "hinted_keys")
+        deltas[str(node)] = entry
+    return deltas
+
+
+def mechanisms(states: dict[str, list[tuple[int, bool]]], statuses: list[Op]) -> dict[str, Any]:
+    """The report's ``repaired_by`` (the mechanism), ``repair_counters`` (its evidence, summed over the
+    nodes snapshotted before and after), ``key_fates`` and ``status`` (per node and ``total``)."""
+    fates = key_fates(states)
+    per_node = status_deltas(statuses)
+    complete = [entry for entry in per_node.values() if set(entry["snapshots"]) >= {"before", "after"}]
+    total: dict[str, Any] = {"nodes": len(per_node), "nodes_with_both_snapshots": len(complete)}
+    for name in (*COUNTERS, "hinted_keys_before", "hinted_keys_after"):
+        values = [entry[name] for entry in complete if entry[name] is not None]
+        total[name] = sum(values) if values else None
+    repaired = sum(fates["repaired"].values()) + sum(fates["rediverged"].values())
+    anti_entropy = (total["keys_received"] or 0) + (total["keys_sent"] or 0) > 0
+    handoff = (total["handoffs"] or 0) > 0 or (total["hinted_keys_before"] or 0) > (total["hinted_keys_after"] or 0)
+    if not repaired:
+        mechanism = "none needed"
+    elif not complete:
+        mechanism = "unknown: no node was snapshotted before and after the polls"
+    elif anti_entropy and handoff:
+        mechanism = "anti-entropy and/or hinted handoff"
+    elif anti_entropy or handoff:
+        mechanism = "anti-entropy" if anti_entropy else "hinted handoff"
+    else:
+        mechanism = "unexplained: no anti-entropy transfer and no handoff counted"
+    counters = {"keys_repaired": repaired, **{name: total[name] for name in (
+        "keys_received", "keys_sent", "exchanges", "handoffs", "hinted_keys_before", "hinted_keys_after")}}
+    return {"repaired_by": mechanism, "repair_counters": counters, "key_fates": fates,
+            "status": {**per_node, "total": total} if per_node else {}}
+
+
 def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
@@ -87,12 +185,15 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     """Verdict on the convergence polls: True when every key converged, False when some key was still
     diverged at its last poll, unknown without polls."""
     rounds: dict[int, list[Op]] = defaultdict(list)
+    statuses: list[Op] = []
     last_heal: int | None = None
     with gc_paused():
         for op in history:
             process = op.get("process")
             if process == CONVERGENCE and op.get("f", "replica") == "replica":
                 rounds[int(op.get("round", 0))].append(op)
+            elif process == CONVERGENCE and op.get("f") == "status":
+                statuses.append(op)
             elif process == NEMESIS and op["type"] != INVOKE:
                 last_heal = op["time"]
     if not rounds:
@@ -114,6 +215,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     diverged = sorted(key for key, seen in states.items() if not seen[-1][1])
     result: dict[str, Any] = {"rounds": len(rounds), "keys": len(states), "replicas_needed": replicas_needed,
                               "round_summary": summary[:SAMPLE] + summary[-1:] * (len(summary) > SAMPLE)}
+    result.update(mechanisms(states, statuses))
     if diverged:
         result.update(valid=False, diverged_count=len(diverged), diverged=[
             {"key": key, "round": states[key][-1][0],

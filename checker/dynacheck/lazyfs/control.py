@@ -114,6 +114,7 @@ class Record:
 
     def save(self) -> None:
         path = self.path_for(self.mountpoint)
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # the daemon's own files may live elsewhere
         with open(path + ".tmp", "w") as out:
             json.dump(attrs.asdict(self), out)
         os.replace(path + ".tmp", path)

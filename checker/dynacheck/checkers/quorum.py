@@ -1,0 +1,193 @@
+"""quorum: with R + W > N, a read that follows an acknowledged write in quiet times sees it (Dynamo §4.5).
+
+A write acknowledged by W of a key's N replicas and a read answered by R of them share a replica when
+R + W > N, as long as both reach the key's own N replicas: no fault in the way, every node up and the
+failure detectors agreeing again. This checker judges exactly those times.
+
+*Quiet windows.* A fault is active from its start's invoke to the completion of the stop that closed it
+(``faults.active_intervals``: a skipped start, or one that completed ``fail``, was never active; a stop
+that did not complete ``ok`` leaves it active, up to the end of the history); every ``stop-<fault>``
+counts as activity from its invoke to its completion too, even a heal with nothing left to stop (it
+acts on the nodes). A quiet window is a stretch of time with no such activity in which none happened
+during the ``quiet_margin`` seconds before (``test.json``, default 3.0: failure detection, hinted
+handoff and gossip settle): from the start of the history, or ``quiet_margin`` after the activity
+ended, up to the next start's (or stop's) invoke.
+
+*The rule.* For each key and window: every ``add`` (or ``write``) whose invoke and ``ok`` completion both
+lie inside the window, and every ``ok`` read (final reads too) whose invoke and completion both lie in
+the same window and whose invoke comes after that write's completion: the write's element must be among
+the read's elements. One missing is an anomaly (invalid). With R + W <= N the rule does not apply
+(``applies: false``, valid). lww mode is judged the same way: a write that a later read does not show
+was lost, whichever mechanism lost it.
+
+Each anomaly says whether some version the read returned was the write's or had seen its dot
+(``version_seen``): when it had, the read reached the write and a merge lost the element (see the
+causality checker); when not, the read's quorum missed the write.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dynacheck.checkers.faults import nemesis_busy, read_nemesis
+from dynacheck.history import OK, Op, gc_paused, is_client, pairs
+
+SAMPLE = 50
+WRITES = ("add", "write")
+DEFAULT_QUIET_MARGIN_S = 3.0
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def quiet_windows(intervals: list[tuple[str, int, int]], end: int, margin_ns: int, origin: int = 0
+                  ) -> list[tuple[int, int]]:
+    """``(from_ns, to_ns)`` of each quiet window, a half-open interval: no fault active in it, nor in
+    the ``margin_ns`` before it; the last runs to ``end`` included."""
+    windows: list[tuple[int, int]] = []
+    free_from = origin
+    for _, start, stop in sorted(intervals, key=lambda interval: interval[1]):
+        if start > free_from:
+            windows.append((free_from, start))
+        free_from = max(free_from, stop + margin_ns)
+    if free_from <= end:
+        windows.append((free_from, end + 1))
+    return windows
+
+
+class _Locator:
+    """Which quiet window a time lies in (bisection over the window starts)."""
+
+    def __init__(self, windows: list[tuple[int, int]]):
+        self.windows = windows
+        self.starts = [start for start, _ in windows]
+
+    def window(self, time: int) -> int | None:
+        index = bisect_right(self.starts, time) - 1
+        return index if index >= 0 and time < self.windows[index][1] else None
+
+    def span(self, invoked: int, completed: int) -> int | None:
+        """The window holding both times, or None."""
+        first = self.window(invoked)
+        return first if first is not None and first == self.window(completed) else None
+
+
+def _seen(versions: list[dict[str, Any]] | None, dot: list[Any] | None) -> bool | None:
+    """True when one of a read's versions is ``dot``'s or has seen it; None when either is unknown."""
+    if not versions or not dot:
+        return None
+    actor, counter = dot[0], dot[1]
+    for version in versions:
+        clock = version.get("clock") or {}
+        if (list(version.get("dot") or ()) == [actor, counter] or counter <= (clock.get("vector") or {}).get(actor, 0)
+                or [actor, counter] in (clock.get("cloud") or ())):
+            return True
+    return False
+
+
+def _collect(history: list[Op], locate: _Locator) -> tuple[dict[tuple[str, int], list[tuple[Any, ...]]],
+                                                         dict[tuple[str, int], list[tuple[Any, ...]]]]:
+    """Per (key, window): the acknowledged writes ``(done, invoke, element, node, dot)`` and the ok reads
+    ``(invoke, done, elements, node, final, versions)`` lying wholly inside it."""
+    writes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+    reads: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
+    for invoke, completion in pairs(history):
+        if completion is None or completion["type"] != OK or not is_client(invoke):
+            continue
+        window = locate.span(invoke["time"], completion["time"])
+        if window is None:
+            continue
+        f, key = invoke.get("f"), str(invoke.get("key"))
+        node = completion.get("node", invoke.get("node"))  # the client may have failed over
+        if f in WRITES:
+            dot = (completion.get("version") or {}).get("dot")
+            writes[key, window].append((completion["time"], invoke["time"], invoke.get("value"), node, dot))
+        elif f == "read":
+            reads[key, window].append((invoke["time"], completion["time"], completion.get("value") or [], node,
+                                       bool(invoke.get("final") or completion.get("final")),
+                                       completion.get("versions")))
+    return writes, reads
+
+
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+    """Quorum overlap in quiet windows: False when a read invoked after a write's acknowledgement, in
+    the same quiet window, lacks its element; True otherwise, or when R + W <= N (``applies: false``)."""
+    n, r, w = (test.get(name) for name in ("n", "r", "w"))
+    base: dict[str, Any] = {"n": n, "r": r, "w": w, "mode": test.get("mode")}
+    if not all(isinstance(value, int) for value in (n, r, w)):
+        return {"valid": True, "applies": False, **base, "reason": "test.json does not give n, r and w"}
+    if r + w <= n:
+        return {"valid": True, "applies": False, **base,
+                "reason": f"R + W = {r + w} <= N = {n}: a read quorum need not meet a write quorum"}
+    margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
+    with gc_paused():
+        end = max((op.get("time", 0) for op in history), default=0)
+        windows = quiet_windows(nemesis_busy(read_nemesis(history), end), end, int(margin_s * 1e9))
+        writes, reads = _collect(history, _Locator(windows))
+        tally = _Tally(len(windows))
+        for slot in sorted(set(writes) | set(reads)):
+            tally.judge(slot, sorted(writes.get(slot, ()), key=lambda write: write[0]),
+                        sorted(reads.get(slot, ()), key=lambda read: read[0]))
+    # Counts first: the web page's one-line summary shows the first few.
+    result: dict[str, Any] = {
+        "valid": not tally.anomaly_count, "applies": True, "anomaly_count": tally.anomaly_count,
+        "missing_elements": len(tally.missing), "window_count": len(windows),
+        "reads_judged": tally.reads_judged, "adds_judged": tally.adds_judged,
+        "quiet_ms": _ms(sum(stop - start for start, stop in windows)),
+        "reads_in_windows": sum(len(entries) for entries in reads.values()),
+        "adds_in_windows": sum(len(entries) for entries in writes.values()),
+        **base, "quiet_margin_s": margin_s, "anomalies": tally.samples,
+        "windows": [{"start_ms": _ms(start), "end_ms": _ms(stop), "adds": tally.per_window[i][0],
+                     "reads": tally.per_window[i][1], "anomalies": tally.per_window[i][2]}
+                    for i, (start, stop) in enumerate(windows)][:SAMPLE],
+    }
+    if not tally.reads_judged:
+        result["exercised"] = False  # no read followed an acknowledged write inside a window: nothing was tested
+    return result
+
+
+class _Tally:
+    """Counts and samples of the per-(key, window) sweeps."""
+
+    def __init__(self, windows: int):
+        self.adds_judged = self.reads_judged = self.anomaly_count = 0
+        self.missing: set[tuple[str, Any]] = set()
+        self.samples: list[dict[str, Any]] = []
+        #: Per window: writes judged, reads judged, anomalies.
+        self.per_window = [[0, 0, 0] for _ in range(windows)]
+
+    def judge(self, slot: tuple[str, int], writes: list[tuple[Any, ...]], reads: list[tuple[Any, ...]]) -> None:
+        """Sweep one key's reads of one window in invocation order, requiring every element acknowledged
+        before each read's invoke (a subset test per read; a difference only when it fails)."""
+        key, window = slot
+        required: dict[Any, tuple[Any, ...]] = {}
+        position = 0
+        judged: set[Any] = set()
+        for invoke, _, values, node, final, versions in reads:
+            while position < len(writes) and writes[position][0] < invoke:
+                required.setdefault(writes[position][2], writes[position])
+                position += 1
+            if not required:
+                continue
+            self.reads_judged += 1
+            self.per_window[window][1] += 1
+            judged.update(required)
+            present = set(values)
+            if present.issuperset(required):
+                continue
+            for element in sorted(set(required) - present, key=lambda e: required[e][0]):
+                done, write_invoke, _, write_node, dot = required[element]
+                self.anomaly_count += 1
+                self.per_window[window][2] += 1
+                self.missing.add((key, element))
+                if len(self.samples) < SAMPLE:
+                    self.samples.append({"key": key, "element": element, "add_invoke_ms": _ms(write_invoke),
+                                         "add_ok_ms": _ms(done), "add_node": write_node,
+                                         "read_invoke_ms": _ms(invoke), "node": node, "final": final,
+                                         "window": window, "version_seen": _seen(versions, dot)})
+        self.adds_judged += len(judged)
+        self.per_window[window][0] += len(judged)
