@@ -47,7 +47,7 @@ def print_summary(run_dir: Path, results: dict[str, Any], code: int) -> None:
         shown = ", ".join(f"{item.get('key')}:{item.get('element')}" for item in lost[:20])
         click.echo(f"lost acknowledged writes ({results['checkers']['siblings'].get('lost_count')}): {shown}"
                    + (" ..." if len(lost) > 20 else ""))
-    for warning in results.get("warnings", []):
+    for warning in results.get("warnings", []) + results.get("checkers", {}).get("faults", {}).get("warnings", []):
         click.echo(f"warning: {warning}")
     if results.get("crashed"):
         click.echo(f"crashed: {results['crashed']}")

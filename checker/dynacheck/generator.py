@@ -280,27 +280,51 @@ def _place(kind: str, start: int, length: int, faults: list[PlannedFault], held_
 class FaultSchedule(Generator):
     """Plays a planned schedule on the nemesis thread: each fault's start, then its stop. The
     thread runs one op at a time, so an op that takes long (a restart) delays the next: a start
-    issued late keeps its planned duration, and every op carries the planned fault's ``id``."""
+    issued late keeps its planned duration, and a start whose kind, or one of whose nodes, is still
+    held by a fault that started late waits for that fault's stop (so the plan's rules hold however
+    the run's timing went). Every op carries the planned fault's ``id``."""
 
     def __init__(self, schedule: Sequence[PlannedFault]):
         # (due, order, action, fault): stops sort before starts due at the same time.
-        self.events: list[tuple[int, int, str, PlannedFault]] = sorted(
-            [(fault.start, 1, "start", fault) for fault in schedule])
+        self.events: list[tuple[int, int, str, PlannedFault]] = []
+        for fault in schedule:
+            self._push(fault.start, "start", fault)
+        #: Faults started and not yet stopped, with the time their stop is due.
+        self.open: dict[int, tuple[PlannedFault, int]] = {}
 
     def _push(self, due: int, action: str, fault: PlannedFault) -> None:
         self.events.append((due, 0 if action == "stop" else 1, action, fault))
         self.events.sort(key=lambda event: (event[0], event[1], event[3].id))
 
+    def _blocked_until(self, fault: PlannedFault) -> int | None:
+        """When the open faults that ``fault`` may not overlap are due to stop (None: none)."""
+        nodes = set(_nodes_of(fault))
+        stops = [due for other, due in self.open.values()
+                 if other.fault == fault.fault or nodes & set(_nodes_of(other))]
+        return max(stops) if stops else None
+
     def op(self, context: Context) -> Answer:
-        if not self.events:
-            return None
-        due, _, action, fault = self.events[0]
         if NEMESIS_THREAD not in context.free:
-            return Pending()
-        if due > context.time:
-            return Pending(due)
-        self.events.pop(0)
-        if action == "start":
-            self._push(max(fault.stop, context.time + fault.stop - fault.start), "stop", fault)
-        value = fault.plan if not isinstance(fault.plan, dict) else {**fault.plan, "id": fault.id}
-        return {"f": f"{action}-{fault.fault}", "value": value, "thread": NEMESIS_THREAD, "time": context.time}
+            return Pending() if self.events else None
+        while self.events:
+            due, _, action, fault = self.events[0]
+            if due > context.time:
+                return Pending(due)
+            self.events.pop(0)
+            if action == "start":
+                blocked = self._blocked_until(fault)
+                if blocked is not None:
+                    self._push(blocked, "start", fault)  # after the blocking stop (stops sort first)
+                    continue
+                stop = max(fault.stop, context.time + fault.stop - fault.start)
+                self.open[fault.id] = (fault, stop)
+                self._push(stop, "stop", fault)
+            else:
+                self.open.pop(fault.id, None)
+            value = fault.plan if not isinstance(fault.plan, dict) else {**fault.plan, "id": fault.id}
+            return {"f": f"{action}-{fault.fault}", "value": value, "thread": NEMESIS_THREAD, "time": context.time}
+        return None
+
+
+def _nodes_of(fault: PlannedFault) -> list[str]:
+    return list(fault.plan.get("nodes", ())) if isinstance(fault.plan, dict) else []

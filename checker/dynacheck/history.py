@@ -10,16 +10,23 @@ started), ``process``, ``type``, ``f``, ``key``, ``value``, ``node``, plus field
   elements present: the union of the items of every live sibling). Reads done after the final heal
   carry ``"final": true``.
 * ``ok`` writes carry ``version``: ``{"dot": [actor, counter], "clock": CLOCK}`` of the version they
-  created; ``ok`` reads carry ``versions``: one ``{"dot", "clock", "elements"}`` per live sibling.
+  created, ``supersedes`` (the dots their read returned) and ``read_clock`` (the union of the clocks
+  their read returned: what the write may claim to have seen); ``ok`` reads carry ``versions``: one
+  ``{"dot", "clock", "elements"}`` per live sibling. A completion's ``node`` is the node that served
+  the op (a client fails over to the next node when one refuses the connection).
   ``CLOCK`` is ``{"vector": {actor: n}, "cloud": [[actor, n], ...]}``: every dot the version has
   seen, its own included (``/admin/replica``'s shape).
 * ``fail`` means the op certainly did not happen; ``info`` means it may or may not have (timeout,
   connection lost, 503 on a write) and is never counted as a failure. ``error`` says why.
 * process ``"nemesis"``: ``f`` is ``start-<fault>`` or ``stop-<fault>`` (fault: partition, clock,
-  kill, pause, netem); ``value`` on invoke is the plan, on completion what was done per node.
+  kill, pause, netem, disk, power, corrupt); ``value`` on invoke is the plan (with the planned
+  fault's ``id`` from ``test.json``'s ``fault_schedule``), on completion what was done per node; a
+  start the nemesis decided not to do completes ``info`` with ``skipped`` (the reason).
 * process ``"convergence"``: ``f`` ``replica``, one poll of ``/admin/replica/{key}`` on ``node`` in
   poll ``round``; the ``ok`` value is that node's sibling list (``[]`` when it holds none), each
-  ``{"dot", "clock", "deleted", "elements"}``.
+  ``{"dot", "clock", "deleted", "elements"}``; ``f`` ``status``, with ``phase`` ``before`` (right
+  after the final heal) or ``after`` (once the polls ended): the node's repair counters
+  (``anti_entropy``, ``hinted_keys``, ``handoffs``).
 """
 
 from __future__ import annotations

@@ -297,7 +297,8 @@ class Test:
                 self.record({**base, "type": FAIL, "error": str(exc)})
                 continue
             self.record({**base, "type": OK, "value": {"anti_entropy": status.get("anti_entropy"),
-                                                        "hinted_keys": status.get("hinted_keys")}})
+                                                        "hinted_keys": status.get("hinted_keys"),
+                                                        "handoffs": status.get("handoffs")}})
         if owned:
             for client in clients.values():
                 client.close()

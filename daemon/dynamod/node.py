@@ -360,6 +360,7 @@ class Node(service.MultiService):
             "storage": {"batches": self.store.batches, "updates": self.store.updates,
                         "corrupt_keys": len(self.store.corrupt_keys), "recovery": self.engine.recovery},
             "hinted_keys": self.handoff.pending(),
+            "handoffs": self.handoff.delivered,
             "anti_entropy": self.anti_entropy.report(),
             "membership": self.gossip.report(),
             "transfers": self.transfers.report(),

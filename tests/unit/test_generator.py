@@ -173,3 +173,16 @@ def test_every_invoke_completes_and_pairs_line_up():
         assert completion is not None
         assert completion["f"] == invoke["f"] and completion["key"] == invoke["key"]
         assert completion["time"] >= invoke["time"]
+
+
+def test_a_late_start_never_overlaps_a_fault_of_its_kind_or_on_its_nodes():
+    planned = [PlannedFault(0, "pause", SECOND, 2 * SECOND, {"nodes": ["n2"]}),
+               PlannedFault(1, "pause", 3 * SECOND, 4 * SECOND, {"nodes": ["n3"]}),
+               PlannedFault(2, "kill", 3 * SECOND, 5 * SECOND, {"nodes": ["n2"]})]
+    generator = FaultSchedule(planned)
+    # The nemesis was busy until 2.5 s: the first pause starts late and keeps its 1 s, to 3.5 s, so
+    # the second pause and the kill of the same node (both due at 3 s) wait for its stop.
+    assert generator.op(Context(time=2 * SECOND + SECOND // 2, free=("nemesis",)))["f"] == "start-pause"
+    assert generator.op(Context(time=3 * SECOND, free=("nemesis",))) == Pending(3 * SECOND + SECOND // 2)
+    ops = [generator.op(Context(time=3 * SECOND + SECOND // 2, free=("nemesis",))) for _ in range(3)]
+    assert [(op["f"], op["value"]["id"]) for op in ops] == [("stop-pause", 0), ("start-pause", 1), ("start-kill", 2)]
