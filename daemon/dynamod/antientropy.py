@@ -63,6 +63,9 @@ class AntiEntropyService(TimerService):
         #: reconciled after it (the checker's disk nemesis waits for one before another disk is lost).
         self._sweep: set[tuple[int, str]] = set()
         self._sweeps = 0
+        #: When the sweep under way began, and when the last completed one had begun (reactor time).
+        self._sweep_began = clock.seconds()
+        self._last_sweep_began: float | None = None
         self._running: defer.Deferred | None = None
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
                       "failed_exchanges": 0, "last_exchange": None}
@@ -149,6 +152,7 @@ class AntiEntropyService(TimerService):
         ownership = tuple(self.coordinator.ring.ownership)
         if ownership != self._covered_ring:
             self._covered_ring, self._covered, self._sweep = ownership, set(), set()
+            self._sweep_began = self.clock.seconds()
         return self._covered
 
     def round(self) -> None:
@@ -176,6 +180,7 @@ class AntiEntropyService(TimerService):
             if self._sweep >= set(self.pairs()):
                 self._sweeps += 1
                 self._sweep = set()
+                self._last_sweep_began, self._sweep_began = self._sweep_began, self.clock.seconds()
             self.stats["exchanges"] += 1
             self.stats["last_exchange"] = {"partition": partition, "peer": peer, "keys": result,
                                            "at": round(self.clock.seconds(), 3)}
@@ -238,4 +243,6 @@ class AntiEntropyService(TimerService):
         return {**self.stats, "partitions": len(self.my_partitions()),
                 "keys": sum(len(keys) for keys in self.leaf_keys.values()),
                 "coverage": {"pairs_exchanged": sum(1 for pair in pairs if pair in covered),
-                             "pairs_total": len(pairs), "sweeps": self._sweeps}}
+                             "pairs_total": len(pairs), "sweeps": self._sweeps,
+                             "last_sweep_began_ago": None if self._last_sweep_began is None
+                             else round(self.clock.seconds() - self._last_sweep_began, 3)}}

@@ -51,7 +51,8 @@ def test_coverage_counts_each_partition_peer_pair_once_in_pairs_total_rounds():
     services = with_anti_entropy(network, clock)
     service = services["n1"]
     # every node replicates every partition at N=3 of 3 nodes: 8 partitions x 2 other replicas
-    assert service.report()["coverage"] == {"pairs_exchanged": 0, "pairs_total": 16, "sweeps": 0}
+    assert service.report()["coverage"] == {"pairs_exchanged": 0, "pairs_total": 16, "sweeps": 0,
+                                            "last_sweep_began_ago": None}
     for round_number in range(16):
         service.round()
         assert service.report()["coverage"]["pairs_exchanged"] == round_number + 1  # no pair twice
@@ -66,16 +67,20 @@ def test_a_sweep_completes_when_every_pair_was_exchanged_once_more_and_a_down_pe
     for _ in range(total - 1):
         service.round()
     assert service.report()["coverage"]["sweeps"] == 0
+    clock.advance(5)
     service.round()
     assert service.report()["coverage"]["sweeps"] == 1
+    assert service.report()["coverage"]["last_sweep_began_ago"] == 5.0  # it began at the service's start
     network.down.add("n2")  # the next sweep cannot finish without n2's pairs
     for _ in range(3 * total):
         service.round()
     assert service.report()["coverage"]["sweeps"] == 1
     network.down.clear()
+    clock.advance(2)
     for _ in range(total // 2):  # only n2's pairs were left in the sweep under way
         service.round()
     assert service.report()["coverage"]["sweeps"] == 2
+    assert service.report()["coverage"]["last_sweep_began_ago"] == 2.0  # when the first one ended
 
 
 def test_coverage_rotation_skips_a_peer_that_is_down_and_resets_on_a_ring_change():
@@ -91,7 +96,8 @@ def test_coverage_rotation_skips_a_peer_that_is_down_and_resets_on_a_ring_change
     for _ in range(total):
         service.round()
     up_pairs = total - peers_of["n2"]
-    assert service.report()["coverage"] == {"pairs_exchanged": up_pairs, "pairs_total": total, "sweeps": 0}
+    assert service.report()["coverage"] == {"pairs_exchanged": up_pairs, "pairs_total": total, "sweeps": 0,
+                                            "last_sweep_began_ago": None}
     assert service.report()["failed_exchanges"] == 0  # a peer that is down is skipped, not tried
     network.down.clear()
     for _ in range(peers_of["n2"]):

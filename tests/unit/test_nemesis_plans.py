@@ -107,23 +107,18 @@ def test_parse_nemesis():
         parse_nemesis("flood", local=False)
 
 
-def status(sweeps: int, uptime: float = 100.0, hinted: int = 0) -> dict:
-    return {"uptime": uptime, "hinted_keys": hinted,
-            "anti_entropy": {"coverage": {"sweeps": sweeps, "pairs_exchanged": 3, "pairs_total": 32}}}
+def status(began_ago, hinted: int = 0) -> dict:
+    return {"hinted_keys": hinted, "anti_entropy": {"coverage": {
+        "sweeps": 3, "pairs_exchanged": 3, "pairs_total": 32, "last_sweep_began_ago": began_ago}}}
 
 
 def test_a_lost_copy_is_known_repaired_only_after_a_whole_sweep_that_began_after_the_loss():
     from dynacheck.nemesis.storage import not_repaired_because
-    baseline = {"n1": 4, "n2": 7, "n3": 1}
-    # n1 and n2 have not run a sweep that started after the loss; n3 restarted (wiped) after it.
-    assert "n1 has not completed" in not_repaired_because(
-        {"n1": status(5), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline, since_loss=10.0)
-    assert not_repaired_because({"n1": status(6), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline,
-                                since_loss=10.0) is None
-    assert "n3 has not completed" in not_repaired_because(
-        {"n1": status(6), "n2": status(9), "n3": status(0, uptime=2.0)}, baseline, since_loss=10.0)
-    assert "holds 2 hinted keys" in not_repaired_because(
-        {"n1": status(6, hinted=2), "n2": status(9), "n3": status(1, uptime=2.0)}, baseline, since_loss=10.0)
-    assert "did not answer" in not_repaired_because(
-        {"n1": "n1 did not answer (refused)", "n2": status(9), "n3": status(1)}, baseline, since_loss=10.0)
-    assert "does not report" in not_repaired_because({"n1": {"uptime": 1}}, {}, since_loss=1.0)
+    # The loss was 10 s ago: n1's last whole sweep began 12 s ago, before it.
+    assert "n1 has not completed" in not_repaired_because({"n1": status(12.0), "n2": status(4.0)}, since_loss=10.0)
+    assert not_repaired_because({"n1": status(9.5), "n2": status(4.0)}, since_loss=10.0) is None
+    # A node restarted since (wiped) and has not finished a sweep yet.
+    assert "n2 has not completed" in not_repaired_because({"n1": status(9.5), "n2": status(None)}, since_loss=10.0)
+    assert "holds 2 hinted keys" in not_repaired_because({"n1": status(1.0, hinted=2)}, since_loss=10.0)
+    assert "did not answer" in not_repaired_because({"n1": "n1 did not answer (refused)"}, since_loss=10.0)
+    assert "does not report" in not_repaired_because({"n1": {"anti_entropy": {}}}, since_loss=1.0)

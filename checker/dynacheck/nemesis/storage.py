@@ -50,16 +50,16 @@ class DataLoss:
     lost between two points at which every key is known to be replicated again.
 
     Known replicated again: no node holds hinted keys, and every node has completed a whole
-    anti-entropy sweep that began after the loss: two more sweeps than it had completed just before
-    the loss, or one when it has restarted since (its count starts again at zero)."""
+    anti-entropy sweep (every partition it replicates exchanged with every other replica of it)
+    that began after the loss (``anti_entropy.coverage.last_sweep_began_ago``)."""
 
     def __init__(self, cluster: Cluster, timeout: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.cluster = cluster
         self.timeout = timeout
         self.clock = clock
-        #: When the unrepaired loss happened, and each node's completed sweeps just before it.
+        #: When the last unrepaired loss was complete, and the nodes that lost copies since the
+        #: cluster was last known fully replicated.
         self.lost_at: float | None = None
-        self.baseline: dict[str, int] = {}
         self.lost_nodes: list[str] = []
 
     def statuses(self) -> dict[str, dict[str, Any] | str]:
@@ -79,40 +79,34 @@ class DataLoss:
         """Raise ``Skipped`` unless a node may lose its copies now."""
         if self.lost_at is None:
             return
-        reason = not_repaired_because(self.statuses(), self.baseline, self.clock() - self.lost_at)
+        since_loss = self.clock() - self.lost_at  # taken before asking: the answers come later still
+        reason = not_repaired_because(self.statuses(), since_loss)
         if reason is not None:
             raise Skipped(f"copies lost on {', '.join(self.lost_nodes)} are not known repaired: {reason}")
-        self.lost_at, self.baseline, self.lost_nodes = None, {}, []
+        self.lost_at, self.lost_nodes = None, []
 
-    def before_loss(self, nodes: list[str]) -> None:
-        """Called just before ``nodes`` lose their copies: remember where every sweep stood."""
-        self.baseline = {node: sweeps_of(status) for node, status in self.statuses().items()
-                         if isinstance(status, dict)}
+    def lost(self, nodes: list[str]) -> None:
+        """``nodes`` have just lost their copies (the damage is done)."""
         self.lost_at = self.clock()
         self.lost_nodes = sorted(set(self.lost_nodes) | set(nodes))
 
 
-def sweeps_of(status: dict[str, Any]) -> int:
-    return int(((status.get("anti_entropy") or {}).get("coverage") or {}).get("sweeps", 0))
-
-
-def not_repaired_because(statuses: dict[str, dict[str, Any] | str], baseline: dict[str, int],
-                         since_loss: float) -> str | None:
+def not_repaired_because(statuses: dict[str, dict[str, Any] | str], since_loss: float) -> str | None:
     """Why the cluster is not known fully replicated since a loss ``since_loss`` seconds ago (None
     when it is), from every node's status (pure)."""
     for node, status in sorted(statuses.items()):
         if not isinstance(status, dict):
             return status
         coverage = (status.get("anti_entropy") or {}).get("coverage")
-        if not coverage or "sweeps" not in coverage:
+        if not coverage or "last_sweep_began_ago" not in coverage:
             return f"{node} does not report anti-entropy sweeps"
         if status.get("hinted_keys"):
             return f"{node} holds {status['hinted_keys']} hinted keys"
-        restarted = float(status.get("uptime", 0.0)) < since_loss or node not in baseline
-        needed = 1 if restarted else baseline[node] + 2
-        if coverage["sweeps"] < needed:
-            return (f"{node} has not completed an anti-entropy sweep since the loss "
-                    f"({coverage.get('pairs_exchanged')} of {coverage.get('pairs_total')} replica pairs)")
+        began_ago = coverage["last_sweep_began_ago"]
+        if began_ago is None or began_ago >= since_loss:
+            return (f"{node} has not completed an anti-entropy sweep begun since the loss "
+                    f"({coverage.get('pairs_exchanged')} of {coverage.get('pairs_total')} replica pairs exchanged "
+                    "since it started)")
     return None
 
 
@@ -141,10 +135,11 @@ class CrashFault(Fault):
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         if self.loses_copies:
             self.losses.check()
-            self.losses.before_loss(value["nodes"])
         killed = self.cluster.service("kill", value["nodes"])
         down = [node for node, result in killed.items() if result.ok]
         damaged = self.cluster.run(lambda host: self.damage(host, value), down, timeout=120.0) if down else {}
+        if self.loses_copies:
+            self.losses.lost(value["nodes"])  # even when a step failed: the copies may be gone
         return {**killed, **damaged}
 
     def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
