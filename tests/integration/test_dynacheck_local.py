@@ -4,6 +4,7 @@ store layout, analyze, usage errors, a crash stored as exit 3, and how client ou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,22 @@ def test_a_local_cart_run_with_kills_pauses_and_clock_skew_is_valid_and_stored(t
     again = dynacheck("analyze", str(run_dir))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "verdict: valid" in again.stdout and str(run_dir) in again.stdout
+
+
+def test_a_local_run_with_corrupt_files_and_lost_power_keeps_every_acknowledged_add(tmp_path):
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists():
+        pytest.skip("the power nemesis mounts lazyfs (FUSE): needs root and /dev/fuse")
+    finished = dynacheck("run", "--local", "3", "--workload", "cart", "--nemesis", "corrupt,power",
+                         "--time-limit", "12", "--rate", "30", "--nemesis-interval", "1.5", "--nemesis-duration", "1.5",
+                         "--seed", "2", "--store", str(tmp_path), "--format", "json")
+    report = json.loads(finished.stdout)
+    assert finished.returncode == 0, json.dumps(report["checkers"], indent=1)[:3000] + finished.stderr[-2000:]
+    ops = [json.loads(line) for line in (Path(report["run"]) / "history.jsonl").read_text().splitlines()]
+    started = {op["f"] for op in ops
+               if op["process"] == "nemesis" and op["type"] == "ok" and op["f"].startswith("start-")}
+    assert started == {"start-corrupt", "start-power"}
+    assert report["checkers"]["siblings"]["lost_count"] == 0
+    assert report["checkers"]["convergence"]["valid"] is True
 
 
 def test_a_local_register_run_keeps_every_blind_write_as_a_sibling(tmp_path):
