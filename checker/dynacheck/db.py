@@ -128,11 +128,13 @@ class Cluster:
         return self.control.each(fetch, self.hosts)
 
     def teardown(self) -> dict[str, HostResult]:
-        """Stop every node (data stays on the hosts for a look; a --local cluster is removed)."""
-        stopped = self.service("stop")
+        """Stop every node (data stays on the hosts for a look)."""
+        return self.service("stop")
+
+    def remove_scratch(self) -> None:
+        """Remove a --local cluster's directory (after anything mounted in it was released)."""
         if self.local_dir is not None:
             shutil.rmtree(self.local_dir, ignore_errors=True)
-        return stopped
 
     @staticmethod
     def require(results: dict[str, HostResult], step: str) -> None:

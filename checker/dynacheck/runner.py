@@ -437,6 +437,7 @@ def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) 
               ("collecting node logs", lambda: test.cluster.collect_logs(run_dir / "nodes")),
               ("tearing down", test.cluster.teardown),
               ("releasing fault mounts", lambda: [fault.release() for fault in test.faults.values()]),
+              ("removing the local cluster's directory", test.cluster.remove_scratch),
               ("closing connections", test.cluster.control.close)]
     for name, step in steps:
         _attempt(progress, name, step)

@@ -67,6 +67,13 @@ def test_a_local_run_with_corrupt_files_and_lost_power_keeps_every_acknowledged_
     assert started == {"start-corrupt", "start-power"}
     assert report["checkers"]["siblings"]["lost_count"] == 0
     assert report["checkers"]["convergence"]["valid"] is True
+    # Every lazyfs mount was released before the run's scratch directory went: no daemon is left
+    # serving a mount point that no longer exists.
+    for pid in subprocess.run(["pgrep", "-f", "dynacheck.lazyfs serve"], capture_output=True, text=True,
+                              check=False).stdout.split():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        mountpoint = argv[argv.index(b"serve") + 2].decode()
+        assert Path(mountpoint).parent.exists(), f"lazyfs {pid} left behind for {mountpoint}"
 
 
 def test_a_local_register_run_keeps_every_blind_write_as_a_sibling(tmp_path):
