@@ -220,7 +220,9 @@ def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, froz
     partition, a kill just as a healed partition's hints are delivered), and a fault may flap.
     ``plan(kind, rng, held)`` returns the fault's plan and the nodes it takes down (``held`` are the
     nodes taken by faults active at that time: they are avoided). At most one fault of a kind is
-    active at once, and faults that take nodes down never hold more than ``held_limit`` nodes together.
+    active at once, and faults that take nodes down never hold more than ``held_limit`` nodes
+    together, except a fault that takes every node (a whole-cluster outage), which only ever runs
+    while no other fault holds a node.
     """
     if not kinds:
         return []
@@ -272,8 +274,10 @@ def _place(kind: str, start: int, length: int, faults: list[PlannedFault], held_
             continue
         held = frozenset(node for fault in overlapping for node in held_by.get(fault.id, ()))
         value, takes = plan(kind, rng, held)
-        if not takes or len(held | set(takes)) <= held_limit:
-            return start, value, set(takes)
+        takes = set(takes)
+        alone = not held  # a fault beyond the limit (a whole-cluster outage) runs only alone
+        if not takes or len(held | takes) <= held_limit or alone:
+            return start, value, takes
         start = max(fault.stop for fault in overlapping if held_by.get(fault.id)) + SECOND // 10
 
 

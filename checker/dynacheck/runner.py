@@ -133,7 +133,7 @@ class Test:
 
     def __init__(self, options: Options, run_dir: Path, progress: Progress):
         self.options, self.run_dir, self.progress = options, run_dir, progress
-        self.workload = workload(options.workload, options.keys)
+        self.workload = workload(options.workload, options.keys, blind_cold=options.mode == "vclock")
         self.clock_start = time.monotonic_ns()
         self.history = HistoryWriter(run_dir / "history.jsonl", clock=self.now)
         self.next_process = 0

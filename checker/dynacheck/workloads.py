@@ -6,10 +6,13 @@
 * ``register``: blind writes of unique values (no context: each supersedes nothing) and reads. In
   vclock mode every acknowledged value must survive as a sibling; in lww mode one value wins.
 
-Both also write *cold* keys (``cart-cold-N``): a tenth of the updates go to a fresh key that no
-op touches again, so no client read repairs it: when a fault left its replicas apart, only hinted
-handoff or anti-entropy can bring them together after the final heal (the convergence checker
-says which had to).
+Both also write *cold* keys (``cart-cold-N``): a tenth of the updates are blind writes (a PUT
+without a read, so no read repair) to the current cold key, which takes a new one every
+``COLD_SPAN`` ops (a few seconds: several writes, with faults between them, each a sibling in
+vclock mode) and is never read again before the final reads. When a fault left its replicas apart,
+only hinted handoff or anti-entropy can make them converge after the final heal (the convergence
+checker says which had to). With ``blind_cold=False`` (lww mode, where a blind write replaces
+what it does not know by design) each cold key gets one read-modify-write add instead.
 
 Elements are numbered by the generator (the op counter), so they are unique and replayable.
 """
@@ -46,12 +49,13 @@ def keys_for(name: str, count: int) -> tuple[str, ...]:
     return tuple(f"{name}-{index}" for index in range(count))
 
 
-#: Share of the updates that go to a fresh cold key.
+#: Share of the updates that go to cold keys, and how many ops (of every kind) a cold key lasts.
 COLD_FRACTION = 0.1
+COLD_SPAN = 200
 
 
 def workload(name: str, key_count: int, read_fraction: float | None = None,
-             cold_fraction: float = COLD_FRACTION) -> Workload:
+             cold_fraction: float = COLD_FRACTION, blind_cold: bool = True) -> Workload:
     """The named workload over ``key_count`` hot keys (and the cold keys it makes up as it goes)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r} (choose from {', '.join(WORKLOADS)})")
@@ -64,6 +68,8 @@ def workload(name: str, key_count: int, read_fraction: float | None = None,
         return {"f": "add" if name == "cart" else "write", "key": rng.choice(keys), "value": n}
 
     def cold(rng: random.Random, n: int) -> Op:
+        if blind_cold:
+            return {"f": "write", "key": f"{name}-cold-{n // COLD_SPAN}", "value": n}
         return {"f": "add" if name == "cart" else "write", "key": f"{name}-cold-{n}", "value": n}
 
     reads = read_fraction if read_fraction is not None else (0.2 if name == "cart" else 0.5)

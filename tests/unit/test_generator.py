@@ -95,7 +95,7 @@ def test_phases_wait_for_every_op_of_the_previous_phase():
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 KINDS = ["partition", "clock", "kill", "pause", "disk"]
-TAKES_NODES = {"kill", "pause", "disk"}
+TAKES_NODES = {"kill", "pause", "disk", "power"}
 
 
 def plan_for_test(kind, rng, held):
@@ -186,3 +186,17 @@ def test_a_late_start_never_overlaps_a_fault_of_its_kind_or_on_its_nodes():
     assert generator.op(Context(time=3 * SECOND, free=("nemesis",))) == Pending(3 * SECOND + SECOND // 2)
     ops = [generator.op(Context(time=3 * SECOND + SECOND // 2, free=("nemesis",))) for _ in range(3)]
     assert [(op["f"], op["value"]["id"]) for op in ops] == [("stop-pause", 0), ("start-pause", 1), ("start-kill", 2)]
+
+
+@given(st.integers(0, 3_000))
+def test_a_whole_cluster_outage_only_ever_runs_alone(seed):
+    def plan(kind, rng, held):
+        if kind == "power" and rng.random() < 0.5:
+            return {"nodes": NODES}, set(NODES)
+        return plan_for_test(kind, rng, held)
+    planned = plan_schedule(KINDS + ["power"], plan, random.Random(seed), 90 * SECOND, 3 * SECOND, 4 * SECOND, 2)
+    everything = [fault for fault in planned if fault.fault == "power" and len(fault.plan["nodes"]) == len(NODES)]
+    for outage in everything:
+        for other in planned:
+            if other.id != outage.id and other.start < outage.stop and outage.start < other.stop:
+                assert not other.plan.get("nodes"), (outage, other)
