@@ -222,3 +222,45 @@ def test_a_heal_with_nothing_left_to_stop_still_keeps_the_window_shut():
     assert quorum.check(TEST, h.history(), None)["valid"] is True
     missed_read(h, 3000, 3010, key="j")
     assert [a["key"] for a in quorum.check(TEST, h.history(), None)["anomalies"]] == ["j"]
+
+
+def cut_off_history(node: str, f: str = "write", mode: str = "one") -> list[dict]:
+    grudge = {"one": {"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]},
+              "bridge": {"n1": [], "n2": ["n3"], "n3": ["n2"]}}[mode]
+    ops = [{"process": "nemesis", "type": "invoke", "f": "start-partition", "value": {"mode": mode, "grudge": grudge},
+            "time": 1_000},
+           {"process": "nemesis", "type": "ok", "f": "start-partition", "value": {}, "time": 2_000},
+           {"process": 0, "type": "invoke", "f": f, "key": "k", "value": 7, "node": node, "time": 3_000},
+           {"process": 0, "type": "ok", "f": f, "key": "k", "value": 7 if f == "write" else [7], "node": node,
+            "time": 4_000},
+           {"process": "nemesis", "type": "invoke", "f": "stop-partition", "value": {}, "time": 5_000},
+           {"process": "nemesis", "type": "ok", "f": "stop-partition", "value": {}, "time": 6_000}]
+    return [{"index": index, **op} for index, op in enumerate(ops)]
+
+
+CUT_TEST = {"n": 3, "r": 2, "w": 2, "nodes": ["n1", "n2", "n3"], "quiet_margin": 3.0}
+
+
+def test_a_write_acknowledged_by_a_node_cut_off_from_every_replica_is_invalid():
+    result = quorum.check(CUT_TEST, cut_off_history("n1"))
+    assert result["valid"] is False and result["cut_off_count"] == 1
+    assert result["cut_off"][0]["reachable"] == ["n1"] and result["cut_off"][0]["needed"] == 2
+
+
+def test_a_read_answered_by_a_cut_off_node_is_invalid_and_the_majority_side_is_fine():
+    assert quorum.check(CUT_TEST, cut_off_history("n1", f="read"))["cut_off_count"] == 1
+    majority = quorum.check(CUT_TEST, cut_off_history("n2"))
+    assert majority["cut_off_count"] == 0 and majority["cut_off_judged"] == 1 and majority["valid"] is True
+
+
+def test_a_bridge_node_reaches_both_halves_and_each_half_reaches_the_rest_through_it():
+    for node in ("n1", "n2", "n3"):
+        assert quorum.check(CUT_TEST, cut_off_history(node, mode="bridge"))["cut_off_count"] == 0
+    assert quorum.within_two_hops({"n1": [], "n2": ["n3"], "n3": ["n2"]}, "n2") == {"n1", "n2", "n3"}
+
+
+def test_the_cut_off_rule_holds_whatever_r_and_w():
+    result = quorum.check({**CUT_TEST, "r": 1, "w": 1}, cut_off_history("n1"))
+    assert result["applies"] is False and result["cut_off_count"] == 0  # one node suffices for W=1
+    result = quorum.check({**CUT_TEST, "r": 1, "w": 2}, cut_off_history("n1"))
+    assert result["applies"] is False and result["valid"] is False and result["cut_off_count"] == 1

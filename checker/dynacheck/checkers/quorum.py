@@ -23,6 +23,14 @@ was lost, whichever mechanism lost it.
 Each anomaly says whether some version the read returned was the write's or had seen its dot
 (``version_seen``): when it had, the read reached the write and a merge lost the element (see the
 causality checker); when not, the read's quorum missed the write.
+
+*Cut off* (any R, W, N): a quorum needs W (or R) distinct nodes, stand-ins included (sloppy
+quorum), and a node can only count those it can talk to. During a partition (from its start's ok
+completion to its stop's invoke), the nodes a node can reach are those that drop none of its
+packets and whose packets it does not drop, and a write it coordinates may be forwarded once, so
+its acknowledgements come from at most the nodes within two such hops. An ``ok`` write served by a
+node with fewer than W nodes within two hops (itself included), or an ``ok`` read with fewer than
+R, for its whole duration, was acknowledged by fewer replicas than it claims: ``cut_off``, invalid.
 """
 
 from __future__ import annotations
@@ -120,8 +128,11 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     base: dict[str, Any] = {"n": n, "r": r, "w": w, "mode": test.get("mode")}
     if not all(isinstance(value, int) for value in (n, r, w)):
         return {"valid": True, "applies": False, **base, "reason": "test.json does not give n, r and w"}
+    with gc_paused():
+        cut_count, cut_samples, cut_judged = cut_off(history, r, w)
+    base.update(cut_off_count=cut_count, cut_off_judged=cut_judged, cut_off=cut_samples)
     if r + w <= n:
-        return {"valid": True, "applies": False, **base,
+        return {"valid": not cut_count, "applies": False, **base,
                 "reason": f"R + W = {r + w} <= N = {n}: a read quorum need not meet a write quorum"}
     margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
     with gc_paused():
@@ -134,7 +145,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                         sorted(reads.get(slot, ()), key=lambda read: read[0]))
     # Counts first: the web page's one-line summary shows the first few.
     result: dict[str, Any] = {
-        "valid": not tally.anomaly_count, "applies": True, "anomaly_count": tally.anomaly_count,
+        "valid": not tally.anomaly_count and not cut_count, "applies": True, "anomaly_count": tally.anomaly_count,
         "missing_elements": len(tally.missing), "window_count": len(windows),
         "reads_judged": tally.reads_judged, "adds_judged": tally.adds_judged,
         "quiet_ms": _ms(sum(stop - start for start, stop in windows)),
@@ -148,6 +159,69 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     if not tally.reads_judged:
         result["exercised"] = False  # no read followed an acknowledged write inside a window: nothing was tested
     return result
+
+
+def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, list[str]]]]:
+    """``(from_ns, to_ns, grudge)`` of each partition in force: from its start's ok completion to the
+    invoke of the next stop of partitions (or the end of the history)."""
+    intervals: list[tuple[int, int, dict[str, list[str]]]] = []
+    plans: dict[Any, dict[str, Any]] = {}
+    active: tuple[int, dict[str, list[str]]] | None = None
+    end = 0
+    for op in history:
+        end = max(end, op.get("time", 0))
+        if op.get("process") != "nemesis":
+            continue
+        if op.get("f") == "start-partition":
+            if op["type"] == "invoke":
+                plans["last"] = op.get("value") or {}
+            elif op["type"] == OK and isinstance(plans.get("last"), dict) and plans["last"].get("grudge"):
+                active = (op["time"], plans["last"]["grudge"])
+        elif op.get("f") == "stop-partition" and op["type"] == "invoke" and active is not None:
+            intervals.append((active[0], op["time"], active[1]))
+            active = None
+    if active is not None:
+        intervals.append((active[0], end + 1, active[1]))
+    return intervals
+
+
+def within_two_hops(grudge: dict[str, list[str]], node: str) -> set[str]:
+    """The nodes ``node`` can reach directly or through one other node under ``grudge`` (pure)."""
+    everyone = set(grudge) | {node}
+
+    def neighbours(of: str) -> set[str]:
+        return {other for other in everyone
+                if other != of and other not in grudge.get(of, ()) and of not in grudge.get(other, ())}
+    first = neighbours(node)
+    return {node} | first | {far for near in first for far in neighbours(near)}
+
+
+def cut_off(history: list[Op], r: int, w: int) -> tuple[int, list[dict[str, Any]], int]:
+    """Ok writes (reads) served, for their whole duration, by a node that could reach fewer than W
+    (R) nodes: (count, samples, ops judged)."""
+    intervals = partition_intervals(history)
+    if not intervals:
+        return 0, [], 0
+    starts = [start for start, _, _ in intervals]
+    count, samples, judged = 0, [], 0
+    for invoke, completion in pairs(history):
+        if completion is None or completion["type"] != OK or not is_client(invoke):
+            continue
+        f = invoke.get("f")
+        needed = w if f in WRITES else r if f == "read" else None
+        index = bisect_right(starts, invoke["time"]) - 1
+        if needed is None or index < 0 or completion["time"] >= intervals[index][1]:
+            continue
+        node = completion.get("node", invoke.get("node"))
+        judged += 1
+        reach = within_two_hops(intervals[index][2], node)
+        if len(reach) < needed:
+            count += 1
+            if len(samples) < SAMPLE:
+                samples.append({"key": invoke.get("key"), "f": f, "element": invoke.get("value"), "node": node,
+                                "reachable": sorted(reach), "needed": needed,
+                                "invoke_ms": _ms(invoke["time"]), "ok_ms": _ms(completion["time"])})
+    return count, samples, judged
 
 
 class _Tally:
