@@ -48,6 +48,7 @@ from dynacheck.workloads import workload
 from dynactl.inventory import load_hosts
 from dynactl.remote import SshHosts
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.config import SETTINGS_BY_NAME
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_CRASHED = 0, 1, 2, 3
 
@@ -143,6 +144,7 @@ class Test:
         self.schedule: list[PlannedFault] = []
         self.skipped: set[Any] = set()  # ids of planned faults the nemesis skipped at run time
         self.test: dict[str, Any] = {**attrs.asdict(options), "name": options.test_name(),
+                                     "max_context_entries": SETTINGS_BY_NAME["max_context_entries"].default,
                                      "keys": list(self.workload.keys), "start": datetime.now().isoformat()}
 
     def now(self) -> int:

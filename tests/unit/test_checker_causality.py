@@ -96,6 +96,23 @@ def test_one_dot_seen_with_different_elements_is_a_reused_dot():
     assert result["reused_dots"] == [{"key": "k", "dot": "a/1", "element_sets": 2, "sizes": [1, 1]}]
 
 
+def test_a_clock_at_the_context_bound_may_have_truncated_what_it_superseded():
+    # The node keeps at most max_context_entries entries: a clock of that size may forget by design.
+    full = {"vector": {f"x{i}": 1 for i in range(3)}, "cloud": [["b", 1]]}
+    for bound, expected in ((4, "truncated"), (5, "context_lost")):
+        h = HistoryBuilder()
+        h.add(0, "k", 1, 0, 2, dot=A1)
+        h.add(1, "k", 2, 3, 5, dot=B1, supersedes=[A1], clock=full, read_clock=[(f"x{i}", 1) for i in range(3)])
+        final_read(h, "k", [version(B1, [1, 2], seen=[A1])])
+        result = causality.check({**TEST, "max_context_entries": bound}, h.history(), None)
+        if expected == "truncated":  # neither the lost context nor the version it dropped is judged
+            assert result["context_lost_count"] == result["dropped_count"] == 0
+            assert result["truncated_count"] == 2 and result["valid"] is True
+        else:
+            assert result["context_lost_count"] == result["dropped_count"] == 1
+            assert result["truncated_count"] == 0 and result["valid"] is False
+
+
 def test_a_write_whose_clock_lacks_what_it_superseded_lost_its_context():
     h = HistoryBuilder()
     h.add(0, "k", 1, 0, 2, dot=A1)

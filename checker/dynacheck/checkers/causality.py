@@ -9,7 +9,9 @@ The graph stays sparse (no transitive closure); descent is decided by the versio
   dot was issued twice or a version claims to have seen its own descendant;
 * ``reused_dots``: one dot observed with different elements, or acknowledged for two writes (the Riak
   kv679 family of dot reuse);
-* ``context_lost``: ``v``'s clock lacks a dot ``u`` its write superseded: the context lost what it read;
+* ``context_lost``: ``v``'s clock lacks a dot ``u`` its write superseded: the context lost what it read
+  (not judged when ``v``'s clock holds ``max_context_entries`` entries: truncation forgets by design,
+  counted as ``truncated``; the same for ``dropped`` when a final sibling's clock is at the bound);
 * ``dropped``: an acknowledged version that is not a final sibling and that no final sibling's clock
   holds — it vanished without a descendant that saw it;
 * ``not_maximal``: a final sibling some other known version has seen — a superseded version came back;
@@ -37,6 +39,8 @@ import networkx as nx
 from dynacheck.history import CONVERGENCE, OK, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
+#: dynamod's default ``max_context_entries`` (test.json records the run's own).
+DEFAULT_CONTEXT_BOUND = 64
 KINDS = ("cycles", "reused_dots", "context_lost", "dropped", "not_maximal", "over_claimed")
 CLAIM_SAMPLE = 10
 Dot = tuple[str, int]
@@ -117,6 +121,11 @@ class KeyVersions:
         self.anomalous: set[Dot] = set()
         self.dropped: set[Dot] = set()
         self._element_sets: dict[Dot, list[frozenset[Any]]] = {}
+        #: The node's bound on a context (``max_context_entries``): a clock that reached it may have
+        #: forgotten dots by design (truncation), so what it lacks proves nothing.
+        self.context_bound: int | None = None
+        #: context_lost / dropped findings not made because the clock involved was at the bound.
+        self.truncated = 0
 
     def version(self, dot: Dot, time: int) -> Version:
         known = self.versions.get(dot)
@@ -183,9 +192,17 @@ class KeyVersions:
                 continue  # already reported as a cycle of the graph
             clock_v = versions[v].clock
             if clock_v is not None and not _has(clock_v, u):
-                self._flag("context_lost", [u, v], superseded=dot_name(u), by=dot_name(v))
+                if self._at_bound(clock_v):
+                    self.truncated += 1
+                else:
+                    self._flag("context_lost", [u, v], superseded=dot_name(u), by=dot_name(v))
             if _has(versions[u].clock, v):
                 self._flag("cycles", [u, v], via="clocks", cycle=[dot_name(u), dot_name(v)])
+
+    def _at_bound(self, clock: dict[str, Any] | None) -> bool:
+        if self.context_bound is None or not clock:
+            return False
+        return len(clock.get("vector") or {}) + len(clock.get("cloud") or ()) >= self.context_bound
 
     def _check_claims(self) -> None:
         for dot, clock, read_clock, time in self.claims:
@@ -203,8 +220,12 @@ class KeyVersions:
             for actor, n in ((final.clock or {}).get("vector") or {}).items():
                 vector[actor] = max(n, vector.get(actor, 0))
             cloud.update((actor, n) for actor, n in (final.clock or {}).get("cloud") or ())
+        truncated = any(self._at_bound(final.clock) for final in finals)
         for dot, version in self.versions.items():
             if version.acked and not version.final and not (dot[1] <= vector.get(dot[0], 0) or dot in cloud):
+                if truncated:
+                    self.truncated += 1
+                    continue
                 self._flag("dropped", [dot], dot=dot_name(dot), acked_ms=round(version.time / 1e6, 3),
                            final_siblings=[dot_name(f.dot) for f in finals][:10])
         self._check_maximal({f.dot for f in finals})
@@ -309,9 +330,11 @@ def interesting_keys(per_key: dict[str, KeyVersions], limit: int = 5) -> list[st
 def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
     """Check every key's version graph; False on any anomaly, unknown when some key with acknowledged
     versions had no final read (or nothing was seen at all), else True."""
+    bound = int(test.get("max_context_entries") or DEFAULT_CONTEXT_BOUND)
     with gc_paused():
         per_key = analyse(history)
         for kv in per_key.values():
+            kv.context_bound = bound
             kv.find_anomalies()
     unjudged = sorted(key for key, kv in per_key.items()
                       if not kv.final_reads and any(v.acked for v in kv.versions.values()))
@@ -323,6 +346,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         "max_final_siblings": max((len(kv.final_dots) for kv in per_key.values()), default=0),
         "unjudged_key_count": len(unjudged), "unjudged_keys": unjudged[:SAMPLE],
         "interesting_keys": interesting_keys(per_key),
+        "context_bound": bound, "truncated_count": sum(kv.truncated for kv in per_key.values()),
     }
     anomalies = defaultdict(list)
     for key in sorted(per_key):
