@@ -12,7 +12,8 @@ without a read, so no read repair) to the current cold key, which takes a new on
 vclock mode) and is never read again before the final reads. When a fault left its replicas apart,
 only hinted handoff or anti-entropy can make them converge after the final heal (the convergence
 checker says which had to). With ``blind_cold=False`` (lww mode, where a blind write replaces
-what it does not know by design) each cold key gets one read-modify-write add instead.
+what it does not know by design) the cart's cold writes are read-modify-write adds instead (after
+a cold key's last add, nothing reads it before the end).
 
 Elements are numbered by the generator (the op counter), so they are unique and replayable.
 """
@@ -68,9 +69,8 @@ def workload(name: str, key_count: int, read_fraction: float | None = None,
         return {"f": "add" if name == "cart" else "write", "key": rng.choice(keys), "value": n}
 
     def cold(rng: random.Random, n: int) -> Op:
-        if blind_cold:
-            return {"f": "write", "key": f"{name}-cold-{n // COLD_SPAN}", "value": n}
-        return {"f": "add" if name == "cart" else "write", "key": f"{name}-cold-{n}", "value": n}
+        f = "write" if blind_cold or name != "cart" else "add"
+        return {"f": f, "key": f"{name}-cold-{n // COLD_SPAN}", "value": n}
 
     reads = read_fraction if read_fraction is not None else (0.2 if name == "cart" else 0.5)
     updates = 1.0 - reads

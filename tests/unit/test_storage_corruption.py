@@ -4,8 +4,11 @@ environment stops the store and is marked for the next open."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 from twisted.internet import defer
@@ -397,3 +400,34 @@ def test_a_tombstone_is_not_reaped_while_an_owner_holds_an_undecodable_record():
         clock.advance(10)
     assert network.nodes["n1"].store.engine.read(first) is not None  # kept; no error either
     assert reapers["n1"].stats["reaped"] == 0
+
+
+#: A child that opens the engine, writes and flushes N records, and dies as kill -9 would (no close).
+CRASH_AFTER_WRITES = """
+import json, os, sys
+from dynamod.storage.bdb import BerkeleyEngine
+engine = BerkeleyEngine(sys.argv[1], sync=True)
+for i in range(int(sys.argv[2])):
+    engine.apply([(b"k%d" % (i % 20), os.urandom(900))])
+    engine.flush()
+recovery = engine.recovery or {}
+print(json.dumps({"reason": recovery.get("reason"), "keys": sum(1 for _ in engine.keys())}))
+sys.stdout.flush()
+os._exit(9)
+"""
+
+
+def test_crashing_again_right_after_a_recovery_is_not_mistaken_for_a_damaged_log(tmp_path):
+    # Recovery writes a checkpoint; the identity file names it as the durable mark. A second crash
+    # before any flushed write must find the log reaching that mark (it did not: the checkpoint was
+    # still in the log buffer, and the third open moved the whole store aside, salvaging nothing).
+    def run(writes: int) -> dict:
+        child = subprocess.run([sys.executable, "-c", CRASH_AFTER_WRITES, str(tmp_path / "data"), str(writes)],
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert child.stdout, child.stderr[-2000:]
+        return json.loads(child.stdout.splitlines()[-1])
+    assert run(300)["keys"] == 20
+    for _ in range(3):
+        reopened = run(0)
+        assert reopened == {"reason": None, "keys": 20}
+    assert not list((tmp_path / "data").glob("corrupt-*"))

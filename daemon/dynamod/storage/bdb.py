@@ -237,6 +237,10 @@ class BerkeleyEngine(StorageEngine):
     def _write_identity(self) -> None:
         """Record incarnation, epoch reservation and the last durable checkpoint beside the env."""
         with self._identity_lock:
+            # The mark must be durable before the identity file names it: a checkpoint's record may
+            # still be in the in-memory log buffer (recovery's own checkpoint is), and a crash would
+            # then leave a log that ends before its mark, which the next start takes for damage.
+            self.env.log_flush()
             last = self.env.txn_stat().get("last_ckp")
             mark = (int(last[0]), int(last[1])) if last and last[0] > 0 else None
             integrity.write_identity(self.data_dir, Identity(self.incarnation, self.epoch, mark))
