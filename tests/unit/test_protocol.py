@@ -86,6 +86,29 @@ def test_an_unanswered_request_times_out_on_the_clock():
     protocol.dataReceived(_frame(encode_frame([1, 1, "late"])))
 
 
+def test_a_connection_silent_for_a_whole_request_timeout_is_aborted_and_a_busy_one_is_kept():
+    clock = Clock()
+    protocol = PeerProtocol(None, clock)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    first = protocol.call("echo", 1, timeout=1.0)
+    clock.advance(0.5)
+    protocol.dataReceived(_frame(encode_frame([1, 1, "answered"])))  # the peer talks
+    second = protocol.call("echo", 2, timeout=1.0)  # sent at 0.5 s
+    clock.advance(0.4)
+    protocol.dataReceived(_frame(encode_frame([2, 99, "ping"])))  # something arrives at 0.9 s...
+    clock.advance(0.7)  # ...so the timeout of the second (at 1.5 s) keeps the connection
+    assert result_of(first) == "answered"
+    with pytest.raises(PeerTimeout):
+        result_of(second)
+    assert not transport.disconnecting
+    third = protocol.call("echo", 3, timeout=1.0)  # sent at 1.6 s; nothing arrives any more
+    clock.advance(1.1)
+    with pytest.raises(PeerTimeout):
+        result_of(third)
+    assert transport.disconnecting  # aborted: the reconnecting client opens a fresh one
+
+
 def _frame(body: bytes) -> bytes:
     return struct.pack("!I", len(body)) + body
 

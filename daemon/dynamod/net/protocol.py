@@ -90,6 +90,9 @@ class PeerProtocol(Int32StringReceiver):
         # timer per request (scheduling and cancelling a timer per message showed in profiles).
         self._deadlines: dict[int, tuple[float, float]] = {}
         self._sweep: Any = None
+        #: When a frame last arrived (a connection that stays silent for a whole request timeout is
+        #: taken for dead, see ``_expire_due``).
+        self._last_heard = clock.seconds()
         self.on_connected: Callable[[PeerProtocol], None] | None = None
         self.on_disconnected: Callable[[PeerProtocol], None] | None = None
 
@@ -140,19 +143,32 @@ class PeerProtocol(Int32StringReceiver):
         self._sweep = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire_due)
 
     def _expire_due(self) -> None:
-        """Fail every request past its deadline, then wait for the next deadline."""
+        """Fail every request past its deadline, then wait for the next deadline. When nothing at
+        all arrived on the connection since an expired request was sent, the connection is taken for
+        dead and aborted: after a network partition TCP would otherwise keep it, retransmitting with
+        a backoff that grows to tens of seconds, and the peer would stay unreachable that long after
+        the network healed (measured: 24 s after an 8 s partition). The reconnecting client then
+        opens a fresh connection within its backoff (at most a second)."""
         now = self.clock.seconds()
         self._sweep = None
         expired = [rid for rid, (deadline, _) in self._deadlines.items() if deadline <= now]
+        silent = False
         for request_id in expired:
-            _, timeout = self._deadlines.pop(request_id)
+            deadline, timeout = self._deadlines.pop(request_id)
+            silent = silent or self._last_heard <= deadline - timeout
             waiter = self._pending.pop(request_id, None)
             if waiter is not None:
                 waiter.errback(PeerTimeout(f"no answer within {timeout:.3f}s"))
+        if silent and self.transport is not None and self.connected:
+            self.log.info("peer connection {peer} silent for a whole request timeout: closing it",
+                          peer=str(self.transport.getPeer()))
+            self.transport.abortConnection()
+            return
         if self._deadlines:
             self._schedule_sweep(min(deadline for deadline, _ in self._deadlines.values()))
 
     def stringReceived(self, frame: bytes) -> None:
+        self._last_heard = self.clock.seconds()
         try:
             message = decode_frame(frame)
         except FrameError as exc:
