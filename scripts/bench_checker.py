@@ -26,7 +26,7 @@ from dynacheck.checkers import check_all
 from dynacheck.history import read_history, write_history
 from dynacheck.synthetic import generate
 
-CHECKERS = ("siblings", "convergence", "causality", "quorum", "faults", "graphs", "perf", "timeline")
+CHECKERS = ("siblings", "convergence", "causality", "quorum", "replicas", "faults", "graphs", "perf", "timeline")
 
 
 def available(name: str) -> bool:

@@ -27,6 +27,8 @@ started), ``process``, ``type``, ``f``, ``key``, ``value``, ``node``, plus field
   ``{"dot", "clock", "deleted", "elements"}``; ``f`` ``status``, with ``phase`` ``before`` (right
   after the final heal) or ``after`` (once the polls ended): the node's repair counters
   (``anti_entropy``, ``hinted_keys``, ``handoffs``).
+* process ``"monitor"``: ``f`` ``replica``, polls of ``/admin/replica/{key}`` on ``node`` for the hot
+  keys while the workload runs (same value as a convergence poll): what each replica held, in time.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ Op = dict[str, Any]
 INVOKE, OK, FAIL, INFO = "invoke", "ok", "fail", "info"
 NEMESIS = "nemesis"
 CONVERGENCE = "convergence"
+MONITOR = "monitor"
 COMPLETIONS = (OK, FAIL, INFO)
 
 

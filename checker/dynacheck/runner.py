@@ -13,6 +13,7 @@ import contextlib
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from dynacheck.generator import (
     TimeLimit,
     plan_schedule,
 )
-from dynacheck.history import CONVERGENCE, FAIL, INFO, INVOKE, NEMESIS, OK, HistoryWriter, Op, is_client
+from dynacheck.history import CONVERGENCE, FAIL, INFO, INVOKE, MONITOR, NEMESIS, OK, HistoryWriter, Op, is_client
 from dynacheck.interpreter import ThreadRuntime, run
 from dynacheck.nemesis import Fault, make_faults, results_document
 from dynacheck.nemesis.storage import Skipped, release_command
@@ -51,6 +52,8 @@ from dynamod.client import ClientError, DynamoClient, NodeUnavailable
 from dynamod.config import SETTINGS_BY_NAME
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_CRASHED = 0, 1, 2, 3
+#: Seconds between rounds of the replica monitor (each round polls every hot key on every node).
+MONITOR_INTERVAL = 0.5
 
 
 @attrs.frozen
@@ -169,7 +172,36 @@ class Test:
         generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
         if self.faults:
             generators.append(TimeLimit(int(options.time_limit * SECOND), FaultSchedule(self.schedule)))
-        self._interpret(Concurrently(*generators), nemesis=bool(self.faults))
+        stop_monitor = threading.Event()
+        monitor = threading.Thread(target=self.monitor_replicas, args=(stop_monitor,), name="dynacheck-monitor",
+                                   daemon=True)
+        monitor.start()
+        try:
+            self._interpret(Concurrently(*generators), nemesis=bool(self.faults))
+        finally:
+            stop_monitor.set()
+            monitor.join(30.0)
+
+    def monitor_replicas(self, stop: threading.Event) -> None:
+        """Poll every hot key's replica on every node about every ``MONITOR_INTERVAL`` seconds while
+        the workload runs (process ``monitor``): the replicas checker sees what each replica held in
+        time, so a version that vanished from one replica while others still hold it is seen."""
+        clients = {node: DynamoClient(address, timeout=min(1.0, self.options.client_timeout))
+                   for node, address in self.cluster.addresses().items()}
+        try:
+            while not stop.wait(MONITOR_INTERVAL):
+                for key in self.workload.keys:
+                    for node, client in clients.items():
+                        if stop.is_set():
+                            return
+                        base = {"process": MONITOR, "f": "replica", "key": key, "node": node}
+                        self.record({**base, "type": INVOKE, "value": None})
+                        self.record({**base, **_replica_poll(client, key)})
+        except Exception as exc:  # noqa: BLE001 - the monitor must never end the run
+            self.progress.say(f"replica monitor stopped: {type(exc).__name__}: {exc}")
+        finally:
+            for client in clients.values():
+                client.close()
 
     def plan_faults(self) -> list[PlannedFault]:
         """The run's whole fault schedule, from the seed (saved in test.json as planned)."""

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dynacheck.history import CONVERGENCE, INFO, NEMESIS, Op, nemesis_intervals, pairs
+from dynacheck.history import CONVERGENCE, INFO, MONITOR, NEMESIS, Op, nemesis_intervals, pairs
 
 MAX_OPS = 10_000
 FILE = "timeline.html"
@@ -56,7 +56,7 @@ header h1 { font-size: 18px; margin: 0 0 4px 0; }
 def check(test: dict[str, Any], history: list[Op], run_dir: Path | None) -> dict[str, Any]:
     """Write ``timeline.html`` into ``run_dir`` (when given); reports how many ops it shows of how many."""
     all_ops = [(invoke, completion) for invoke, completion in pairs(history)
-               if invoke.get("process") != CONVERGENCE]
+               if invoke.get("process") not in (CONVERGENCE, MONITOR)]
     shown = all_ops[:MAX_OPS]
     result: dict[str, Any] = {"valid": True, "file": None, "ops_shown": len(shown), "ops_total": len(all_ops)}
     if run_dir is not None:

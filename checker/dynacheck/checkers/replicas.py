@@ -1,0 +1,123 @@
+"""replicas: a replica never loses a version it held, unless it holds one that has seen it (Dynamo
+§4.4: reconciliation only ever drops a version that another version descends from).
+
+While the workload runs, the runner polls every hot key's ``/admin/replica`` on every node (process
+``monitor``). For each node and key, between two consecutive ``ok`` polls, every version (dot) of the
+first must still be there in the second, or be seen by one of the second's versions (its dot inside
+that version's clock). A version that vanished without a descendant was dropped by this replica
+(a merge, a read repair, a handoff or an anti-entropy exchange overwrote it), even when the other
+replicas keep it and every final read shows it — the kind of loss redundancy hides from every
+check of the final state.
+
+Not judged, because the store may lose versions there by design:
+
+* pairs of polls between which the node crashed (a ``kill``, ``disk``, ``power`` or ``corrupt``
+  fault on it, from the start's invoke to the stop's completion, or a heal): a crash may lose what
+  was committed but not yet flushed, which a poll may already have seen (reads do not wait for the
+  flush), and a lost disk loses everything;
+* clusters with more nodes than N, where a node may hold a stand-in's copy and hand it off;
+* lww mode, where a newer timestamp replaces what it has not seen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dynacheck.history import INVOKE, MONITOR, NEMESIS, OK, Op, gc_paused
+
+SAMPLE = 50
+CRASHES = ("kill", "disk", "power", "corrupt")
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def crash_intervals(history: list[Op], nodes: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """Per node, the times it may have crashed: from a crash fault's start invoke to the completion
+    of the stop (or heal) that followed; a fault never stopped lasts to the end of the history."""
+    open_since: dict[tuple[str, str], int] = {}
+    intervals: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    end = 0
+    for op in history:
+        end = max(end, op.get("time", 0))
+        if op.get("process") != NEMESIS:
+            continue
+        action, _, fault = str(op.get("f", "")).partition("-")
+        if fault not in CRASHES:
+            continue
+        value = op.get("value")
+        if action == "start" and op["type"] == INVOKE:
+            for node in (value.get("nodes", ()) if isinstance(value, dict) else ()):
+                open_since.setdefault((fault, node), op["time"])
+        elif action == "stop" and op["type"] != INVOKE:
+            heal = not isinstance(value, dict) or "plan" not in value
+            targets = nodes if heal else (value["plan"].get("nodes") or ())
+            for node in targets:
+                started = open_since.pop((fault, node), None)
+                if started is not None:
+                    intervals[node].append((started, op["time"]))
+    for (_, node), started in open_since.items():
+        intervals[node].append((started, end + 1))
+    return intervals
+
+
+def _seen_by(dot: tuple[Any, Any], siblings: list[dict[str, Any]]) -> bool:
+    actor, counter = dot
+    for sibling in siblings:
+        if tuple(sibling.get("dot") or ()) == dot:
+            return True
+        clock = sibling.get("clock") or {}
+        if counter <= (clock.get("vector") or {}).get(actor, 0) or [actor, counter] in (clock.get("cloud") or ()):
+            return True
+    return False
+
+
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+    """False when a replica lost a version with nothing that descends from it; True otherwise, or
+    when the rule does not apply (``applies: false`` with the reason)."""
+    nodes = list(test.get("nodes") or [])
+    n = test.get("n")
+    if test.get("mode") == "lww":
+        return {"valid": True, "applies": False, "reason": "lww mode replaces versions it has not seen"}
+    if isinstance(n, int) and nodes and len(nodes) > n:
+        return {"valid": True, "applies": False,
+                "reason": f"{len(nodes)} nodes > N = {n}: a stand-in hands its copies off"}
+    with gc_paused():
+        crashes = crash_intervals(history, nodes)
+        polls: dict[tuple[str, str], list[tuple[int, int, list[dict[str, Any]]]]] = defaultdict(list)
+        invoked: dict[tuple[str, str], int] = {}
+        for op in history:
+            if op.get("process") != MONITOR or op.get("f") != "replica":
+                continue
+            slot = (str(op.get("node")), str(op.get("key")))
+            if op["type"] == INVOKE:
+                invoked[slot] = op["time"]
+            elif op["type"] == OK and slot in invoked:
+                polls[slot].append((invoked.pop(slot), op["time"], op.get("value") or []))
+        judged = vanished_count = 0
+        samples: list[dict[str, Any]] = []
+        for (node, key), entries in sorted(polls.items()):
+            for (_, first_done, before), (second_invoke, second_done, after) in zip(entries, entries[1:],
+                                                                                      strict=False):
+                # A crash overlapping the time between the two reads of the replica: not judged.
+                start = first_done - 1
+                if any(begin <= second_done and start <= finish for begin, finish in crashes.get(node, ())):
+                    continue
+                judged += 1
+                for sibling in before:
+                    dot = tuple(sibling.get("dot") or ())
+                    if len(dot) == 2 and not _seen_by(dot, after):
+                        vanished_count += 1
+                        if len(samples) < SAMPLE:
+                            samples.append({"node": node, "key": key, "dot": f"{dot[0]}/{dot[1]}",
+                                            "held_ms": _ms(first_done), "gone_ms": _ms(second_invoke),
+                                            "elements": (sibling.get("elements") or [])[:20]})
+    result: dict[str, Any] = {"valid": not vanished_count, "applies": True, "vanished_count": vanished_count,
+                              "pairs_judged": judged, "polls": sum(len(entries) for entries in polls.values()),
+                              "vanished": samples}
+    if not judged:
+        result["exercised"] = False
+    return result
