@@ -264,3 +264,15 @@ def test_the_cut_off_rule_holds_whatever_r_and_w():
     assert result["applies"] is False and result["cut_off_count"] == 0  # one node suffices for W=1
     result = quorum.check({**CUT_TEST, "r": 1, "w": 2}, cut_off_history("n1"))
     assert result["applies"] is False and result["valid"] is False and result["cut_off_count"] == 1
+
+
+def test_a_later_partition_replaces_the_rules_in_force_and_any_stop_flushes_them_all():
+    one = {"mode": "one", "grudge": {"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]}, "id": 0}
+    bridge = {"mode": "bridge", "grudge": {"n1": [], "n2": ["n3"], "n3": ["n2"]}, "id": 1}
+    ops = [("invoke", "start-partition", one, 1), ("ok", "start-partition", {}, 2),
+           ("invoke", "start-partition", bridge, 10), ("ok", "start-partition", {}, 11),
+           ("invoke", "stop-partition", one, 20), ("ok", "stop-partition", {}, 21)]
+    history = [{"process": "nemesis", "type": kind, "f": f, "value": value, "time": ms * 1_000_000}
+               for kind, f, value, ms in ops]
+    assert quorum.partition_intervals(history) == [(2_000_000, 10_000_000, one["grudge"]),
+                                                   (11_000_000, 20_000_000, bridge["grudge"])]

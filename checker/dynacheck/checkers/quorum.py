@@ -129,15 +129,16 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     if not all(isinstance(value, int) for value in (n, r, w)):
         return {"valid": True, "applies": False, **base, "reason": "test.json does not give n, r and w"}
     with gc_paused():
-        cut_count, cut_samples, cut_judged = cut_off(history, r, w)
+        end = max((op.get("time", 0) for op in history), default=0)
+        log = read_nemesis(history)
+        cut_count, cut_samples, cut_judged = cut_off(history, r, w, partition_intervals(history))
     base.update(cut_off_count=cut_count, cut_off_judged=cut_judged, cut_off=cut_samples)
     if r + w <= n:
         return {"valid": not cut_count, "applies": False, **base,
                 "reason": f"R + W = {r + w} <= N = {n}: a read quorum need not meet a write quorum"}
     margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
     with gc_paused():
-        end = max((op.get("time", 0) for op in history), default=0)
-        windows = quiet_windows(nemesis_busy(read_nemesis(history), end), end, int(margin_s * 1e9))
+        windows = quiet_windows(nemesis_busy(log, end), end, int(margin_s * 1e9))
         writes, reads = _collect(history, _Locator(windows))
         tally = _Tally(len(windows))
         for slot in sorted(set(writes) | set(reads)):
@@ -162,24 +163,28 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
 
 
 def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, list[str]]]]:
-    """``(from_ns, to_ns, grudge)`` of each partition in force: from its start's ok completion to the
-    invoke of the next stop of partitions (or the end of the history)."""
+    """``(from_ns, to_ns, grudge)`` of each set of partition rules in force: from a start's ok
+    completion to the invoke of the next start or stop of partitions (or the end of the history).
+
+    Not ``faults.read_nemesis``'s per-fault intervals: the partition nemesis keeps one set of rules
+    on each host (one iptables chain), so a start replaces whatever rules were there and any stop
+    flushes them all, whichever planned fault it names."""
     intervals: list[tuple[int, int, dict[str, list[str]]]] = []
-    plans: dict[Any, dict[str, Any]] = {}
+    plan: dict[str, Any] = {}
     active: tuple[int, dict[str, list[str]]] | None = None
     end = 0
     for op in history:
         end = max(end, op.get("time", 0))
-        if op.get("process") != "nemesis":
+        if op.get("process") != "nemesis" or op.get("f") not in ("start-partition", "stop-partition"):
             continue
-        if op.get("f") == "start-partition":
-            if op["type"] == "invoke":
-                plans["last"] = op.get("value") or {}
-            elif op["type"] == OK and isinstance(plans.get("last"), dict) and plans["last"].get("grudge"):
-                active = (op["time"], plans["last"]["grudge"])
-        elif op.get("f") == "stop-partition" and op["type"] == "invoke" and active is not None:
+        if op["type"] == "invoke" and active is not None:
             intervals.append((active[0], op["time"], active[1]))
             active = None
+        if op["f"] == "start-partition":
+            if op["type"] == "invoke":
+                plan = op.get("value") if isinstance(op.get("value"), dict) else {}
+            elif op["type"] == OK and plan.get("grudge"):
+                active = (op["time"], plan["grudge"])
     if active is not None:
         intervals.append((active[0], end + 1, active[1]))
     return intervals
@@ -196,10 +201,10 @@ def within_two_hops(grudge: dict[str, list[str]], node: str) -> set[str]:
     return {node} | first | {far for near in first for far in neighbours(near)}
 
 
-def cut_off(history: list[Op], r: int, w: int) -> tuple[int, list[dict[str, Any]], int]:
+def cut_off(history: list[Op], r: int, w: int, intervals: list[tuple[int, int, dict[str, list[str]]]]
+            ) -> tuple[int, list[dict[str, Any]], int]:
     """Ok writes (reads) served, for their whole duration, by a node that could reach fewer than W
     (R) nodes: (count, samples, ops judged)."""
-    intervals = partition_intervals(history)
     if not intervals:
         return 0, [], 0
     starts = [start for start, _, _ in intervals]

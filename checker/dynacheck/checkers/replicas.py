@@ -12,7 +12,7 @@ check of the final state.
 Not judged, because the store may lose versions there by design:
 
 * pairs of polls between which the node crashed (a ``kill``, ``disk``, ``power`` or ``corrupt``
-  fault on it, from the start's invoke to the stop's completion, or a heal): a crash may lose what
+  fault on it, active as the faults checker defines it): a crash may lose what
   was committed but not yet flushed, which a poll may already have seen (reads do not wait for the
   flush), and a lost disk loses everything;
 * clusters with more nodes than N, where a node may hold a stand-in's copy and hand it off;
@@ -25,7 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dynacheck.history import INVOKE, MONITOR, NEMESIS, OK, Op, gc_paused
+from dynacheck.checkers.faults import read_nemesis
+from dynacheck.history import INVOKE, MONITOR, OK, Op, gc_paused
 
 SAMPLE = 50
 CRASHES = ("kill", "disk", "power", "corrupt")
@@ -35,32 +36,17 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def crash_intervals(history: list[Op], nodes: list[str]) -> dict[str, list[tuple[int, int]]]:
-    """Per node, the times it may have crashed: from a crash fault's start invoke to the completion
-    of the stop (or heal) that followed; a fault never stopped lasts to the end of the history."""
-    open_since: dict[tuple[str, str], int] = {}
+def crash_intervals(history: list[Op]) -> dict[str, list[tuple[int, int]]]:
+    """Per node, the times it may have crashed: a crash fault on it while active (``faults``' rule:
+    from its start's invoke to the completion of the ok stop or heal that closed it, the end of the
+    history when none did; skipped and failed starts never were)."""
+    end = max((op.get("time", 0) for op in history), default=0)
     intervals: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    end = 0
-    for op in history:
-        end = max(end, op.get("time", 0))
-        if op.get("process") != NEMESIS:
-            continue
-        action, _, fault = str(op.get("f", "")).partition("-")
-        if fault not in CRASHES:
-            continue
-        value = op.get("value")
-        if action == "start" and op["type"] == INVOKE:
-            for node in (value.get("nodes", ()) if isinstance(value, dict) else ()):
-                open_since.setdefault((fault, node), op["time"])
-        elif action == "stop" and op["type"] != INVOKE:
-            heal = not isinstance(value, dict) or "plan" not in value
-            targets = nodes if heal else (value["plan"].get("nodes") or ())
-            for node in targets:
-                started = open_since.pop((fault, node), None)
-                if started is not None:
-                    intervals[node].append((started, op["time"]))
-    for (_, node), started in open_since.items():
-        intervals[node].append((started, end + 1))
+    for kind, start, stop, nodes in ((fault.kind, fault.invoked, fault.stopped, fault.plan)
+                                     for fault in read_nemesis(history).faults if fault.counts):
+        if kind in CRASHES and isinstance(nodes, dict):
+            for node in nodes.get("nodes", ()):
+                intervals[node].append((start, stop if stop is not None else end + 1))
     return intervals
 
 
@@ -86,7 +72,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         return {"valid": True, "applies": False,
                 "reason": f"{len(nodes)} nodes > N = {n}: a stand-in hands its copies off"}
     with gc_paused():
-        crashes = crash_intervals(history, nodes)
+        crashes = crash_intervals(history)
         polls: dict[tuple[str, str], list[tuple[int, int, list[dict[str, Any]]]]] = defaultdict(list)
         invoked: dict[tuple[str, str], int] = {}
         for op in history:
