@@ -9,12 +9,13 @@ checker's own environment and ports are picked free.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dynactl.deploy import install, render_node_toml, service_command, wait_depl
 from dynactl.inventory import Host
 from dynactl.local import port_is_free
 from dynactl.remote import HostResult, Hosts, LocalHosts
+from dynamod.client import DynamoClient
 
 #: Node settings for checker runs: faults are noticed and repaired in seconds, not minutes. An
 #: exchange every 0.1 s lets anti-entropy sweep a 3-node, 16-partition cluster's 32 replica pairs
@@ -55,6 +57,16 @@ class Cluster:
     def addresses(self) -> dict[str, str]:
         """node id -> HOST:PORT of its HTTP API."""
         return {host.name: host.http for host in self.hosts}
+
+    @contextlib.contextmanager
+    def clients(self, timeout: float) -> Iterator[dict[str, DynamoClient]]:
+        """An HTTP client per node (node id -> client), closed on leaving the block."""
+        clients = {node: DynamoClient(address, timeout=timeout) for node, address in self.addresses().items()}
+        try:
+            yield clients
+        finally:
+            for client in clients.values():
+                client.close()
 
     def faketime_file(self, host: Host) -> str:
         return str(host.var("dynamod_faketime_file") or f"{host.home}/faketime")

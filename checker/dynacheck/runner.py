@@ -186,22 +186,18 @@ class Test:
         """Poll every hot key's replica on every node about every ``MONITOR_INTERVAL`` seconds while
         the workload runs (process ``monitor``): the replicas checker sees what each replica held in
         time, so a version that vanished from one replica while others still hold it is seen."""
-        clients = {node: DynamoClient(address, timeout=min(1.0, self.options.client_timeout))
-                   for node, address in self.cluster.addresses().items()}
         try:
-            while not stop.wait(MONITOR_INTERVAL):
-                for key in self.workload.keys:
-                    for node, client in clients.items():
-                        if stop.is_set():
-                            return
-                        base = {"process": MONITOR, "f": "replica", "key": key, "node": node}
-                        self.record({**base, "type": INVOKE, "value": None})
-                        self.record({**base, **_replica_poll(client, key)})
+            with self.cluster.clients(min(1.0, self.options.client_timeout)) as clients:
+                while not stop.wait(MONITOR_INTERVAL):
+                    for key in self.workload.keys:
+                        for node, client in clients.items():
+                            if stop.is_set():
+                                return
+                            base = {"process": MONITOR, "f": "replica", "key": key, "node": node}
+                            self.record({**base, "type": INVOKE, "value": None})
+                            self.record({**base, **_replica_poll(client, key)})
         except Exception as exc:  # noqa: BLE001 - the monitor must never end the run
             self.progress.say(f"replica monitor stopped: {type(exc).__name__}: {exc}")
-        finally:
-            for client in clients.values():
-                client.close()
 
     def plan_faults(self) -> list[PlannedFault]:
         """The run's whole fault schedule, from the seed (saved in test.json as planned)."""
@@ -286,42 +282,38 @@ class Test:
     def poll_convergence(self) -> bool:
         """Read every key's replica on every node, round after round, until every replica of every
         key holds the same siblings (or the timeout); each poll is a history op."""
-        clients = {node: DynamoClient(address, timeout=self.options.client_timeout)
-                   for node, address in self.cluster.addresses().items()}
+        with self.cluster.clients(self.options.client_timeout) as clients:
+            try:
+                return self._poll_rounds(clients)
+            finally:
+                self.snapshot_status("after", clients)
+
+    def _poll_rounds(self, clients: dict[str, DynamoClient]) -> bool:
         needed = min(self.options.n, len(clients))
         deadline = time.monotonic() + self.options.convergence_timeout
         round_number = 0
         diverged = self.keys()
-        try:
-            while True:
-                round_ops = []
-                for key in diverged:
-                    for node, client in clients.items():
-                        if time.monotonic() > deadline:
-                            return False
-                        base = {"process": CONVERGENCE, "f": "replica", "key": key, "node": node,
-                                "round": round_number}
-                        self.record({**base, "type": INVOKE, "value": None})
-                        round_ops.append(self.record({**base, **_replica_poll(client, key)}))
-                # Keys that agree are settled (writes have stopped); only the others are polled again.
-                diverged = [key for key, agreed in round_verdict(round_ops, needed).items() if not agreed]
-                if not diverged:
-                    return True
-                round_number += 1
-                time.sleep(0.5)
-        finally:
-            self.snapshot_status("after", clients)
-            for client in clients.values():
-                client.close()
+        while True:
+            round_ops = []
+            for key in diverged:
+                for node, client in clients.items():
+                    if time.monotonic() > deadline:
+                        return False
+                    base = {"process": CONVERGENCE, "f": "replica", "key": key, "node": node,
+                            "round": round_number}
+                    self.record({**base, "type": INVOKE, "value": None})
+                    round_ops.append(self.record({**base, **_replica_poll(client, key)}))
+            # Keys that agree are settled (writes have stopped); only the others are polled again.
+            diverged = [key for key, agreed in round_verdict(round_ops, needed).items() if not agreed]
+            if not diverged:
+                return True
+            round_number += 1
+            time.sleep(0.5)
 
-    def snapshot_status(self, phase: str, clients: dict[str, DynamoClient] | None = None) -> None:
+    def snapshot_status(self, phase: str, clients: dict[str, DynamoClient]) -> None:
         """Each node's repair counters as history ops ("before": right after the final heal; "after":
         once the polls ended), so the convergence checker can say which mechanism (anti-entropy,
         hinted handoff) brought the replicas together."""
-        owned = clients is None
-        if clients is None:
-            clients = {node: DynamoClient(address, timeout=self.options.client_timeout)
-                       for node, address in self.cluster.addresses().items()}
         for node, client in clients.items():
             base = {"process": CONVERGENCE, "f": "status", "node": node, "phase": phase}
             self.record({**base, "type": INVOKE, "value": None})
@@ -333,9 +325,6 @@ class Test:
             self.record({**base, "type": OK, "value": {"anti_entropy": status.get("anti_entropy"),
                                                         "hinted_keys": status.get("hinted_keys"),
                                                         "handoffs": status.get("handoffs")}})
-        if owned:
-            for client in clients.values():
-                client.close()
 
     def keys(self) -> list[str]:
         """Every key of the run: the workload's hot keys and every other key an op touched."""
@@ -408,7 +397,8 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
         test.save_test()
         timed(f"running {options.workload} for {options.time_limit:g}s", test.main_phase)
         timed("healing every fault", test.heal)
-        test.snapshot_status("before")
+        with test.cluster.clients(options.client_timeout) as clients:
+            test.snapshot_status("before", clients)
         timed("quiescing", test.quiesce)
         test.test["converged"] = timed("polling replicas until they converge", test.poll_convergence)
         timed("final reads", test.final_reads)

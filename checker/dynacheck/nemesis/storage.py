@@ -34,7 +34,7 @@ from dynacheck.nemesis import Fault
 from dynacheck.nemesis.process import minority
 from dynactl.inventory import Host
 from dynactl.remote import HostResult
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.client import ClientError, NodeUnavailable
 
 #: The Berkeley DB files a corruption may hit, and how.
 CORRUPT_TARGETS = ("records", "meta", "log", "any")
@@ -65,14 +65,12 @@ class DataLoss:
     def statuses(self) -> dict[str, dict[str, Any] | str]:
         """Each node's ``/admin/status``, or why it did not answer."""
         answers: dict[str, dict[str, Any] | str] = {}
-        for node, address in self.cluster.addresses().items():
-            client = DynamoClient(address, timeout=self.timeout)
-            try:
-                answers[node] = client.status()
-            except (ClientError, NodeUnavailable) as exc:
-                answers[node] = f"{node} did not answer ({exc})"
-            finally:
-                client.close()
+        with self.cluster.clients(self.timeout) as clients:
+            for node, client in clients.items():
+                try:
+                    answers[node] = client.status()
+                except (ClientError, NodeUnavailable) as exc:
+                    answers[node] = f"{node} did not answer ({exc})"
         return answers
 
     def check(self) -> None:
@@ -199,28 +197,30 @@ class PowerFault(CrashFault):
     def backing(host: Host) -> str:
         return data_dir(host).rstrip("/") + ".lazyfs"
 
-    def _lazyfs(self, host: Host, *args: str) -> list[str]:
-        return [f"{host.venv}/bin/python", "-m", "dynacheck.lazyfs", *args]
-
     def prepare(self) -> dict[str, HostResult]:
         def mount(host: Host) -> str:
             backing, directory = shlex.quote(self.backing(host)), shlex.quote(data_dir(host))
             log = shlex.quote(f"{host.var('dynamod_log_dir')}/lazyfs.log")
             return (f"rm -rf {backing} && mkdir -p {backing} {directory} && "
-                    + shlex.join(self._lazyfs(host, "mount", self.backing(host), data_dir(host),
+                    + shlex.join(lazyfs_command(host, "mount", self.backing(host), data_dir(host),
                                               "--pidfile", f"{self.backing(host)}.pid"))
                     + f" --log {log}")
         return self.cluster.run(mount, timeout=60.0)
 
     def damage(self, host: Host, value: dict[str, Any]) -> str:
-        return shlex.join(self._lazyfs(host, "crash", data_dir(host)))
+        return shlex.join(lazyfs_command(host, "crash", data_dir(host)))
 
     def release(self) -> dict[str, HostResult]:
         return self.cluster.run(lambda host: release_command(host), timeout=60.0)
 
 
+def lazyfs_command(host: Host, *args: str) -> list[str]:
+    """argv of ``python -m dynacheck.lazyfs ARGS`` with the host's venv."""
+    return [f"{host.venv}/bin/python", "-m", "dynacheck.lazyfs", *args]
+
+
 def release_command(host: Host) -> str:
     """Shell: unmount a lazyfs mount left on the node's data dir (by this run or a killed one)."""
     directory = shlex.quote(data_dir(host))
-    unmount = shlex.join([f"{host.venv}/bin/python", "-m", "dynacheck.lazyfs", "unmount", data_dir(host)])
+    unmount = shlex.join(lazyfs_command(host, "unmount", data_dir(host)))
     return f"if mountpoint -q {directory} 2>/dev/null; then {unmount} || umount -l {directory}; fi; true"
