@@ -6,6 +6,14 @@ version against its local record (dots must be issued by a node that holds the k
 ``dynamod.core.versions``), commits it, then sends the whole resulting sibling set to the other
 replicas and answers after W acknowledgements. A node that is not a replica forwards the PUT to the
 first replica that answers. Deadlines come from the injected clock.
+
+Targets are chosen by this node's failure detector, which can be a moment late (issue 13: a W=3
+PUT right after an owner's SIGTERM was refused with four nodes up). So a replica request that
+fails for want of a connection, or that a stopping node refuses, falls over to the next node up on
+the key's ring walk, which stores the version with the hint of the owner it stands in for (sloppy
+quorum, §4.6); a GET's read falls over the same way. Each node answers one request at most once,
+so a quorum still counts R or W distinct nodes. A timeout does not fall over: the request's own
+deadline has passed by then.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dynamod.core.encoding import (
     unpack,
 )
 from dynamod.core.quorum import GetCore, Outcome, PutCore, QuorumResult
-from dynamod.core.ring import Ring
+from dynamod.core.ring import Ring, partition_of
 from dynamod.core.versions import (
     CausalContext,
     Record,
@@ -39,7 +47,7 @@ from dynamod.core.versions import (
     with_hint,
 )
 from dynamod.net.peers import PeerClient
-from dynamod.net.protocol import PeerUnavailable
+from dynamod.net.protocol import NODE_STOPPING, PeerError, PeerUnavailable
 from dynamod.storage.engine import CorruptRecord, decode_stored
 from dynamod.storage.store import Store
 
@@ -74,9 +82,25 @@ NOT_A_REPLICA = "is not a replica of this key"
 MAX_FORWARDS = 2
 
 
+#: Peer operations a stopping node refuses (its peers send them elsewhere); gossip, transfers and
+#: the other background operations are still answered until the process exits.
+REFUSED_WHILE_STOPPING = frozenset({"ping", "get", "put", "coordinate_put"})
+
+
+class FalloverFailed(Exception):
+    """A replica request failed at its target and at every fallback tried after it."""
+
+
 def describe(failure: Failure) -> str:
     """A short reason for a failed replica request."""
     return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+
+def falls_over(failure: Failure) -> bool:
+    """Whether a request that failed this way is worth sending to another node at once: the node
+    could not be reached (refused, or the connection was lost), or it is stopping."""
+    return bool(failure.check(PeerUnavailable)
+                or (failure.check(PeerError) and NODE_STOPPING in failure.getErrorMessage()))
 
 
 class Coordinator:
@@ -104,6 +128,9 @@ class Coordinator:
         self.admit = admit
         #: Further peer operations served by other services: ``op -> handler(payload)``.
         self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
+        #: Set when the node begins to stop: requests in ``REFUSED_WHILE_STOPPING`` are refused so
+        #: that the peers fall over to other nodes (the node's own clients are still served).
+        self.stopping = False
         # (replica, key) pairs already logged as corrupt: each is logged once, counted every time.
         self._corrupt_logged: set[tuple[str, bytes]] = set()
 
@@ -121,6 +148,38 @@ class Coordinator:
         if all(up(node) for node in owners):
             return dict.fromkeys(owners)  # the common case: every owner is up
         return dict(self.ring.sloppy_targets(key, self.settings.n, up))
+
+    def _next_spare(self, key: bytes, taken: set[str]) -> str | None:
+        """The first node on the key's ring walk that is up and not yet ``taken`` by this request."""
+        for node in self.ring.walk(partition_of(key, self.ring.partitions)):
+            if node not in taken and (node == self.node_id or self.is_up(node)):
+                return node
+        return None
+
+    def _with_fallover(self, key: bytes, target: str, hint: str | None, taken: set[str],
+                       send: Callable[[str, str | None], defer.Deferred]) -> defer.Deferred:
+        """``send(target, hint)``; while the node sent to cannot be reached or is stopping, send to
+        the next spare instead (added to ``taken``), carrying the owner ``target`` answers for as
+        its hint. Fires with ``(node, hint, answer)`` of the node that answered; fails as the
+        target did when no spare is up, else with every node's reason."""
+        owner = hint if hint is not None else target
+        reasons: list[str] = []
+
+        def attempt(node: str, node_hint: str | None) -> defer.Deferred:
+            return send(node, node_hint).addCallbacks(lambda answer: (node, node_hint, answer), failed,
+                                                      errbackArgs=(node,))
+
+        def failed(failure: Failure, node: str) -> Any:
+            reasons.append(f"{node}: {describe(failure)}")
+            spare = self._next_spare(key, taken) if falls_over(failure) else None
+            if spare is None:
+                return failure if len(reasons) == 1 else Failure(FalloverFailed("; then ".join(reasons)))
+            taken.add(spare)
+            self.log.debug("{node} failed for {key!r} ({reason}): {spare} stands in for {owner}",
+                           node=node, key=key, reason=reasons[-1], spare=spare, owner=owner)
+            return attempt(spare, owner)
+
+        return attempt(target, hint)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -168,8 +227,22 @@ class Coordinator:
         core = GetCore(tuple(targets) + self._unreplaced(key, targets), r, lww=self.settings.lww)
         self._mark_unreplaced(core, key, targets)
         corrupt: set[str] = set()
-        requests = [(replica, self._read_replica(replica, key, corrupt), core.add_reply) for replica in targets]
-        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, targets, corrupt))
+        # Who answered for whom: the targets, and the spares a failed target fell over to (read
+        # repair sends each the hint it would have been written with).
+        hints = dict(targets)
+        taken = set(core.replicas)
+
+        def read(node: str, hint: str | None) -> defer.Deferred:
+            hints[node] = hint
+            return self._read_replica(node, key, corrupt)
+
+        def replied(_: str, answered: tuple[str, str | None, tuple[Sibling, ...]]) -> None:
+            node, _hint, siblings = answered
+            core.add_reply(node, siblings)
+
+        requests = [(replica, self._with_fallover(key, replica, hint, taken, read), replied)
+                    for replica, hint in targets.items()]
+        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, hints, corrupt))
 
     def _repair(self, key: bytes, core: GetCore, targets: dict[str, str | None],
                 corrupt: set[str] | frozenset[str] = frozenset()) -> None:
@@ -250,10 +323,16 @@ class Coordinator:
         def ack(replica: str, _: Any) -> None:
             core.add_ack(replica)
 
+        def send(node: str, hint: str | None) -> defer.Deferred:
+            return self.peers[node].call("put", [key, packed, hint], self.settings.timeout)
+
+        def acked(_: str, answered: tuple[str, str | None, Any]) -> None:
+            core.add_ack(answered[0])  # the target, or the spare that stood in for it
+
+        taken = set(replicas)
         requests = [(self.node_id, committed, ack)]
-        requests += [(replica, self.peers[replica].call("put", [key, packed, targets[replica]],
-                                                        self.settings.timeout), ack)
-                     for replica in targets if replica != self.node_id]
+        requests += [(replica, self._with_fallover(key, replica, hint, taken, send), acked)
+                     for replica, hint in targets.items() if replica != self.node_id]
         return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock(), version.dot))
 
     def _unreplaced(self, key: bytes, targets: dict[str, str | None]) -> tuple[str, ...]:
@@ -269,8 +348,9 @@ class Coordinator:
 
     def _forward_put(self, candidates: list[str], key: bytes, value: bytes, context: CausalContext,
                      w: int, deleted: bool, hops: int) -> defer.Deferred:
-        """Hand the PUT to the first replica that answers. While a join or leave spreads, the
-        replica's ring may differ from ours: one that no longer holds the key forwards the PUT
+        """Hand the PUT to the first replica that answers; one that cannot be reached, or is
+        stopping, is skipped (it refuses before stamping anything). While a join or leave spreads,
+        the replica's ring may differ from ours: one that no longer holds the key forwards the PUT
         once more by its own ring (``hops`` counts the forwards), and one that cannot is skipped."""
         errors: dict[str, str] = {}
 
@@ -285,7 +365,7 @@ class Coordinator:
 
             def failed(failure: Failure) -> defer.Deferred:
                 errors[replica] = describe(failure)
-                if failure.check(PeerUnavailable) or NOT_A_REPLICA in failure.getErrorMessage():
+                if falls_over(failure) or NOT_A_REPLICA in failure.getErrorMessage():
                     return attempt()
                 return defer.succeed(PutAnswer(QuorumResult(
                     outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
@@ -372,6 +452,8 @@ class Coordinator:
 
     def handle_peer_request(self, op: str, payload: Any) -> Any:
         """Answer another node's request (the ``PeerProtocol`` handler)."""
+        if self.stopping and op in REFUSED_WHILE_STOPPING:
+            raise ValueError(NODE_STOPPING)
         if op == "get":
             (key,) = payload
             return self.store.get_raw(key)

@@ -6,11 +6,17 @@ Two kinds of evidence, both fed in with the time they happened (no clock reads h
   as in Cassandra and Akka) turns the time since the last arrival into a suspicion level ``phi``,
   scaled by the usual spacing of arrivals, so a peer that always gossips every second is suspected
   sooner than one that is naturally irregular.
-* **Failures** (a refused connection, a timed-out request): ``failures_to_suspect`` in a row mark
-  the peer down at once, without waiting for phi to climb (the coordinator's own evidence, §4.6).
+* **Failures** (a timed-out or refused request): ``failures_to_suspect`` in a row mark the peer
+  down at once, without waiting for phi to climb (the coordinator's own evidence, §4.6).
+* **Lost connections**: a peer connection that closed, or an attempt the peer refused, marks the
+  peer down at once: a process that exited (killed or stopped) is noticed by its peers' kernels
+  within a round trip, long before either of the above.
+* **Goodbyes**: a node that stops cleanly says so first; it is down from then on, and an answer
+  brings it back only over a connection opened after the goodbye (answers still under way on the
+  old connection are from the process that is stopping).
 
-Any arrival clears the failure count, so a peer is up again as soon as it answers; a peer never
-heard from is not up yet.
+Any arrival clears the failure count and a lost connection, so a peer is up again as soon as it
+answers; a peer never heard from is not up yet.
 """
 
 from __future__ import annotations
@@ -78,21 +84,49 @@ class PhiAccrual:
 
 @attrs.define
 class PeerHealth:
-    """One peer's evidence: arrivals (phi) and consecutive failures."""
+    """One peer's evidence: arrivals (phi), consecutive failures, a lost connection, a goodbye."""
 
     accrual: PhiAccrual = attrs.field(factory=PhiAccrual)
     consecutive_failures: int = 0
     last_failure: float | None = None
+    #: The connection was lost or refused since the last arrival.
+    disconnected: bool = False
+    #: The peer said it is stopping; ``reconnected`` once a connection was opened after that.
+    departed: bool = False
+    reconnected: bool = False
 
     def arrival(self, now: float) -> None:
-        """The peer answered or gossiped: evidence it is up."""
+        """The peer answered or gossiped: evidence it is up (after a goodbye, only over a new
+        connection)."""
         self.accrual.arrival(now)
         self.consecutive_failures = 0
+        self.disconnected = False
+        if self.reconnected:
+            self.departed = self.reconnected = False
 
     def failure(self, now: float) -> None:
         """A request to the peer failed or timed out."""
         self.consecutive_failures += 1
         self.last_failure = now
+
+    def connection_lost(self, now: float) -> None:
+        """The peer's connection closed or was refused."""
+        self.disconnected = True
+        self.last_failure = now
+
+    def goodbye(self, now: float) -> None:
+        """The peer announced that it is stopping."""
+        self.departed, self.reconnected = True, False
+        self.last_failure = now
+
+    def connected(self) -> None:
+        """A new connection to the peer was opened."""
+        if self.departed:
+            self.reconnected = True
+
+    def suspected(self) -> bool:
+        """Down on direct evidence, whatever phi says."""
+        return self.departed or self.disconnected
 
 
 @attrs.define
@@ -118,14 +152,27 @@ class FailureDetector:
         """Record that a request to ``peer`` failed at ``now``."""
         self._health(peer).failure(now)
 
+    def connection_lost(self, peer: str, now: float) -> None:
+        """Record that the connection to ``peer`` closed, or that it refused one, at ``now``."""
+        self._health(peer).connection_lost(now)
+
+    def goodbye(self, peer: str, now: float) -> None:
+        """Record that ``peer`` said at ``now`` that it is stopping."""
+        self._health(peer).goodbye(now)
+
+    def connected(self, peer: str) -> None:
+        """Record that a new connection to ``peer`` was opened."""
+        self._health(peer).connected()
+
     def phi(self, peer: str, now: float) -> float:
         """The peer's current suspicion level."""
         return self._health(peer).accrual.phi(now)
 
     def is_up(self, peer: str, now: float) -> bool:
-        """Up once heard from, until requests keep failing or the peer has been silent for too
-        long. A peer never heard from is not known to be up."""
+        """Up once heard from, until requests keep failing, its connection is lost, it said
+        goodbye, or it has been silent for too long. A peer never heard from is not known to be up."""
         health = self._health(peer)
-        if health.accrual.last_arrival is None or health.consecutive_failures >= self.failures_to_suspect:
+        if (health.accrual.last_arrival is None or health.consecutive_failures >= self.failures_to_suspect
+                or health.suspected()):
             return False
         return health.accrual.phi(now) < self.phi_threshold

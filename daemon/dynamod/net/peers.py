@@ -3,11 +3,13 @@
 Each ``PeerClient`` keeps one TCP connection to its peer through Twisted's ``ClientService``, which
 reconnects with exponential backoff. A call made while the peer is known unreachable fails at once
 (so a quorum learns of the failure without waiting for its deadline); the service keeps retrying
-in the background and calls succeed again as soon as the peer answers.
+in the background and calls succeed again as soon as the peer answers. Observers (the failure
+detector) hear of every connection opened, lost or refused as it happens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -51,6 +53,7 @@ class _ObservedEndpoint:
 
         def failed(failure: Any) -> Any:
             self._client.last_error = failure.getErrorMessage()
+            self._client._tell_lost(self._client.last_error)
             return failure
 
         return attempt.addErrback(failed)
@@ -84,6 +87,7 @@ class PeerClient:
         self.writer = writer
         self.protocol: PeerProtocol | None = None
         self.last_error: str | None = None
+        self._observers: list[tuple[Callable[[], None], Callable[[str], None]]] = []
         host, port = split_host_port(address)
         endpoint = _ObservedEndpoint(TCP4ClientEndpoint(reactor, host, port, timeout=2), self)
         self.service = ClientService(
@@ -100,14 +104,26 @@ class PeerClient:
         """Disconnect and stop retrying."""
         return self.service.stopService()
 
+    def observe(self, opened: Callable[[], None], lost: Callable[[str], None]) -> None:
+        """Call ``opened()`` whenever a connection to the peer is made and ``lost(reason)`` whenever
+        one closes or an attempt fails (while the peer is stopped, once per reconnection attempt)."""
+        self._observers.append((opened, lost))
+
+    def _tell_lost(self, reason: str) -> None:
+        for _, lost in self._observers:
+            lost(reason)
+
     def _connected(self, protocol: PeerProtocol) -> None:
         self.protocol = protocol
         self.last_error = None
+        for opened, _ in self._observers:
+            opened()
 
     def _disconnected(self, protocol: PeerProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
             self.last_error = self.last_error or "connection lost"
+            self._tell_lost(f"connection lost: {protocol.lost_reason}")
 
     def call(self, op: str, payload: Any, timeout: float) -> defer.Deferred:
         """Send one request to this peer (see ``PeerProtocol.call``)."""

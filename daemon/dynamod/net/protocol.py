@@ -31,6 +31,11 @@ REQUEST, RESPONSE, ERROR = 0, 1, 2
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 
+#: The error a stopping node answers requests with that its peers should send elsewhere (pings,
+#: replica reads and writes, forwarded PUTs): they fall over to the next candidate on it.
+NODE_STOPPING = "node is stopping"
+
+
 class PeerError(Exception):
     """The remote node answered a request with an error."""
 
@@ -95,6 +100,8 @@ class PeerProtocol(Int32StringReceiver):
         self._last_heard = clock.seconds()
         self.on_connected: Callable[[PeerProtocol], None] | None = None
         self.on_disconnected: Callable[[PeerProtocol], None] | None = None
+        #: Why the connection ended, once it has.
+        self.lost_reason: str | None = None
 
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
@@ -112,8 +119,9 @@ class PeerProtocol(Int32StringReceiver):
         self._deadlines.clear()
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
+        self.lost_reason = reason.getErrorMessage()
         for waiter in pending.values():
-            waiter.errback(PeerUnavailable(f"connection lost: {reason.getErrorMessage()}"))
+            waiter.errback(PeerUnavailable(f"connection lost: {self.lost_reason}"))
         if self.on_disconnected:
             self.on_disconnected(self)
 
