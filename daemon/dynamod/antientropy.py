@@ -11,6 +11,12 @@ is safe in both directions and in any order. A wiped or salvaged node (new incar
 this way, pair by pair: ``coverage`` counts the pairs exchanged since start (or the last ring
 change), so pairs_total intervals after its peers are up it holds every version they held.
 
+Filling a node (a replacement of a dead node, or the new replicas of a removed node's
+partitions): on a ring change (``ring_changed``) the partitions this node newly replicates are
+*gained*; exchanges of gained partitions go first, and ``fill`` reports, per gained partition, the
+replicas it has been exchanged with. ``filled`` holds once each gained partition has been
+exchanged with every other replica that is up: a replacement becomes a member only then.
+
 Records that do not decode are never sent (they are not in the trees; an answer skips them) and
 never merged (an incoming one is counted and skipped); a valid version from the peer replaces one
 here (``Store.stage``).
@@ -30,7 +36,7 @@ from twisted.logger import Logger
 from dynamod.coordinator import Coordinator
 from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of_hash, record_digest
-from dynamod.core.ring import key_hash, partition_of_hash
+from dynamod.core.ring import Ring, key_hash, partition_of_hash
 from dynamod.core.versions import Record
 from dynamod.storage.engine import CorruptRecord, decode_stored
 
@@ -67,6 +73,8 @@ class AntiEntropyService(TimerService):
         self._sweep_began = clock.seconds()
         self._last_sweep_began: float | None = None
         self._running: defer.Deferred | None = None
+        #: Gained partition -> the other replicas it has been exchanged with since it was gained.
+        self.gained: dict[int, set[str]] = {}
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
                       "failed_exchanges": 0, "last_exchange": None}
         coordinator.store.observe(self.observe)
@@ -147,6 +155,52 @@ class AntiEntropyService(TimerService):
         return [(partition, node) for partition in self.my_partitions()
                 for node in ring.preference_list_for_partition(partition, n) if node != me]
 
+    def ring_changed(self, before: Ring, after: Ring) -> None:
+        """Note the partitions this node replicates on ``after`` but did not on ``before`` (all of
+        them when it was alone before: a fresh node that joined), keeping the fill of gained
+        partitions it still replicates."""
+        n, me = self.coordinator.settings.n, self.coordinator.node_id
+        alone = set(before.members) == {me}
+        kept: dict[int, set[str]] = {}
+        for partition in range(after.partitions):
+            replicas = after.preference_list_for_partition(partition, n)
+            if me not in replicas:
+                continue
+            if partition in self.gained:
+                kept[partition] = {peer for peer in self.gained[partition] if peer in replicas}
+            elif alone or me not in before.preference_list_for_partition(partition, n):
+                kept[partition] = set()
+        self.gained = kept
+
+    def gain_all(self) -> None:
+        """Treat every partition this node replicates as gained (a replacement restarted before
+        it was filled: what it had exchanged is not remembered)."""
+        self.gained = {partition: set() for partition in self.my_partitions()}
+
+    def _unfilled(self) -> list[tuple[int, str]]:
+        """(gained partition, replica up) pairs not exchanged yet, in partition order."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        return [(partition, peer) for partition, done in sorted(self.gained.items())
+                for peer in ring.preference_list_for_partition(partition, n)
+                if peer != me and peer not in done and self.is_up(peer)]
+
+    def filled(self) -> bool:
+        """Every gained partition has been exchanged with each of its other replicas that is up."""
+        return not self._unfilled()
+
+    def fill(self) -> dict[str, Any]:
+        """Fill progress for /admin/status and /admin/transfers: per gained partition, its other
+        replicas and those it has been exchanged with."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        partitions = []
+        for partition, done in sorted(self.gained.items()):
+            others = [peer for peer in ring.preference_list_for_partition(partition, n) if peer != me]
+            waiting = [peer for peer in others if peer not in done and self.is_up(peer)]
+            partitions.append({"partition": partition, "replicas": others, "exchanged": sorted(done),
+                               "filled": not waiting})
+        return {"gained": len(partitions), "filled": sum(1 for p in partitions if p["filled"]),
+                "complete": all(p["filled"] for p in partitions), "partitions": partitions}
+
     def _current_coverage(self) -> set[tuple[int, str]]:
         """The pairs exchanged on the current ring (forgotten when the ring changes)."""
         ownership = tuple(self.coordinator.ring.ownership)
@@ -166,15 +220,21 @@ class AntiEntropyService(TimerService):
         if not up or not self.admit(1):
             return
         self._current_coverage()
-        index = next((i for i in up if pairs[i] not in self._sweep), up[0])
-        self._cursor = (index + 1) % len(pairs)
-        partition, peer = pairs[index]
+        unfilled = self._unfilled()
+        if unfilled:  # a node being filled exchanges its gained partitions first
+            partition, peer = unfilled[0]
+        else:
+            index = next((i for i in up if pairs[i] not in self._sweep), up[0])
+            self._cursor = (index + 1) % len(pairs)
+            partition, peer = pairs[index]
         self._running = self.exchange(partition, peer)
         self._running.addBoth(self._finished, partition, peer)
 
     def _finished(self, result: Any, partition: int, peer: str) -> None:
         self._running = None
         if isinstance(result, int):
+            if partition in self.gained:
+                self.gained[partition].add(peer)
             self._current_coverage().add((partition, peer))
             self._sweep.add((partition, peer))
             if self._sweep >= set(self.pairs()):
@@ -245,4 +305,5 @@ class AntiEntropyService(TimerService):
                 "coverage": {"pairs_exchanged": sum(1 for pair in pairs if pair in covered),
                              "pairs_total": len(pairs), "sweeps": self._sweeps,
                              "last_sweep_began_ago": None if self._last_sweep_began is None
-                             else round(self.clock.seconds() - self._last_sweep_began, 3)}}
+                             else round(self.clock.seconds() - self._last_sweep_began, 3)},
+                "fill": self.fill()}

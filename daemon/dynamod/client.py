@@ -177,13 +177,27 @@ class DynamoClient:
         """``/admin/transfers``: every member's transfer progress, and this node's outbound ones."""
         return self._admin("GET", "/admin/transfers")
 
-    def join(self, seed_peer: str) -> dict[str, Any]:
-        """``POST /admin/join``: have this node join the cluster of the member at ``seed_peer``."""
-        return self._admin("POST", "/admin/join", {"seed": seed_peer})
+    def join(self, seed_peer: str, replace: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """``POST /admin/join``: have this node join the cluster of the member at ``seed_peer``, as
+        the replacement of the dead member ``replace`` if given; ``dry_run`` answers the plan only."""
+        body: dict[str, Any] = {"seed": seed_peer}
+        if replace is not None:
+            body["replace"] = replace
+        if dry_run:
+            body["dry_run"] = True
+        return self._admin("POST", "/admin/join", body)
 
-    def leave(self) -> dict[str, Any]:
+    def leave(self, dry_run: bool = False) -> dict[str, Any]:
         """``POST /admin/leave``: this node hands off everything, then stops serving."""
-        return self._admin("POST", "/admin/leave", {})
+        return self._admin("POST", "/admin/leave", {"dry_run": True} if dry_run else {})
+
+    def remove(self, node: str, dry_run: bool = False) -> dict[str, Any]:
+        """``POST /admin/remove``: the dead member ``node`` leaves the cluster without being asked;
+        its partitions go to the others (refused, 409, while this node sees it up)."""
+        body: dict[str, Any] = {"node": node}
+        if dry_run:
+            body["dry_run"] = True
+        return self._admin("POST", "/admin/remove", body)
 
     def replica(self, key: bytes | str) -> dict[str, Any] | None:
         """``/admin/replica/{key}``: this node's local copy, or None when it holds none."""

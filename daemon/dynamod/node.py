@@ -26,7 +26,15 @@ from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.addresses import split_host_port
 from dynamod.core.admission import AdmissionControl
 from dynamod.core.detector import FailureDetector
-from dynamod.core.membership import ACTIVE, LEFT, ClusterState, MalformedState, MemberEntry
+from dynamod.core.membership import (
+    ACTIVE,
+    JOINING,
+    LEFT,
+    ClusterState,
+    MalformedState,
+    MemberEntry,
+    with_hint_counts,
+)
 from dynamod.gossip import GossipService, MembershipError, StateFile
 from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
@@ -146,6 +154,7 @@ class Node(service.MultiService):
                             first_interval=config.heartbeat_interval),
             self.peers, reactor, config.heartbeat_interval)
         self.health.setServiceParent(self)
+        self.coordinator.extra_handlers["goodbye"] = self.health.handle_goodbye
         self.handoff = HandoffService(self.coordinator, self.health.is_up, reactor, config.handoff_interval,
                                       admit=self.admit_background)
         self.handoff.setServiceParent(self)
@@ -160,8 +169,13 @@ class Node(service.MultiService):
             self.node_id, state, self.peers, n=config.n, clock=reactor, interval=config.gossip_interval,
             timeout=config.request_timeout, is_up=self.health.is_up, pending=self.transfers.pending,
             wall_clock_ms=lambda: int(time.time() * 1000), on_change=self._membership_changed,
-            seeds=config.seeds or config.member_ids, state_file=state_file)
+            seeds=config.seeds or config.member_ids, state_file=state_file, filled=self.anti_entropy.filled)
         self.gossip.setServiceParent(self)
+        self.gossip.local_hints = self.handoff.hints_for
+        self.handoff.replacement = self.gossip.replacement
+        if state.status_of(self.node_id) == JOINING and state.replacing(self.node_id) is not None:
+            self.anti_entropy.gain_all()  # restarted before it was filled: fill it all again
+        self._draining: task.LoopingCall | None = None
         self.tombstones = TombstoneReaper(self.coordinator, reactor,
                                           interval=min(10.0, max(1.0, config.tombstone_grace / 4)),
                                           grace=config.tombstone_grace, settled=self._quiet_for_reaping,
@@ -219,6 +233,7 @@ class Node(service.MultiService):
     def _membership_changed(self, old: ClusterState, new: ClusterState) -> None:
         if new.ownership != old.ownership:
             self.coordinator.ring = new.ring
+            self.anti_entropy.ring_changed(old.ring, new.ring)
             self.log.info("ring version {version} by {author}: this node owns {owned} of {total} partitions",
                           version=new.ring_version, author=new.ring_author or "config",
                           owned=len(new.ring.partitions_of(self.node_id)), total=new.ring.partitions)
@@ -228,7 +243,27 @@ class Node(service.MultiService):
             if before is None or before.status != entry.status:
                 self.log.info("member {member} is {status}", member=member_id, status=entry.status)
         if new.status_of(self.node_id) == LEFT and old.status_of(self.node_id) != LEFT:
-            self._depart()
+            if self.transfers.pending() == 0:
+                self._depart()
+            else:
+                self._drain()
+
+    def _drain(self) -> None:
+        """This node was removed while it held data (it was down, and came back): it is in no
+        preference list, so everything it holds is misplaced. Hand it all to the current owners
+        (and hints to fallbacks), then depart, so a removed node that returns loses nothing."""
+        self.log.warn("node {node} was removed from the cluster while holding {keys} keys: handing them to the "
+                      "current owners before it exits", node=self.node_id, keys=self.transfers.pending())
+
+        def check() -> None:
+            if self.transfers.pending() == 0 and self._draining is not None:
+                self._draining.stop()
+                self._draining = None
+                self._depart()
+
+        self._draining = task.LoopingCall(check)
+        self._draining.clock = self.reactor
+        self._draining.start(max(0.1, self.config.transfer_interval), now=False)
 
     @defer.inlineCallbacks
     def _depart(self) -> Any:
@@ -243,8 +278,9 @@ class Node(service.MultiService):
                 "mode": self.config.mode, "members": [m.id for m in self.gossip.state.active()]}
 
     @defer.inlineCallbacks
-    def join(self, seed: str) -> Any:
-        """Join the cluster of the node whose peer listener is at ``seed`` (POST /admin/join)."""
+    def join(self, seed: str, replace: str | None = None, dry_run: bool = False) -> Any:
+        """Join the cluster of the node whose peer listener is at ``seed`` (POST /admin/join), as
+        the replacement of its dead member ``replace`` if given; a dry run answers the plan only."""
         if [m.id for m in self.gossip.state.active()] != [self.node_id]:
             raise MembershipError(f"{self.node_id} is already in a cluster of {len(self.gossip.state.active())} "
                                   "members; it can join another only with an empty data dir")
@@ -261,25 +297,52 @@ class Node(service.MultiService):
             if differing:
                 raise MembershipError(f"cannot join the cluster at {seed}: " + "; ".join(differing), 409)
             me = self.config.member(self.node_id)
+            request: list[Any] = [self.node_id, me.peer, me.http]
+            # The options ask for the plan in the answer (a seed older than replacements refuses them).
+            request.append({"replace": replace, "dry_run": dry_run} if replace is not None else {"dry_run": dry_run})
             try:
-                answer = yield client.call("join", [self.node_id, me.peer, me.http], self.config.request_timeout)
+                answer = yield client.call("join", request, self.config.request_timeout)
             except PeerTimeout as exc:
                 raise MembershipError(f"seed {seed} did not answer the join in time: it may have admitted "
                                       "this node anyway (see dynactl status on the seed)", 502) from exc
             except Exception as exc:  # noqa: BLE001 - the seed's refusal, passed on
-                raise MembershipError(f"seed {seed} refused the join: {exc}", 409) from exc
+                raise MembershipError(f"seed {seed} refused the {'replacement' if replace else 'join'}: {exc}",
+                                      409) from exc
+            plan = answer.get("plan") if isinstance(answer, dict) else None
+            if dry_run:
+                return {"node": self.node_id, "dry_run": True, "plan": plan}
             self.gossip.joined(answer, seed)
         finally:
             self.reactor.callLater(0, client.stop)  # not from inside the client's own callbacks
-        return {"node": self.node_id, "cluster": self.gossip.state.cluster,
-                "members": [m.id for m in self.gossip.state.active()],
-                "partitions_claimed": len(self.ring.partitions_of(self.node_id))}
+        document = {"node": self.node_id, "cluster": self.gossip.state.cluster,
+                    "members": [m.id for m in self.gossip.state.active()],
+                    "partitions_claimed": len(self.ring.partitions_of(self.node_id))}
+        if plan is not None:
+            document["plan"] = plan
+        if replace is not None:
+            document["replaces"] = replace
+        return document
 
-    def leave(self) -> dict[str, Any]:
+    def leave(self, dry_run: bool = False) -> dict[str, Any]:
         """Start handing everything off to the other members (POST /admin/leave)."""
-        self.gossip.leave()
+        plan = self.gossip.leave(dry_run)
+        if dry_run:
+            return {"node": self.node_id, "dry_run": True, "plan": plan}
         return {"node": self.node_id, "status": self.gossip.state.status_of(self.node_id),
-                "pending_keys": self.transfers.pending()}
+                "pending_keys": self.transfers.pending(), "plan": plan}
+
+    def remove(self, dead: str, dry_run: bool = False) -> defer.Deferred:
+        """Remove the dead member ``dead`` (POST /admin/remove): its partitions go to the others;
+        the plan's warnings count the hints live members hold for it."""
+        plan = self.gossip.remove(dead, dry_run)
+
+        def answer(hints: dict[str, int | None]) -> dict[str, Any]:
+            document: dict[str, Any] = {"node": self.node_id, "plan": with_hint_counts(plan, hints)}
+            if dry_run:
+                return {**document, "dry_run": True}
+            return {**document, "removed": dead, "members": [m.id for m in self.gossip.state.active()]}
+
+        return self.gossip.hint_counts(dead).addCallback(answer)
 
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
@@ -322,6 +385,11 @@ class Node(service.MultiService):
         for loop in (self._maintenance, self._pacing):
             if loop.running:
                 loop.stop()
+        # Peers route around this node before its first request to them could fail: it refuses
+        # their pings, reads, writes and forwarded PUTs from now on, and says goodbye (bounded:
+        # an unreachable peer learns it from the lost connection). Its own clients are served.
+        self.coordinator.stopping = True
+        yield self.health.goodbye(self.node_id)
         yield super().stopService()  # listeners closed: no new connections
         yield self.api.drained(self.reactor, self.config.request_timeout + 1)
         yield defer.DeferredList([peer.stop() for peer in self.peers.values()])
@@ -373,10 +441,12 @@ class Node(service.MultiService):
         outbound transfers."""
         state = self.gossip.state
         pending = state.transfers_pending()
-        return {"node": self.node_id, "ring_version": state.ring_version, "settled": state.settled(),
+        return {"node": self.node_id, "ring_version": state.ring_version,
+                "settled": state.settled(self.gossip.reachable),
                 "members": [{"id": m.id, "status": self.member_status(m.id), "pending_keys": pending.get(m.id)}
                             for m in state.active()],
-                "outbound": self.transfers.report()}
+                "outbound": self.transfers.report(), "fill": self.anti_entropy.fill(),
+                "replaced": dict(state.replaced)}
 
     def ring_document(self) -> dict[str, Any]:
         """The /admin/ring document: partition ownership and each partition's preference list."""

@@ -12,6 +12,15 @@ A batch carries the sender's ring version, and a node that knows a newer ring re
 nodes on different rings could otherwise each take the other for the owner, swap the same
 records, and both drop their copy.
 
+What counts as work still to do (``pending``, gossiped; a change completes once every member
+that is up reports none): misplaced keys whose new owners are all up, and hinted keys whose owner
+is up (handoff under way) or has left (they turn into misplaced or own copies). Keys waiting on a
+down owner are not counted: they stay here, are never dropped unacknowledged, and move when the
+owner is back or removed; so one dead node cannot hold every membership change open. A node that
+owns no partition (leaving, or removed and back) counts everything it holds, and, where an owner
+of a partition is down, sends that owner's copy to the next node up on the ring as a hinted
+fallback copy, so a leave does not wait for a dead node.
+
 A record here that does not decode is something this node cannot hand over: it is never sent,
 and it is dropped (unless a valid version replaced it meanwhile), so it holds back neither its
 batch nor a leave. The key's owners keep what they hold; what only that record held is lost.
@@ -19,7 +28,7 @@ batch nor a leave. The key's owners keep what they hold; what only that record h
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from msgpack import packb
@@ -85,9 +94,42 @@ class TransferService(TimerService):
         return found
 
     def pending(self, misplaced: dict[int, list[bytes]] | None = None) -> int:
-        """Keys held here for other nodes: misplaced records and fallback copies."""
+        """Keys held here for other nodes that a membership change waits for: misplaced records
+        whose owners are all up and fallback copies whose owner is up or gone (everything, on a
+        node that owns no partition)."""
         misplaced = self.misplaced() if misplaced is None else misplaced
-        return sum(len(keys) for keys in misplaced.values()) + len(self.coordinator.store.hinted)
+        ring, n = self.coordinator.ring, self.coordinator.settings.n
+        outside = self.coordinator.node_id not in ring.ownership
+        count = sum(len(keys) for partition, keys in misplaced.items()
+                    if outside or all(self.is_up(o) for o in ring.preference_list_for_partition(partition, n)))
+        peers = self.coordinator.peers
+        count += sum(1 for owners in self.coordinator.store.hinted.values()
+                     if outside or any(owner not in peers or self.is_up(owner) for owner in owners))
+        return count
+
+    def held(self) -> int:
+        """Every key held here for other nodes, waiting on a down owner or not."""
+        return sum(len(keys) for keys in self.misplaced().values()) + len(self.coordinator.store.hinted)
+
+    def targets(self, partition: int) -> dict[str, str | None] | None:
+        """Where a misplaced partition goes: its owners when all are up; on a node that owns no
+        partition, the owners that are up plus, for each one that is down, the next node up on the
+        ring carrying that owner as its hint; None while that cannot be done."""
+        ring, n, me = self.coordinator.ring, self.coordinator.settings.n, self.coordinator.node_id
+        owners = ring.preference_list_for_partition(partition, n)
+        if all(self.is_up(owner) for owner in owners):
+            return dict.fromkeys(owners)
+        if me in ring.ownership:
+            return None
+        order = ring.walk(partition)
+        spares = [node for node in order[n:] if node != me and self.is_up(node)]
+        targets: dict[str, str | None] = {owner: None for owner in owners if self.is_up(owner)}
+        for owner in owners:
+            if not self.is_up(owner):
+                if not spares:
+                    return None
+                targets[spares.pop(0)] = owner
+        return targets
 
     def round(self) -> None:
         """Start batches of misplaced partitions, up to ``parallel`` at a time."""
@@ -99,8 +141,9 @@ class TransferService(TimerService):
             if partition in self._in_flight:
                 continue
             owners = self.coordinator.ring.preference_list_for_partition(partition, self.coordinator.settings.n)
-            down = [owner for owner in owners if not self.is_up(owner)]
-            if down:
+            targets = self.targets(partition)
+            if targets is None:
+                down = [owner for owner in owners if not self.is_up(owner)]
                 self.waiting[partition] = f"owner {down[0]} is down"
                 continue
             chunk = keys[:self.batch]
@@ -109,7 +152,7 @@ class TransferService(TimerService):
                 return
             self.waiting.pop(partition, None)
             self._in_flight.add(partition)
-            move = self.move(partition, chunk, owners)
+            move = self.move(partition, chunk, targets)
             move.addCallbacks(self._next, self._failed, callbackArgs=(partition,), errbackArgs=(partition,))
 
     def _failed(self, failure: Any, partition: int) -> None:
@@ -126,8 +169,10 @@ class TransferService(TimerService):
         self.round()
 
     @defer.inlineCallbacks
-    def move(self, partition: int, keys: list[bytes], owners: tuple[str, ...]) -> Any:
-        """Send one batch of a partition's records to all its owners, then drop what they hold."""
+    def move(self, partition: int, keys: list[bytes], owners: tuple[str, ...] | Mapping[str, str | None]) -> Any:
+        """Send one batch of a partition's records to all its owners (or to the targets given,
+        each with the hint it holds them for), then drop what they hold."""
+        targets = owners if isinstance(owners, Mapping) else dict.fromkeys(owners)
         store, coordinator = self.coordinator.store, self.coordinator
         records = yield defer.gatherResults([store.get(key).addErrback(_unusable) for key in keys])
         delivered: dict[bytes, Any] = {}
@@ -145,24 +190,30 @@ class TransferService(TimerService):
         if not entries:
             return
         timeout = 2 * coordinator.settings.timeout
-        payload = [self.ring_version(), entries]
-        yield defer.gatherResults([coordinator.peers[owner].call("put_many", payload, timeout) for owner in owners],
-                                  consumeErrors=True)
+        version = self.ring_version()
+        # The hint rides as a third element only when there is one (older nodes take two).
+        yield defer.gatherResults([coordinator.peers[target].call(
+            "put_many", [version, entries] if hint is None else [version, entries, hint], timeout)
+            for target, hint in targets.items()], consumeErrors=True)
         self.stats["keys_sent"] += len(entries)
         dropped = yield defer.gatherResults([store.update(key, self._drop(key, siblings))
                                              for key, siblings in delivered.items()])
         self.stats["keys_dropped"] += sum(dropped)
 
     def receive(self, payload: Any) -> defer.Deferred:
-        """The ``put_many`` peer operation: merge a batch of another node's records here."""
-        sender_ring, entries = payload
+        """The ``put_many`` peer operation: merge a batch of another node's records here (held for
+        the owner named by an optional third element)."""
+        sender_ring, entries, *rest = payload
+        hint = rest[0] if rest else None
         if type(sender_ring) is not int:
             raise ValueError("a transfer batch starts with the sender's ring version")
+        if len(rest) > 1 or not (hint is None or isinstance(hint, str)):
+            raise ValueError("a transfer batch's third element names the owner it is held for")
         if sender_ring < self.ring_version():
             raise ValueError(f"stale transfer: sent on ring version {sender_ring}, this node has "
                              f"{self.ring_version()}")
         merge = self.coordinator.merge_update
-        updates = [self.coordinator.store.update(key, merge(siblings_from_wire(unpack(packed)), None))
+        updates = [self.coordinator.store.update(key, merge(siblings_from_wire(unpack(packed)), hint))
                    for key, packed in entries]
         return defer.gatherResults(updates).addCallback(len)
 
@@ -180,6 +231,7 @@ class TransferService(TimerService):
         misplaced = self.misplaced()
         return {
             "pending_keys": self.pending(misplaced),
+            "held_keys": sum(len(keys) for keys in misplaced.values()) + len(self.coordinator.store.hinted),
             "hinted_keys": len(self.coordinator.store.hinted),
             "partitions": [{"partition": p, "keys": len(keys), "to": list(ring.preference_list_for_partition(p, n)),
                             "state": "sending" if p in self._in_flight else self.waiting.get(p, "queued")}

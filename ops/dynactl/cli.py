@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from dynactl import cli_deploy, cli_host, cli_testbed
+from dynactl import cli_deploy, cli_host, cli_membership, cli_testbed
 from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, show_value
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
+from dynamod.client import ClientError, DynamoClient, NodeUnavailable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -33,19 +33,8 @@ def cli(ctx: click.Context, node: str | None, fmt: str) -> None:
     ctx.obj = Context(node, fmt)
 
 
-def _client_call(ctx: Context, action: Any) -> Any:
-    """Run one client call, mapping failures to the CONTRACT's exit codes."""
-    try:
-        return action()
-    except QuorumError as exc:
-        ctx.out.fail(EXIT_NO, f"{exc.body.get('error')} (needed {exc.needed}, acks {exc.acks})",
-                     needed=exc.needed, acks=exc.acks)
-    except ClientError as exc:
-        # 409: the node refused a membership change; 502: it could not reach the seed.
-        code = EXIT_NO if exc.status in (409, 502) else EXIT_USAGE if 400 <= exc.status < 500 else EXIT_INTERNAL
-        ctx.out.fail(code, f"{exc.body.get('error', exc)} (HTTP {exc.status})", status=exc.status)
-    except NodeUnavailable as exc:
-        ctx.out.fail(EXIT_INTERNAL, f"node unreachable: {exc}")
+_client_call = cli_membership.client_call
+_seed_peer_address = cli_membership.seed_peer_address
 
 
 # -- key-value ---------------------------------------------------------------------------------
@@ -188,27 +177,18 @@ def transfers(ctx: Context, watch: bool, timeout: float) -> None:
         sys.exit(EXIT_NO)
 
 
-def _seed_peer_address(seed: str) -> str:
-    """A member's peer address from its HTTP or peer address (HTTP is what operators know)."""
-    from dynactl.local import fetch_status
-
-    status = fetch_status(seed)
-    if status is None:
-        return seed
-    for member in status.get("members", []):
-        if member["id"] == status.get("node"):
-            return member["peer"]
-    return seed
-
-
 @cli.command()
 @click.argument("seed", metavar="SEED_HOST:PORT")
+@click.option("--dry-run", is_flag=True, help="print the staged plan only; change nothing")
 @pass_context
-def join(ctx: Context, seed: str) -> None:
+def join(ctx: Context, seed: str, dry_run: bool) -> None:
     """Join the node (--node) to the cluster of SEED, any member's HTTP or peer address. The node
     claims its share of partitions; their data follows in the background (see: dynactl transfers)."""
     client = ctx.client()
-    document = _client_call(ctx, lambda: client.join(_seed_peer_address(seed)))
+    document = _client_call(ctx, lambda: client.join(_seed_peer_address(seed), dry_run=dry_run))
+    if dry_run:
+        ctx.out.document(document, text=cli_membership.plan_text(document["plan"]))
+        return
     ctx.out.document(document, text=f"{document['node']} joined ({len(document['members'])} members); it "
                                     f"claims {document['partitions_claimed']} partitions, transfers follow "
                                     "(dynactl transfers --watch)")
@@ -218,11 +198,16 @@ def join(ctx: Context, seed: str) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="wait until the node has handed everything off and stopped")
 @click.option("--timeout", type=float, default=600, show_default=True, help="seconds to wait at most")
+@click.option("--dry-run", is_flag=True, help="print the staged plan only; change nothing")
 @pass_context
-def leave(ctx: Context, wait: bool, timeout: float) -> None:
+def leave(ctx: Context, wait: bool, timeout: float, dry_run: bool) -> None:
     """Have the node (--node) leave: its partitions go to the others, it hands off all its data,
     then it stops serving."""
     client = ctx.client()
+    if dry_run:
+        document = _client_call(ctx, lambda: client.leave(dry_run=True))
+        ctx.out.document(document, text=cli_membership.plan_text(document["plan"]))
+        return
     document = _client_call(ctx, client.leave)
     deadline = time.monotonic() + timeout
     while wait and time.monotonic() < deadline:
@@ -380,8 +365,10 @@ def local_status(ctx: Context, directory: str) -> None:
                      headers=["node", "http", "peer", "pid", "serving"])
 
 
-for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS):
+for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS, *cli_membership.COMMANDS):
     cli.add_command(_command)
+for _command in cli_membership.LOCAL_COMMANDS:
+    local.add_command(_command)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ whose command line names this cluster's config are ever signalled.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 import urllib.request
@@ -173,6 +174,15 @@ class LocalCluster:
         self.nodes.append(node)
         self.save()
         return node
+
+    def discard(self, node: LocalNode) -> None:
+        """Forget a stopped node that never joined (a dry run's or a refused replacement's): it
+        leaves cluster.json and its directory is deleted."""
+        if self.running(node):
+            raise LocalClusterError(f"{node.id} is still running")
+        self.nodes = [n for n in self.nodes if n.id != node.id]
+        self.save()
+        shutil.rmtree(Path(node.config).parent, ignore_errors=True)
 
     def start(self, node: LocalNode) -> None:
         """Start one node's process (no-op when it already runs)."""

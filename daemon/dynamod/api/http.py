@@ -113,6 +113,28 @@ def dot_header(dot: tuple[str, int]) -> str:
     return f"{dot[0]}/{dot[1]}"
 
 
+def admin_body(request: HttpRequest, allowed: set[str], usage: str) -> dict[str, Any]:
+    """An admin POST's JSON object (empty body: ``{}``); anything else, or an unknown field, is a 400."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"{usage}: the body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, f"{usage}: the body is not a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"{usage}: unknown field {unknown[0]!r}")
+    return body
+
+
+def dry_run_flag(body: dict[str, Any], usage: str) -> bool:
+    """``dry_run`` of an admin body: a boolean, false when absent."""
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ApiError(400, f"{usage}: dry_run must be true or false")
+    return dry_run
+
+
 #: Client operations whose latency paces background work (admission control).
 FOREGROUND = frozenset({"get", "put", "delete"})
 
@@ -136,7 +158,8 @@ class Api:
         if path.startswith(b"/kv/") or path == b"/kv":
             handlers = {"GET": ("get", self.get), "PUT": ("put", self.put), "DELETE": ("delete", self.delete)}
             return handlers.get(method, ("kv", self._method_not_allowed))
-        admin_posts = {b"/admin/join": ("join", self.join), b"/admin/leave": ("leave", self.leave)}
+        admin_posts = {b"/admin/join": ("join", self.join), b"/admin/leave": ("leave", self.leave),
+                       b"/admin/remove": ("remove", self.remove)}
         if path in admin_posts:
             return admin_posts[path] if method == "POST" else ("other", self._method_not_allowed)
         if method != "GET":
@@ -258,16 +281,34 @@ class Api:
         return self.node.store.get(key).addCallback(lambda record: replica_document(self.node.node_id, record))
 
     def join(self, request: HttpRequest) -> defer.Deferred:
+        usage = ('expected a JSON body {"seed": "HOST:PORT", "replace": "DEAD"?, "dry_run": bool?} naming a '
+                 "member's peer address")
+        body = admin_body(request, {"seed", "replace", "dry_run"}, usage)
         try:
-            body = json.loads(request.body or b"{}")
             seed = body["seed"]
             split_host_port(seed)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ApiError(400, 'expected a JSON body {"seed": "HOST:PORT"} naming a member\'s peer address') from exc
-        return self.node.join(seed).addCallback(lambda answer: HttpResponse.json(200, answer))
+            raise ApiError(400, usage) from exc
+        replace = body.get("replace")
+        if replace is not None and not (isinstance(replace, str) and replace):
+            raise ApiError(400, usage)
+        dry_run = dry_run_flag(body, usage)
+        return self.node.join(seed, replace=replace, dry_run=dry_run).addCallback(
+            lambda answer: HttpResponse.json(200, answer))
 
     def leave(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse.json(202, self.node.leave())
+        usage = 'expected no body or a JSON body {"dry_run": bool}'
+        dry_run = dry_run_flag(admin_body(request, {"dry_run"}, usage), usage)
+        return HttpResponse.json(200 if dry_run else 202, self.node.leave(dry_run=dry_run))
+
+    def remove(self, request: HttpRequest) -> defer.Deferred:
+        usage = 'expected a JSON body {"node": "DEAD", "dry_run": bool?} naming a member that is down'
+        body = admin_body(request, {"node", "dry_run"}, usage)
+        node = body.get("node")
+        if not (isinstance(node, str) and node):
+            raise ApiError(400, usage)
+        dry_run = dry_run_flag(body, usage)
+        return self.node.remove(node, dry_run=dry_run).addCallback(lambda answer: HttpResponse.json(200, answer))
 
     def metrics(self, request: HttpRequest) -> HttpResponse:
         self.node.refresh_gauges()

@@ -16,6 +16,15 @@ order of exchanges converges to the same state.
   keys it still holds for others)`` under its own name with an ever-growing ``seq``; the merge
   keeps the highest ``seq``. A joining node becomes a member, and a leaving node leaves, only once
   every active node reports the current ring with nothing left to transfer.
+* Dead nodes (Riak's force-remove and force-replace): ``plan_remove`` marks a member ``left`` at
+  once and gives its partitions to the others; ``plan_replace`` marks it ``left`` and renames its
+  partitions to a new node, which stays ``joining`` until anti-entropy has filled it
+  (``own_next_step``'s ``filled``). ``replaced`` (dead -> new, merged per entry by maximum)
+  tells the nodes still holding hints for the dead node where those go.
+* Changes with a node down: ``settled``, ``in_transition`` and ``own_next_step`` take the
+  deciding node's ``is_up``; a member it sees down neither blocks a change's start nor its
+  completion (its stale progress is ignored), and hints held for a down node are not counted as
+  transfer work by the holders (``dynamod.transfers``).
 * ``cluster`` names the cluster (a digest of its founding members): gossip from another cluster
   is refused, except that a node alone in its own cluster adopts one that lists it as a member.
 
@@ -26,13 +35,13 @@ Whether a member is *reachable* is not gossiped: each node decides that locally
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from dynamod.core.addresses import split_host_port
-from dynamod.core.ring import Ring
+from dynamod.core.ring import Ring, ownership_moves, replica_changes
 
 JOINING, MEMBER, LEAVING, LEFT = "joining", "member", "leaving", "left"
 STATUS_RANK = {JOINING: 0, MEMBER: 1, LEAVING: 2, LEFT: 3}
@@ -84,6 +93,8 @@ class ClusterState:
     ring_author: str = ""
     cluster: str = ""
     progress: Mapping[str, Progress] = attrs.field(factory=dict)
+    #: Dead member -> the node that replaced it (``plan_replace``).
+    replaced: Mapping[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def initial(cls, members: list[MemberEntry], partitions: int, author: str = "") -> ClusterState:
@@ -114,9 +125,12 @@ class ClusterState:
             if mine is None or (theirs.seq, theirs.ring_version, theirs.pending) > (
                     mine.seq, mine.ring_version, mine.pending):
                 progress[node] = theirs
+        replaced = dict(self.replaced)
+        for dead, new in other.replaced.items():
+            replaced[dead] = max(new, replaced.get(dead, new))
         return ClusterState(members=members, ownership=newer.ownership, ring_version=newer.ring_version,
                             ring_author=newer.ring_author, cluster=max(self.cluster, other.cluster),
-                            progress=progress)
+                            progress=progress, replaced=replaced)
 
     def active(self) -> list[MemberEntry]:
         """Members that are joining, members or leaving, by id."""
@@ -145,13 +159,21 @@ class ClusterState:
             report[member.id] = progress.pending if current else None
         return report
 
-    def settled(self) -> bool:
-        """Every active member acts on the current ring and holds nothing for others."""
-        return all(pending == 0 for pending in self.transfers_pending().values())
+    def settled(self, is_up: Callable[[str], bool] | None = None) -> bool:
+        """Every active member acts on the current ring and holds nothing for others; with
+        ``is_up``, only the members it calls up are asked (a down member never blocks)."""
+        return all(pending == 0 for node, pending in self.transfers_pending().items()
+                   if is_up is None or is_up(node))
 
-    def in_transition(self) -> bool:
-        """A join or leave has not finished (a member joining or leaving, or transfers pending)."""
-        return any(m.status != MEMBER for m in self.active()) or not self.settled()
+    def in_transition(self, is_up: Callable[[str], bool] | None = None) -> bool:
+        """A change has not finished (a member joining or leaving, or transfers pending), among
+        the members ``is_up`` calls up (all of them without it)."""
+        considered = [m for m in self.active() if is_up is None or is_up(m.id)]
+        return any(m.status != MEMBER for m in considered) or not self.settled(is_up)
+
+    def replacing(self, member_id: str) -> str | None:
+        """The dead member ``member_id`` replaces, if it joined as a replacement."""
+        return next((dead for dead, new in sorted(self.replaced.items()) if new == member_id), None)
 
     def with_member(self, entry: MemberEntry) -> ClusterState:
         """This state with ``entry`` published (its version one above what is known)."""
@@ -170,19 +192,25 @@ class ClusterState:
         state = self.with_member(attrs.evolve(entry, status=JOINING))
         return state.with_ring(self.ring.claim(entry.id, n), author)
 
-    def own_next_step(self, me: str, n: int) -> ClusterState:
+    def own_next_step(self, me: str, n: int, is_up: Callable[[str], bool] | None = None,
+                      filled: bool = True) -> ClusterState:
         """The next step of ``me``'s own join or leave, or this state when there is none: re-plan a
-        claim or release that lost to a concurrent change, become a member once the transfers of
-        the join settled, publish ``left`` once the leave's have."""
+        claim, release or replacement that lost to a concurrent change, become a member once the
+        transfers of the join settled (and, for a replacement, once it is ``filled``), publish
+        ``left`` once the leave's have. ``is_up`` is ``me``'s failure detector: members it sees
+        down do not hold the change open."""
         entry = self.members.get(me)
         if entry is None:
             return self
+        repaired = self._without_departed_owners(me, n)
+        if repaired is not self:
+            return repaired
         ring = self.ring
         if entry.status == JOINING:
             if me not in ring.ownership:
                 claimed = ring.claim(me, n)
                 return self.with_ring(claimed, me) if claimed != ring else self
-            if self.settled():
+            if self.settled(is_up) and (filled or self.replacing(me) is None):
                 return self.with_member(attrs.evolve(entry, status=MEMBER))
         if entry.status == LEAVING:
             if me in ring.ownership:
@@ -190,9 +218,25 @@ class ClusterState:
                     return self.with_ring(ring.release(me, n), me)
                 # Everyone else left concurrently: the last owner stays, its leave is cancelled.
                 return self.with_member(attrs.evolve(entry, status=MEMBER))
-            if self.settled():
+            if self.settled(is_up):
                 return self.with_member(attrs.evolve(entry, status=LEFT))
         return self
+
+    def _without_departed_owners(self, me: str, n: int) -> ClusterState:
+        """A ring still naming a member that has left (a remove or replace lost to a concurrent
+        ring change): its partitions renamed to its replacement, or released. Every node may do
+        this; from one state they all plan the same ownership."""
+        ring = self.ring
+        departed = [owner for owner in ring.members if self.status_of(owner) == LEFT]
+        if not departed:
+            return self
+        for dead in departed:
+            new = self.replaced.get(dead)
+            if new is not None and self.status_of(new) in ACTIVE and new not in ring.ownership:
+                ring = ring.rename(dead, new)
+            elif len(ring.members) > 1:
+                ring = ring.release(dead, n)
+        return self.with_ring(ring, me) if ring != self.ring else self
 
     def plan_leave(self, member_id: str, n: int, author: str) -> ClusterState:
         """Mark ``member_id`` leaving and hand its partitions to the others (only those move)."""
@@ -204,6 +248,91 @@ class ClusterState:
             raise ValueError("the last member cannot leave")
         state = self.with_member(attrs.evolve(entry, status=LEAVING))
         return state.with_ring(self.ring.release(member_id, n), author)
+
+    def plan_remove(self, dead: str, n: int, author: str) -> ClusterState:
+        """``dead`` is gone for good: it is ``left`` at once and its partitions go to the others
+        (``Ring.release``: only those change owner). Nothing is read from it; the new replicas of
+        its partitions are filled from the surviving ones."""
+        entry = self.members.get(dead)
+        if entry is None or entry.status not in ACTIVE:
+            raise ValueError(f"{dead} is not a member")
+        if [m.id for m in self.active()] == [dead] or set(self.ring.members) == {dead}:
+            raise ValueError("the last member cannot be removed")
+        state = self.with_member(attrs.evolve(entry, status=LEFT))
+        return state.with_ring(self.ring.release(dead, n), author)
+
+    def plan_replace(self, new: MemberEntry, dead: str, author: str) -> ClusterState:
+        """``new`` takes over exactly ``dead``'s partitions (an ownership rename: nothing else
+        moves); ``dead`` is ``left``, ``new`` is ``joining`` until it has been filled."""
+        entry = self.members.get(dead)
+        if entry is None or entry.status not in ACTIVE:
+            raise ValueError(f"{dead} is not a member")
+        if new.id == dead:
+            raise ValueError("a replacement needs an id of its own")
+        if self.status_of(new.id) in ACTIVE:
+            raise ValueError(f"{new.id} is already a member")
+        state = self.with_member(attrs.evolve(new, status=JOINING)).with_member(attrs.evolve(entry, status=LEFT))
+        state = attrs.evolve(state, replaced={**self.replaced, dead: new.id})
+        return state.with_ring(self.ring.rename(dead, new.id), author)
+
+
+def at_risk(ring: Ring, dead: str, n: int, is_up: Callable[[str], bool]) -> dict[int, list[str]]:
+    """Partitions ``dead`` is a replica of whose other replicas are not all up, with those that
+    are down: a write acknowledged only by ``dead`` and them, whose fallback copies are also
+    gone, is lost when ``dead`` is removed or replaced."""
+    risky = {}
+    for partition in range(ring.partitions):
+        replicas = ring.preference_list_for_partition(partition, n)
+        if dead in replicas:
+            down = [node for node in replicas if node != dead and not is_up(node)]
+            if down:
+                risky[partition] = down
+    return risky
+
+
+def plan_document(change: str, node: str, before: ClusterState, after: ClusterState, n: int,
+                  is_up: Callable[[str], bool], replaces: str | None = None) -> dict[str, Any]:
+    """The staged plan of a membership change, as ``dynactl --dry-run`` shows it (like
+    ``riak-admin cluster plan``): the partitions whose owner changes, the partitions whose replica
+    set changes, warnings, and ``at_risk``: the partitions where a dead node being removed or
+    replaced was a replica while another replica is down too."""
+    moves = [{"partition": p, "from": a, "to": b} for p, a, b in ownership_moves(before.ring, after.ring)]
+    changes = [{"partition": p, "gains": list(gained), "loses": list(lost)}
+               for p, gained, lost in replica_changes(before.ring, after.ring, n)]
+    plan: dict[str, Any] = {"change": change, "node": node, "ring_version": before.ring_version,
+                            "moves": moves, "replica_changes": changes, "warnings": [], "at_risk": []}
+    if replaces is not None:
+        plan["replaces"] = replaces
+    dead = replaces if change == "replace" else node if change == "remove" else None
+    if dead is None:
+        return plan
+    risky = at_risk(before.ring, dead, n, is_up)
+    plan["at_risk"] = [{"partition": p, "down": down} for p, down in sorted(risky.items())]
+    if risky:
+        down = sorted({x for nodes in risky.values() for x in nodes})
+        plan["warnings"].append(
+            f"{len(risky)} partitions have {dead} as a replica while other replicas ({', '.join(down)}) are down "
+            f"too: a write acknowledged only by {dead} and those replicas is lost unless a fallback still holds it "
+            f"(partitions {', '.join(str(p) for p in sorted(risky))})")
+    plan["warnings"].append(f"{dead} is not read: a write that only {dead} acknowledged, and whose fallback copy "
+                            "is also gone, is lost; the surviving replicas refill its partitions")
+    return plan
+
+
+def with_hint_counts(plan: dict[str, Any], hints: Mapping[str, int | None]) -> dict[str, Any]:
+    """``plan`` with the keys live nodes hold as hints for its dead node (``hints``: per holder,
+    None when it did not answer) counted in ``hints_for_dead`` and named in a warning."""
+    dead = plan.get("replaces") if plan["change"] == "replace" else plan["node"]
+    held = sum(count for count in hints.values() if count)
+    unknown = sorted(holder for holder, count in hints.items() if count is None)
+    warnings = list(plan["warnings"])
+    target = plan["node"] if plan["change"] == "replace" else "the keys' current replicas"
+    if held:
+        warnings.append(f"{held} keys are held as hints for {dead} on live nodes: they go to {target} "
+                        "(nothing is lost with them)")
+    if unknown:
+        warnings.append(f"hints held for {dead} unknown on {', '.join(unknown)} (did not answer)")
+    return {**plan, "warnings": warnings, "hints_for_dead": held, "hints_unknown": unknown}
 
 
 def accept_gossip(mine: ClusterState, theirs: ClusterState, me: str) -> ClusterState | None:
@@ -225,6 +354,8 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
         "ring_author": state.ring_author,
         "cluster": state.cluster,
         "progress": [[node, p.seq, p.ring_version, p.pending] for node, p in state.progress.items()],
+        # A key of its own: nodes that predate replacements ignore it instead of refusing the state.
+        "replaced": [[dead, new] for dead, new in sorted(state.replaced.items())],
     }
 
 
@@ -263,6 +394,11 @@ def state_from_wire(data: Any, partitions: int) -> ClusterState:
             progress[node] = Progress(seq, seen, pending)
         if len(ownership) != partitions or not all(isinstance(o, str) and o in members for o in ownership):
             raise MalformedState("ownership does not cover the partitions with known members")
+        replaced = {}
+        for dead, new in data.get("replaced", []):
+            if dead not in members or new not in members:
+                raise MalformedState(f"a replacement of unknown members {dead!r} -> {new!r}")
+            replaced[dead] = new
     except MalformedState:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -272,4 +408,4 @@ def state_from_wire(data: Any, partitions: int) -> ClusterState:
     if not isinstance(cluster, str) or not cluster:
         raise MalformedState("no cluster name")
     return ClusterState(members=members, ownership=ownership, ring_version=ring_version, ring_author=ring_author,
-                        cluster=cluster, progress=progress)
+                        cluster=cluster, progress=progress, replaced=replaced)

@@ -150,6 +150,13 @@ class Ring:
             counts[best] += 1
         return Ring(ownership)
 
+    def rename(self, old: str, new: str) -> Ring:
+        """Ownership after ``new`` replaces ``old``: exactly ``old``'s partitions change owner, to
+        ``new``, so every preference list keeps its shape (Riak's force-replace)."""
+        if new in self.ownership and new != old:
+            raise ValueError(f"{new} already owns partitions")
+        return Ring([new if owner == old else owner for owner in self.ownership])
+
     def _spacing(self, partition: int, taken: list[int], n: int) -> int:
         """Distance from ``partition`` to the nearest of ``taken`` (capped at ``n``), so choices
         that keep N consecutive partitions distinct score highest."""
@@ -167,3 +174,19 @@ class Ring:
 
     def __repr__(self) -> str:
         return f"Ring(partitions={self.partitions}, members={list(self.members)})"
+
+
+def ownership_moves(before: Ring, after: Ring) -> list[tuple[int, str, str]]:
+    """``(partition, from, to)`` for every partition whose owner differs between two rings."""
+    return [(p, a, b) for p, (a, b) in enumerate(zip(before.ownership, after.ownership, strict=True)) if a != b]
+
+
+def replica_changes(before: Ring, after: Ring, n: int) -> list[tuple[int, tuple[str, ...], tuple[str, ...]]]:
+    """``(partition, replicas gained, replicas lost)`` for every partition whose preference list
+    differs: what data actually moves (a gained replica is filled by transfers or anti-entropy)."""
+    changes = []
+    for p in range(before.partitions):
+        old, new = before.preference_list_for_partition(p, n), after.preference_list_for_partition(p, n)
+        if old != new:
+            changes.append((p, tuple(x for x in new if x not in old), tuple(x for x in old if x not in new)))
+    return changes
