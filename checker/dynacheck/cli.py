@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from dynacheck.nemesis import COPY_LOSING, parse_nemesis
-from dynacheck.workloads import WORKLOADS
+from dynacheck.nemesis import COPY_LOSING, DEFAULT_SPARES, parse_nemesis
+from dynacheck.workloads import VCLOCK_ONLY, WORKLOADS
 
 EXIT_USAGE = 2
 
@@ -65,10 +65,15 @@ def cli() -> None:
 @click.option("--local", "local", type=click.IntRange(1, 9), help="N nodes on this machine (no root needed)")
 @click.option("--testbed", type=click.IntRange(1, 20), help="N testbed hosts (root: namespaces with sshd)")
 @click.option("--testbed-dir", default=".dynamo/testbed", show_default=True, help="where the testbed lives")
+@click.option("--spares", type=click.IntRange(0, 9),
+              help=f"hosts beyond the --local/--testbed N members (with --nodes-file: its last ones), installed but "
+                   f"stopped, that the membership nemesis joins and that nodes which left become again "
+                   f"(default {DEFAULT_SPARES} with membership, else 0)")
 @click.option("--nodes-file", type=click.Path(dir_okay=False), help="hosts to test (nodes.json or inventory.ini)")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
 @click.option("--nemesis", default="none", show_default=True,
-              help="none, all, or comma-separated: partition, clock, kill, pause, netem, disk, power, corrupt")
+              help="none, all, or comma-separated: partition, clock, kill, pause, netem, disk, power, corrupt, "
+                   "membership")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True, help="seconds")
 @click.option("--concurrency", type=click.IntRange(1, 200), default=10, show_default=True, help="client threads")
 @click.option("--rate", type=click.FloatRange(0.1, 100000), default=50, show_default=True, help="ops/s, all clients")
@@ -85,13 +90,17 @@ def cli() -> None:
 @click.option("--convergence-timeout", type=click.FloatRange(1, 3600), default=60, show_default=True)
 @click.option("--quiet-margin", type=click.FloatRange(0, 3600), default=3, show_default=True,
               help="seconds after a fault before the quorum checker judges stale reads")
+@click.option("--max-context-entries", type=click.IntRange(1, 10000),
+              help="the nodes' bound on a causal context for this run (default: the node's, 64): below the actors "
+                   "a key sees (each coordinator, and each restart of one, is a new actor), truncation is under test")
 @click.option("--store", default="store", show_default=True, help="the store directory")
 @click.option("--name", help="test name in the store (default: WORKLOAD-MODE-NEMESES)")
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: str | None, workload: str,
         nemesis: str, time_limit: float, concurrency: int, rate: float, keys: int, mode: str, replicas: int,
         read_quorum: int, write_quorum: int, seed: int | None, nemesis_interval: float, nemesis_duration: float,
-        convergence_timeout: float, quiet_margin: float, store: str, name: str | None, output: str) -> None:
+        convergence_timeout: float, quiet_margin: float, store: str, name: str | None, output: str,
+        max_context_entries: int | None = None, spares: int | None = None) -> None:
     """Run one test against a cluster and print the verdict and the run's store path."""
     from dynacheck.runner import Options, run_test
     targets = [flag for flag, value in (("--local", local), ("--testbed", testbed), ("--nodes-file", nodes_file))
@@ -112,6 +121,9 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
             raise click.UsageError(f"{', '.join(losing)} needs --w 2 or more: with W=1 one lost disk may hold the "
                                    "only copy of an acknowledged write")
         faults = tuple(fault for fault in faults if fault not in COPY_LOSING)
+    if workload in VCLOCK_ONLY and mode != "vclock":
+        raise click.UsageError(f"--workload {workload} needs --mode vclock: in lww a blind write replaces what it "
+                               "did not see, by design")
     if nodes_file and not Path(nodes_file).is_file():
         raise click.UsageError(f"--nodes-file {nodes_file}: no such file")
     options = Options(workload=workload, nemesis=faults, time_limit=time_limit, concurrency=concurrency, rate=rate,
@@ -119,7 +131,9 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
                       seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
                       nemesis_interval=nemesis_interval, nemesis_duration=nemesis_duration,
                       convergence_timeout=convergence_timeout, quiet_margin=quiet_margin, local=local, testbed=testbed,
-                      testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name)
+                      testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name,
+                      max_context_entries=max_context_entries,
+                      spares=spares if spares is not None else DEFAULT_SPARES * ("membership" in faults))
     signal.signal(signal.SIGTERM, _interrupt)  # heal and tear down on SIGTERM as on Ctrl-C
     run_dir, results, code = run_test(options)
     _report(run_dir, results, code, output)

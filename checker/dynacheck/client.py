@@ -1,12 +1,21 @@
 """Workload ops against the HTTP API, turned into history completions (Jepsen's client).
 
 ``add`` (cart) is a read-modify-write: GET, union the siblings' items, add one, PUT with the
-context. ``write`` (register) is a blind PUT. ``read`` is a GET. What the outcome means:
+context. ``remove`` (cart) is one too: GET, drop the item ``pick`` chooses among those read, PUT the
+rest with the context, or DELETE with the context when nothing would be left; its completion's
+``value`` is the item, and ``f`` is ``delete`` when it deleted. A remove whose read found no item
+writes nothing and completes ``fail`` (``error`` says so: certainly no write). ``write``
+(register) is a blind PUT. ``read`` is a GET. What the outcome means:
 
 * a GET that fails means nothing happened: ``fail``;
 * a PUT answered 503, timed out or cut off mid-way *may* have been stored: ``info``, never ``fail``;
 * a PUT refused before it was sent (connection refused) or with a 4xx certainly was not: ``fail``;
-  any other error status (a 500) may come after the write was stored: ``info``.
+  any other error status (a 500) may come after the write was stored: ``info``. A DELETE is a PUT.
+
+An ok read also carries ``context_clock``, the CLOCK its context encodes: it holds the tombstones
+the read does not return as versions, so a write's ``read_clock`` (what it may claim to have seen)
+is the union of the live versions' clocks and that one. An ok RMW write's ``version`` carries the
+``elements`` it wrote (its value), ``deleted`` for a DELETE.
 """
 
 from __future__ import annotations
@@ -68,6 +77,14 @@ def union_clock(versions: list[dict[str, Any]]) -> dict[str, Any]:
                                               if counter > vector.get(actor, 0))}
 
 
+def read_versions(read: GetResult, versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live versions of ``read`` plus, when its context decodes, a dot-less entry holding the
+    context's clock: the tombstones a read does not return as versions are in what a write made
+    with that context has seen (``read_clock``), but it supersedes only the live dots."""
+    clock = context_clock(read.context) if read.context else None
+    return versions + ([{"clock": clock}] if clock is not None else [])
+
+
 def _unreachable_before_sending(exc: NodeUnavailable) -> bool:
     return isinstance(exc.__cause__, ConnectionRefusedError)
 
@@ -122,8 +139,10 @@ class Client:
             return self.read(client, op)
         if op["f"] == "add":
             return self.add(client, op)
+        if op["f"] == "remove":
+            return self.remove(client, op)
         if op["f"] == "write":
-            return self.write(client, op, context=None, versions=[], elements=[op["value"]])
+            return self.write(client, op, context=None, versions=[], elements=[op["value"]], blind=True)
         return {"type": FAIL, "error": f"unknown op {op['f']!r}"}
 
     def read(self, client: DynamoClient, op: Op) -> Op:
@@ -133,7 +152,11 @@ class Client:
             return {"type": FAIL, "error": str(exc), **_refused(exc)}
         versions = versions_of(result)
         elements = sorted({element for version in versions for element in version["elements"]})
-        return {"type": OK, "value": elements, "versions": versions}
+        completion: Op = {"type": OK, "value": elements, "versions": versions}
+        clock = context_clock(result.context) if result.context else None
+        if clock is not None:
+            completion["context_clock"] = clock
+        return completion
 
     def add(self, client: DynamoClient, op: Op) -> Op:
         try:
@@ -142,12 +165,37 @@ class Client:
             return {"type": FAIL, "error": f"read before the add: {exc}", **_refused(exc)}
         versions = versions_of(read)
         items = {element for version in versions for element in version["elements"]} | {op["value"]}
-        return self.write(client, op, context=read.context or None, versions=versions, elements=items)
+        return self.write(client, op, context=read.context or None, versions=read_versions(read, versions),
+                          elements=items)
+
+    def remove(self, client: DynamoClient, op: Op) -> Op:
+        """Drop one item the read returned; DELETE with the context when it was the last one."""
+        try:
+            read = client.get(op["key"])
+        except (ClientError, NodeUnavailable) as exc:
+            return {"type": FAIL, "error": f"read before the remove: {exc}", **_refused(exc)}
+        versions = versions_of(read)
+        items = sorted({element for version in versions for element in version["elements"]})
+        if not items:
+            # Nothing was written, so nothing can have changed: certainly a no-op, not an unknown.
+            return {"type": FAIL, "error": "nothing to remove: the read found an empty cart", "empty": True}
+        item = items[int(op.get("pick") or 0) % len(items)]
+        rest = [element for element in items if element != item]
+        completion = self.write(client, op, context=read.context or None, versions=read_versions(read, versions),
+                                elements=rest, delete=not rest)
+        completion["value"] = item
+        if not rest:
+            completion["f"] = "delete"
+        return completion
 
     def write(self, client: DynamoClient, op: Op, context: str | None, versions: list[dict[str, Any]],
-              elements: Any) -> Op:
+              elements: Any, delete: bool = False, blind: bool = False) -> Op:
         try:
-            written = client.write(op["key"], encode_elements(elements), context=context)
+            if delete:
+                # DynamoClient.delete returns the context only; the dot is in the same response.
+                written = client._write("DELETE", op["key"], b"", context, None)  # noqa: SLF001
+            else:
+                written = client.write(op["key"], encode_elements(elements), context=context)
         except QuorumError as exc:
             return {"type": INFO, "error": str(exc)}
         except NodeUnavailable as exc:
@@ -156,11 +204,15 @@ class Client:
         except ClientError as exc:
             # A 4xx refused the write; a 5xx may have come after it was stored: unknown.
             return {"type": FAIL if exc.status < 500 else INFO, "error": str(exc)}
-        completion: Op = {"type": OK, "supersedes": [version["dot"] for version in versions],
+        completion: Op = {"type": OK, "supersedes": [version["dot"] for version in versions if "dot" in version],
                           "read_clock": union_clock(versions)}
         clock = context_clock(written.context)
         if written.dot is not None and clock is not None:
             completion["version"] = {"dot": list(written.dot), "clock": clock}
+            if not blind:  # a blind write's value is its invoke's: no need to repeat it
+                completion["version"]["elements"] = sorted(elements)
+            if delete:
+                completion["version"]["deleted"] = True
         return completion
 
     def close(self) -> None:

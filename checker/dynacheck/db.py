@@ -5,6 +5,12 @@ hosts, subprocesses for ``--local``), laid out as the Ansible role lays them out
 ``dynactl service`` on each host, so a checker run exercises exactly what operators deploy. A
 ``--local`` cluster is the same thing on 127.0.0.1: each node's home links ``venv`` to the
 checker's own environment and ports are picked free.
+
+A run's hosts are its members and its spares (``--spares``, for the ``membership`` nemesis): a spare
+is installed but not started, with itself as its only member in node.toml (``dynactl local add``
+and ansible ``join.yml`` do the same), so that once started it is alone and can join. The member
+list changes during the run (``admit``, ``depart``, ``retire``); everything that acts on "the
+nodes" (faults, heal, polls, final reads) acts on the current members.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,19 +47,79 @@ class DbError(Exception):
 
 @attrs.define
 class Cluster:
-    """The nodes of one test and how to act on them."""
+    """The nodes of one test and how to act on them: ``hosts`` are the current members, ``spares``
+    hosts installed but not members (stopped, data dir empty), ``departing`` former members whose
+    departure is not finished (neither: not acted on as members, not yet reusable)."""
 
     hosts: list[Host]
     control: Hosts
     local_dir: Path | None = None  # the scratch directory of a --local cluster, removed at teardown
     faketime: bool = False
+    spares: list[Host] = attrs.Factory(list)
+    departing: list[Host] = attrs.Factory(list)
+    #: Counts membership changes, so a thread holding per-node clients knows to rebuild them.
+    membership_version: int = 0
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
 
     @property
     def ids(self) -> list[str]:
         return [host.name for host in self.hosts]
 
+    @property
+    def spare_ids(self) -> list[str]:
+        return [host.name for host in self.spares]
+
+    @property
+    def roster(self) -> list[Host]:
+        """Every host of the run: members, departing and spares."""
+        return self.hosts + self.departing + self.spares
+
     def host(self, node: str) -> Host:
-        return next(host for host in self.hosts if host.name == node)
+        return next(host for host in self.roster if host.name == node)
+
+    # -- membership (the lists are replaced, never changed in place: other threads read them) -------
+
+    def admit(self, node: str, position: int | None = None) -> None:
+        """``node`` (a spare) has joined: it is a member, at ``position`` (where the node it replaced
+        was) or last."""
+        with self._lock:
+            host = self.host(node)
+            members = [h for h in self.hosts if h.name != node]
+            members.insert(len(members) if position is None else min(position, len(members)), host)
+            self.hosts = members
+            self.spares = [h for h in self.spares if h.name != node]
+            self.departing = [h for h in self.departing if h.name != node]
+            self.membership_version += 1
+
+    def depart(self, node: str) -> int:
+        """``node`` stops being a member (it leaves, or is about to be killed and replaced); returns
+        its position among the members, for ``restore``."""
+        with self._lock:
+            position = self.ids.index(node)
+            host = self.hosts[position]
+            self.hosts = [h for h in self.hosts if h.name != node]
+            self.departing = [*self.departing, host]
+            self.membership_version += 1
+            return position
+
+    def restore(self, node: str, position: int) -> None:
+        """A departure that did not happen: ``node`` is a member again, where it was."""
+        with self._lock:
+            host = self.host(node)
+            self.departing = [h for h in self.departing if h.name != node]
+            members = [h for h in self.hosts if h.name != node]
+            members.insert(min(position, len(members)), host)
+            self.hosts = members
+            self.membership_version += 1
+
+    def retire(self, node: str) -> None:
+        """``node`` is stopped with an empty data dir: a spare again."""
+        with self._lock:
+            host = self.host(node)
+            self.hosts = [h for h in self.hosts if h.name != node]
+            self.departing = [h for h in self.departing if h.name != node]
+            self.spares = [*[h for h in self.spares if h.name != node], host]
+            self.membership_version += 1
 
     def addresses(self) -> dict[str, str]:
         """node id -> HOST:PORT of its HTTP API."""
@@ -88,20 +155,22 @@ class Cluster:
     def setup(self, wheelhouse: dict[str, Any] | None, progress: Callable[[str], None],
               before_start: Callable[[], None] = lambda: None) -> None:
         """Stop what runs, wipe data and logs, install, write node.toml, run ``before_start``, start
-        every node, and wait until each sees all members up."""
+        every member (spares stay stopped), and wait until each sees all members up."""
         progress("stopping old nodes and wiping their data")
-        self.service("stop")  # stop, not kill: a systemd unit would restart a killed node
+        everyone = [host.name for host in self.roster]
+        self.service("stop", everyone)  # stop, not kill: a systemd unit would restart a killed node
         wiped = self.run(lambda host: "rm -rf {0} {1} && mkdir -p {0} {1} {2}".format(
             shlex.quote(str(host.var("dynamod_data_dir"))), shlex.quote(str(host.var("dynamod_log_dir"))),
-            shlex.quote(str(Path(self.faketime_file(host)).parent))))
+            shlex.quote(str(Path(self.faketime_file(host)).parent))), everyone)
         self.require(wiped, "wiping data")
         if self.faketime:
-            self.require(self.set_clock_offsets({node: 0.0 for node in self.ids}), "resetting the clock files")
+            self.require(self.set_clock_offsets({node: 0.0 for node in everyone}), "resetting the clock files")
         progress("installing" if wheelhouse else "writing node configs")
         if wheelhouse is not None:
-            installed = self.control.each(lambda connection, host: install(connection, host, wheelhouse, self.hosts))
+            installed = self.control.each(lambda connection, host: install(connection, host, wheelhouse,
+                                                                           self.members_of(host)), self.roster)
         else:
-            installed = self.control.each(lambda connection, host: self._write_local_config(host))
+            installed = self.control.each(lambda connection, host: self._write_local_config(host), self.roster)
         self.require(installed, "installing")
         before_start()
         progress("starting dynamod")
@@ -117,8 +186,24 @@ class Cluster:
         venv = home / "venv"
         if not venv.exists():
             venv.symlink_to(Path(sys.prefix).resolve())
-        Path(host.config_path).write_text(render_node_toml(host, self.hosts))
+        Path(host.config_path).write_text(render_node_toml(host, self.members_of(host)))
         return "wrote node.toml"
+
+    def members_of(self, host: Host) -> list[Host]:
+        """The members ``host``'s node.toml lists: the founding members, or only itself (a spare)."""
+        return self.hosts if host in self.hosts else [host]
+
+    def make_spare(self, node: str) -> dict[str, HostResult]:
+        """Make ``node``'s host ready to start alone and join: stopped, data dir emptied (the directory
+        stays: it may be a mount point), node.toml listing only itself, clock file reset."""
+        host = self.host(node)
+        data = shlex.quote(str(host.var("dynamod_data_dir")))
+        commands = [service_command(host, "stop"), f"mkdir -p {data} && find {data} -mindepth 1 -delete",
+                    f"printf %s {shlex.quote(render_node_toml(host, [host]))} > {shlex.quote(host.config_path)}"]
+        if self.faketime:
+            commands.append(f"mkdir -p {shlex.quote(str(Path(self.faketime_file(host)).parent))} && "
+                            f"printf '+0\\n' > {shlex.quote(self.faketime_file(host))}")
+        return self.run(lambda _: " && ".join(commands), [node], timeout=90.0)
 
     def set_clock_offsets(self, offsets: dict[str, float]) -> dict[str, HostResult]:
         """Write each node's libfaketime file: its wall clock runs ``offset`` seconds off."""
@@ -137,11 +222,11 @@ class Cluster:
                     connection.get(remote, str(target / name))
                     fetched.append(name)
             return ", ".join(fetched) or "no logs"
-        return self.control.each(fetch, self.hosts)
+        return self.control.each(fetch, self.roster)
 
     def teardown(self) -> dict[str, HostResult]:
-        """Stop every node (data stays on the hosts for a look)."""
-        return self.service("stop")
+        """Stop every node, spares too (data stays on the hosts for a look)."""
+        return self.service("stop", [host.name for host in self.roster])
 
     def remove_scratch(self) -> None:
         """Remove a --local cluster's directory (after anything mounted in it was released)."""
@@ -182,8 +267,9 @@ def local_hosts(count: int, directory: Path) -> list[Host]:
     return hosts
 
 
-def local_cluster(count: int, settings: dict[str, Any], faketime: bool) -> Cluster:
-    """A --local cluster in a fresh scratch directory."""
+def local_cluster(count: int, settings: dict[str, Any], faketime: bool, spares: int = 0) -> Cluster:
+    """A --local cluster of ``count`` members and ``spares`` spare nodes in a fresh scratch directory."""
     directory = Path(tempfile.mkdtemp(prefix="dynacheck-local-"))
-    hosts = [with_test_settings(host, settings, faketime) for host in local_hosts(count, directory)]
-    return Cluster(hosts=hosts, control=LocalHosts(hosts), local_dir=directory, faketime=faketime)
+    hosts = [with_test_settings(host, settings, faketime) for host in local_hosts(count + spares, directory)]
+    return Cluster(hosts=hosts[:count], spares=hosts[count:], control=LocalHosts(hosts), local_dir=directory,
+                   faketime=faketime)

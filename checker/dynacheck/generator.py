@@ -211,7 +211,7 @@ RELATIONS = ("independent", "during", "after", "flap")
 
 def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, frozenset[str]], tuple[Any, set[str]]],
                   rng: random.Random, time_limit_ns: int, interval_ns: int, duration_ns: int,
-                  held_limit: int) -> list[PlannedFault]:
+                  held_limit: int, placed: Callable[[PlannedFault], None] | None = None) -> list[PlannedFault]:
     """The whole fault schedule of a test, from the seed alone (pure).
 
     Kinds are taken in shuffled rounds, so a short run still meets each. Gaps and durations vary
@@ -223,6 +223,10 @@ def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, froz
     active at once, and faults that take nodes down never hold more than ``held_limit`` nodes
     together, except a fault that takes every node (a whole-cluster outage), which only ever runs
     while no other fault holds a node.
+
+    ``placed`` hears of every fault kept, in placement order, which is start order (a fault never
+    starts before the one placed before it), so a plan that depends on the plans before it (the
+    membership reached so far) can follow.
     """
     if not kinds:
         return []
@@ -255,6 +259,8 @@ def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, froz
                                plan=value)
         faults.append(planned)
         held_by[planned.id] = set(takes)
+        if placed is not None:
+            placed(planned)
         previous = planned
         time = max(time, start) + int(interval_ns * rng.uniform(1 / 3, 2))
     return sorted(faults, key=lambda fault: (fault.start, fault.id))

@@ -25,7 +25,7 @@ import attrs
 
 from dynacheck import store
 from dynacheck.checkers import check_all, merge_valid
-from dynacheck.checkers.convergence import round_verdict
+from dynacheck.checkers.convergence import ring_owners, round_verdict
 from dynacheck.client import Client, version_entry
 from dynacheck.db import Cluster, local_cluster, with_test_settings
 from dynacheck.generator import (
@@ -79,10 +79,14 @@ class Options:
     client_timeout: float = 5.0
     local: int | None = None
     testbed: int | None = None
+    spares: int = 0  # hosts beyond the initial members, installed but stopped: the membership nemesis's pool
     testbed_dir: str = ".dynamo/testbed"
     nodes_file: str | None = None
     store: str = "store"
     name: str | None = None
+    #: The nodes' max_context_entries for this run (None: the node default), so that a key's actors
+    #: outnumber it and context truncation runs under test (``--max-context-entries``).
+    max_context_entries: int | None = None
 
     def test_name(self) -> str:
         faults = "-".join(self.nemesis) or "none"
@@ -94,7 +98,7 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
     settings = {"mode": options.mode, "n": options.n, "r": options.r, "w": options.w, "partitions": 16}
     faketime = "clock" in options.nemesis
     if options.local:
-        return local_cluster(options.local, settings, faketime), None
+        return local_cluster(options.local, settings, faketime, options.spares), None
     created = None
     count = None
     if options.testbed:
@@ -102,17 +106,19 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
         bed = Testbed(options.testbed_dir)
         nodes_file = str(Path(options.testbed_dir) / "nodes.json")
         existed = (Path(options.testbed_dir) / "testbed.json").exists()
-        progress(f"testbed: {options.testbed} hosts in {options.testbed_dir}")
+        wanted = options.testbed + options.spares
+        progress(f"testbed: {wanted} hosts in {options.testbed_dir}"
+                 + (f" ({options.testbed} members, {options.spares} spares)" if options.spares else ""))
         # An existing testbed is grown if needed, never shrunk: its other hosts are someone's.
-        if not existed or not Path(nodes_file).is_file() or len(load_hosts(nodes_file)) < options.testbed:
+        if not existed or not Path(nodes_file).is_file() or len(load_hosts(nodes_file)) < wanted:
             try:
-                bed.up(options.testbed)
+                bed.up(wanted)
             except BaseException:
                 if not existed:
                     bed.down()
                 raise
         created = None if existed else bed
-        count = options.testbed
+        count = wanted
     else:
         nodes_file = str(options.nodes_file)
     try:
@@ -121,7 +127,12 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
         if created is not None:
             created.down()
         raise
-    return Cluster(hosts=hosts, control=SshHosts(hosts), faketime=faketime), created
+    members = len(hosts) - options.spares  # the last --spares hosts are the spares
+    if members < 1:
+        if created is not None:
+            created.down()
+        raise ValueError(f"{len(hosts)} hosts leave no member beside {options.spares} spares")
+    return Cluster(hosts=hosts[:members], spares=hosts[members:], control=SshHosts(hosts), faketime=faketime), created
 
 
 def build_wheelhouse_for(cluster: Cluster) -> dict | None:
@@ -147,7 +158,9 @@ class Test:
         self.schedule: list[PlannedFault] = []
         self.skipped: set[Any] = set()  # ids of planned faults the nemesis skipped at run time
         self.test: dict[str, Any] = {**attrs.asdict(options), "name": options.test_name(),
-                                     "max_context_entries": SETTINGS_BY_NAME["max_context_entries"].default,
+                                     "max_context_entries": options.max_context_entries
+                                     or SETTINGS_BY_NAME["max_context_entries"].default,
+                                     "node_config": node_config(options),
                                      "keys": list(self.workload.keys), "start": datetime.now().isoformat()}
 
     def now(self) -> int:
@@ -187,15 +200,17 @@ class Test:
         the workload runs (process ``monitor``): the replicas checker sees what each replica held in
         time, so a version that vanished from one replica while others still hold it is seen."""
         try:
-            with self.cluster.clients(min(1.0, self.options.client_timeout)) as clients:
-                while not stop.wait(MONITOR_INTERVAL):
-                    for key in self.workload.keys:
-                        for node, client in clients.items():
-                            if stop.is_set():
-                                return
-                            base = {"process": MONITOR, "f": "replica", "key": key, "node": node}
-                            self.record({**base, "type": INVOKE, "value": None})
-                            self.record({**base, **_replica_poll(client, key)})
+            while not stop.is_set():
+                version = self.cluster.membership_version  # the members changed: poll the new ones
+                with self.cluster.clients(min(1.0, self.options.client_timeout)) as clients:
+                    while self.cluster.membership_version == version and not stop.wait(MONITOR_INTERVAL):
+                        for key in self.workload.keys:
+                            for node, client in clients.items():
+                                if stop.is_set():
+                                    return
+                                base = {"process": MONITOR, "f": "replica", "key": key, "node": node}
+                                self.record({**base, "type": INVOKE, "value": None})
+                                self.record({**base, **_replica_poll(client, key)})
         except Exception as exc:  # noqa: BLE001 - the monitor must never end the run
             self.progress.say(f"replica monitor stopped: {type(exc).__name__}: {exc}")
 
@@ -203,15 +218,21 @@ class Test:
         """The run's whole fault schedule, from the seed (saved in test.json as planned)."""
         options = self.options
 
+        membership = self.faults.get("membership")
+
         def plan(kind: str, rng: random.Random, held: frozenset[str]) -> tuple[Any, set[str]]:
             fault = self.faults[kind]
+            if fault.takes_nodes and membership is not None and fault is not membership:
+                # Only members the plan has kept so far (a node that left is no one's to kill).
+                held = held | (frozenset(self.cluster.ids) - membership.members_planned())
             value = fault.plan(rng, held) if fault.takes_nodes else fault.plan(rng)
             return value, set(value.get("nodes", ())) if fault.takes_nodes else set()
 
         nodes = len(self.cluster.ids)
         schedule = plan_schedule(sorted(self.faults), plan, seeded(options.seed, "nemesis"),
                                  int(options.time_limit * SECOND), int(options.nemesis_interval * SECOND),
-                                 int(options.nemesis_duration * SECOND), held_limit=max(1, (nodes - 1) // 2))
+                                 int(options.nemesis_duration * SECOND), held_limit=max(1, (nodes - 1) // 2),
+                                 placed=lambda fault: self.faults[fault.fault].planned(fault.plan))
         self.test["fault_schedule"] = [fault.document() for fault in schedule]
         return schedule
 
@@ -220,15 +241,34 @@ class Test:
         nodes = self.cluster.ids
 
         clients: dict[int, Client] = {}
+        version = self.cluster.membership_version
+        versions: dict[int, int] = {}  # the membership each thread's client was built for
 
         def executor_for(thread: Any) -> Callable[[Op], Op]:
             if thread == NEMESIS:
                 return self._nemesis_op
             clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
-            return clients[thread]
+            versions[thread] = version
+            return lambda op: clients[thread](op)
+
+        def follow_members(thread: int) -> None:
+            """Between two ops of ``thread`` (on that thread): after a membership change its client
+            talks to the current members, starting where it was if that node is still one."""
+            now = self.cluster.membership_version
+            if thread not in clients or versions.get(thread) == now:
+                return
+            members = self.cluster.addresses()
+            if members:
+                old = clients[thread]
+                ids = list(members)
+                start = old.current_node if old.current_node in members else ids[thread % len(ids)]
+                old.close()
+                clients[thread] = Client(members, start, timeout=self.options.client_timeout)
+            versions[thread] = now
 
         def record(op: Op) -> Op:
             if op["type"] == INVOKE and isinstance(op.get("process"), int) and not op.get("node"):
+                follow_members(op["process"] % self.options.concurrency)
                 client = clients.get(op["process"] % self.options.concurrency)
                 node = client.current_node if client else nodes[op["process"] % self.options.concurrency % len(nodes)]
                 op = {**op, "node": node}
@@ -245,6 +285,10 @@ class Test:
         action, _, fault = op["f"].partition("-")
         target = self.faults[fault]
         try:
+            if action == "start" and target.takes_nodes and fault != "membership" and isinstance(op["value"], dict):
+                gone = sorted(set(op["value"].get("nodes", ())) - set(self.cluster.ids))
+                if gone:  # the plan expected a membership change that did not run as planned
+                    raise Skipped(f"{', '.join(gone)} not a member now (members {', '.join(self.cluster.ids)})")
             results = target.start(op["value"]) if action == "start" else target.stop(op["value"])
         except Skipped as skipped:
             self.skipped.add(op["value"].get("id") if isinstance(op["value"], dict) else None)
@@ -252,7 +296,10 @@ class Test:
         if action == "stop" and isinstance(op["value"], dict) and op["value"].get("id") in self.skipped:
             results = {}  # nothing was done, so nothing is undone (its nodes may belong to another fault now)
         failed = {node: result.error for node, result in results.items() if not result.ok}
-        return {"type": INFO if failed else OK, "value": {"plan": op["value"], "nodes": results_document(results)},
+        value = {"plan": op["value"], "nodes": results_document(results)}
+        if fault == "membership":  # what each step did (retries, the daemon's answer) goes into the history
+            value["detail"] = {node: result.stdout for node, result in results.items() if result.ok and result.stdout}
+        return {"type": INFO if failed else OK, "value": value,
                 **({"error": "; ".join(f"{node}: {why}" for node, why in failed.items())} if failed else {})}
 
     def heal(self) -> None:
@@ -282,13 +329,19 @@ class Test:
     def poll_convergence(self) -> bool:
         """Read every key's replica on every node, round after round, until every replica of every
         key holds the same siblings (or the timeout); each poll is a history op."""
+        self.test["final_nodes"] = self.cluster.ids
         with self.cluster.clients(self.options.client_timeout) as clients:
+            ring = ring_snapshot(clients)
             try:
-                return self._poll_rounds(clients)
+                return self._poll_rounds(clients, ring_owners(ring))
             finally:
                 self.snapshot_status("after", clients)
+                final = ring_snapshot(clients)
+                if ring is not None and final is not None and final.get("ownership") != ring.get("ownership"):
+                    final["changed_during_polls"] = True
+                self.test["final_ring"] = final
 
-    def _poll_rounds(self, clients: dict[str, DynamoClient]) -> bool:
+    def _poll_rounds(self, clients: dict[str, DynamoClient], owners: Any = None) -> bool:
         needed = min(self.options.n, len(clients))
         deadline = time.monotonic() + self.options.convergence_timeout
         round_number = 0
@@ -304,7 +357,7 @@ class Test:
                     self.record({**base, "type": INVOKE, "value": None})
                     round_ops.append(self.record({**base, **_replica_poll(client, key)}))
             # Keys that agree are settled (writes have stopped); only the others are polled again.
-            diverged = [key for key, agreed in round_verdict(round_ops, needed).items() if not agreed]
+            diverged = [key for key, agreed in round_verdict(round_ops, needed, owners=owners).items() if not agreed]
             if not diverged:
                 return True
             round_number += 1
@@ -324,6 +377,7 @@ class Test:
                 continue
             self.record({**base, "type": OK, "value": {"anti_entropy": status.get("anti_entropy"),
                                                         "hinted_keys": status.get("hinted_keys"),
+                                                        "tombstones": status.get("tombstones"),
                                                         "handoffs": status.get("handoffs")}})
 
     def keys(self) -> list[str]:
@@ -337,9 +391,61 @@ class Test:
         self._interpret(Phases(Once(self.workload.final_reads(self.keys(), self.cluster.ids))), nemesis=False)
 
 
+#: Seconds a cart's tombstones wait before the nodes reap them (the node default, 60, outlasts a run):
+#: a cold cart emptied mid-run is reaped before the end, so reaping is under test.
+CART_TOMBSTONE_GRACE = 3.0
+
+
+def node_config(options: Options) -> dict[str, Any]:
+    """node.toml settings this run sets beyond the test defaults (saved in test.json)."""
+    config: dict[str, Any] = {}
+    if options.max_context_entries is not None:
+        config["max_context_entries"] = options.max_context_entries
+    if options.workload == "cart":
+        config["tombstone_grace"] = CART_TOMBSTONE_GRACE
+    return config
+
+
+def with_node_config(cluster: Cluster, config: dict[str, Any]) -> Cluster:
+    """``cluster`` with ``config`` over every host's ``dynamod_extra_config`` (members, spares, and the
+    control's list, which installs them), before anything is installed."""
+    if not config:
+        return cluster
+
+    def evolve(host: Any) -> Any:
+        extra = {**(host.var("dynamod_extra_config") or {}), **config}
+        return attrs.evolve(host, vars={**host.vars, "dynamod_extra_config": extra})
+    cluster.hosts = [evolve(host) for host in cluster.hosts]
+    if hasattr(cluster, "spares"):
+        cluster.spares = [evolve(host) for host in cluster.spares]
+    cluster.control.hosts = [evolve(host) for host in cluster.control.hosts]
+    return cluster
+
+
 def seeded(seed: int, stream: str) -> random.Random:
     """The random source of one generator of a test (``Random`` hashes a str seed stably)."""
     return random.Random(f"{seed}-{stream}")
+
+
+def ring_snapshot(clients: dict[str, DynamoClient]) -> dict[str, Any] | None:
+    """The ring (``/admin/ring``: ``partitions``, ``n``, ``ownership``, ``preference_lists``) as the
+    first member that answers has it, with the members whose ring differs or who did not answer
+    (``disagree``); None when no member answers."""
+    rings: dict[str, Any] = {}
+    for node, client in clients.items():
+        try:
+            rings[node] = client.ring()
+        except (ClientError, NodeUnavailable) as exc:
+            rings[node] = f"no answer: {exc}"
+    answered = [node for node, ring in rings.items() if isinstance(ring, dict)]
+    if not answered:
+        return None
+    ring = rings[answered[0]]
+    disagree = {node: other if isinstance(other, str) else "a different ownership"
+                for node, other in rings.items() if not isinstance(other, dict) or other.get("ownership")
+                != ring.get("ownership")}
+    return {"from": answered[0], **{key: ring.get(key) for key in ("partitions", "n", "ownership", "preference_lists")},
+            "members": list(clients), "disagree": disagree}
 
 
 def _replica_poll(client: DynamoClient, key: str) -> Op:
@@ -381,7 +487,9 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
 
     try:
         test.cluster, testbed = timed("preparing nodes", lambda: build_cluster(options, progress.say))
-        test.test.update(nodes=test.cluster.ids, node_addresses=test.cluster.addresses())
+        test.cluster = with_node_config(test.cluster, node_config(options))
+        test.test.update(nodes=test.cluster.ids, spare_nodes=test.cluster.spare_ids,
+                         node_addresses={host.name: host.http for host in test.cluster.roster})
         test.save_test()
         wheelhouse = timed("building the wheelhouse", lambda: build_wheelhouse_for(test.cluster))
         timed("clearing faults a killed run may have left", lambda: clear_faults(test.cluster))
@@ -461,6 +569,9 @@ def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) 
               ("collecting node logs", lambda: test.cluster.collect_logs(run_dir / "nodes")),
               ("tearing down", test.cluster.teardown),
               ("releasing fault mounts", lambda: [fault.release() for fault in test.faults.values()]),
+              # A node that left keeps the mount a fault made on it while it was a member.
+              ("releasing mounts on nodes that are not members", lambda: test.cluster.spares and test.cluster.run(
+                  release_command, [host.name for host in test.cluster.spares + test.cluster.departing])),
               ("removing the local cluster's directory", test.cluster.remove_scratch),
               ("closing connections", test.cluster.control.close)]
     for name, step in steps:

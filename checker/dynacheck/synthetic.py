@@ -87,11 +87,35 @@ class HistoryBuilder:
                 extra["read_clock"] = clock_json(clock_of(seen if read_clock is None else read_clock))
         self._op(done_ms, type=outcome, **{**common, "node": done_node or node}, **extra)
 
+    def remove(self, process: int, key: str, element: int | None, invoke_ms: float, done_ms: float | None = None,
+               outcome: str = OK, dot: Dot | None = None, seen: Iterable[Dot] = (),
+               supersedes: Iterable[Dot] = (), elements: Iterable[int] | None = None, delete: bool = False,
+               node: str = "n1", *, read_clock: Iterable[Dot] | None = None, pick: int = 0) -> None:
+        """A remove of ``element`` (the client's completion names it; ``None`` with ``fail``: the read
+        found nothing); when ``ok`` it created version ``dot`` (clock ``seen`` plus ``dot``) holding
+        ``elements``, a tombstone with ``delete`` (the completion's ``f`` is then ``delete``)."""
+        common = {"process": process, "key": key, "node": node}
+        self._op(invoke_ms, type=INVOKE, f="remove", value=None, pick=pick, **common)
+        if done_ms is None:
+            return
+        extra: dict[str, Any] = {}
+        if element is None:
+            extra = {"error": "nothing to remove: the read found an empty cart", "empty": True}
+        if outcome == OK and dot is not None:
+            extra["version"] = {"dot": list(dot), "clock": clock_json(clock_of([*seen, dot])),
+                                "elements": sorted(elements or ())}
+            if delete:
+                extra["version"]["deleted"] = True
+            extra["supersedes"] = [list(d) for d in supersedes]
+            extra["read_clock"] = clock_json(clock_of(seen if read_clock is None else read_clock))
+        self._op(done_ms, type=outcome, f="delete" if delete else "remove", value=element, **common, **extra)
+
     def read(self, process: int, key: str, elements: Iterable[int], invoke_ms: float, done_ms: float,
              versions: list[dict[str, Any]] | None = None, final: bool = False, node: str = "n1",
-             outcome: str = OK, done_node: str | None = None) -> None:
+             outcome: str = OK, done_node: str | None = None, context: Iterable[Dot] | None = None) -> None:
         """A read that returned ``elements`` (and ``versions``, see :func:`version`) when ``ok``;
-        ``done_node`` is the node the client failed over to."""
+        ``done_node`` is the node the client failed over to; ``context`` the dots its context
+        held (tombstones included: its ``context_clock``)."""
         common: dict[str, Any] = {"process": process, "f": "read", "key": key, "node": node}
         if final:
             common["final"] = True
@@ -99,6 +123,8 @@ class HistoryBuilder:
         extra: dict[str, Any] = {}
         if outcome == OK:
             extra = {"value": sorted(elements), "versions": versions or []}
+            if context is not None:
+                extra["context_clock"] = clock_json(clock_of(context))
         self._op(done_ms, type=outcome, **{**common, "node": done_node or node}, **extra)
 
     def nemesis(self, f: str, invoke_ms: float, done_ms: float | None, outcome: str = OK, value: Any = None,

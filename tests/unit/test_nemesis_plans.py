@@ -94,11 +94,13 @@ def test_process_faults_keep_off_the_nodes_other_faults_hold(count, seed, held):
 
 def test_parse_nemesis():
     assert parse_nemesis("none", local=False) == ()
-    assert parse_nemesis("all", local=False) == ("partition", "clock", "kill", "pause", "disk", "power", "corrupt")
+    assert parse_nemesis("all", local=False) == ("partition", "clock", "kill", "pause", "disk", "power", "corrupt",
+                                                 "membership")
     assert parse_nemesis("kill, clock,kill", local=False) == ("kill", "clock")
     # partitions need own addresses, power a FUSE mount (root)
-    assert parse_nemesis("all", local=True, root=False) == ("clock", "kill", "pause", "disk", "corrupt")
-    assert parse_nemesis("all", local=True, root=True) == ("clock", "kill", "pause", "disk", "power", "corrupt")
+    assert parse_nemesis("all", local=True, root=False) == ("clock", "kill", "pause", "disk", "corrupt", "membership")
+    assert parse_nemesis("all", local=True, root=True) == ("clock", "kill", "pause", "disk", "power", "corrupt",
+                                                           "membership")
     with pytest.raises(ValueError, match="own addresses"):
         parse_nemesis("partition", local=True)
     with pytest.raises(ValueError, match="needs root"):

@@ -16,7 +16,8 @@ from typing import Any
 from dynacheck.history import Op
 
 #: Checker name -> module under dynacheck.checkers exposing ``check(test, history, run_dir)``.
-CHECKERS = ("siblings", "convergence", "causality", "quorum", "replicas", "faults", "perf", "timeline", "graphs")
+CHECKERS = ("siblings", "convergence", "causality", "quorum", "availability", "replicas", "faults", "perf", "timeline",
+            "graphs")
 
 
 def merge_valid(verdicts: list[Any]) -> bool | str:

@@ -24,6 +24,18 @@ The graph stays sparse (no transitive closure); descent is decided by the versio
   make this check fire.
 
 Final siblings are the versions returned by the ok final reads; a key without one cannot be judged.
+
+*Deletes.* A DELETE writes a tombstone, which a GET does not return as a version but keeps in its
+context: an ok read records that context's clock (``context_clock``), and the clocks of the final
+reads' contexts count with the final siblings' as what the final state has seen (a key whose last
+version is a tombstone is read as not found, its context holding the tombstone). Once every owner
+holds only the same tombstones the nodes reap the key, so a final read may find nothing at all: an
+acknowledged version held by no final clock is not ``dropped`` when it is a tombstone, or one whose
+dot a tombstone's clock holds (counted as ``reaped``); a tombstone that was lost instead of reaped
+shows where it matters, as the versions it superseded coming back (``not_maximal``). Tombstones are
+known from the deletes' completions (``version.deleted``) and from replica polls (``deleted``).
+A ``not_maximal`` finding is not judged either when some final sibling's clock is at the bound: a
+truncated clock forgets the dots of versions it superseded, which then come back as its siblings.
 """
 
 from __future__ import annotations
@@ -126,6 +138,11 @@ class KeyVersions:
         self.context_bound: int | None = None
         #: context_lost / dropped findings not made because the clock involved was at the bound.
         self.truncated = 0
+        #: Dots of known tombstones (deletes), and the clocks of the final reads' contexts.
+        self.tombstones: set[Dot] = set()
+        self.final_contexts: list[dict[str, Any]] = []
+        #: Acknowledged versions held by no final clock but by a tombstone's (or tombstones): reaped.
+        self.reaped = 0
 
     def version(self, dot: Dot, time: int) -> Version:
         known = self.versions.get(dot)
@@ -147,6 +164,8 @@ class KeyVersions:
         if known.clock is None:
             known.clock = sibling.get("clock")
         known.final = known.final or final
+        if sibling.get("deleted"):
+            self.tombstones.add(dot)
 
     @property
     def final_dots(self) -> list[Dot]:
@@ -214,23 +233,22 @@ class KeyVersions:
     def _check_finals(self) -> None:
         finals = [self.versions[dot] for dot in self.final_dots]
         # A dot is in some final clock iff it is in their union: the vectors' maxima plus the clouds.
-        vector: dict[str, int] = {}
-        cloud: set[Dot] = set()
-        for final in finals:
-            for actor, n in ((final.clock or {}).get("vector") or {}).items():
-                vector[actor] = max(n, vector.get(actor, 0))
-            cloud.update((actor, n) for actor, n in (final.clock or {}).get("cloud") or ())
+        vector, cloud = _union([final.clock for final in finals] + self.final_contexts)
         truncated = any(self._at_bound(final.clock) for final in finals)
+        deleted = _union([self.versions[dot].clock for dot in self.tombstones])
         for dot, version in self.versions.items():
             if version.acked and not version.final and not (dot[1] <= vector.get(dot[0], 0) or dot in cloud):
+                if dot in self.tombstones or dot[1] <= deleted[0].get(dot[0], 0) or dot in deleted[1]:
+                    self.reaped += 1
+                    continue
                 if truncated:
                     self.truncated += 1
                     continue
                 self._flag("dropped", [dot], dot=dot_name(dot), acked_ms=round(version.time / 1e6, 3),
                            final_siblings=[dot_name(f.dot) for f in finals][:10])
-        self._check_maximal({f.dot for f in finals})
+        self._check_maximal({f.dot for f in finals}, truncated)
 
-    def _check_maximal(self, finals: set[Dot]) -> None:
+    def _check_maximal(self, finals: set[Dot], truncated: bool = False) -> None:
         """Flag each final sibling some other version's clock holds. Finals are indexed by actor and
         counter, and each is flagged once, so blind-write keys with thousands of siblings stay linear."""
         unflagged = set(finals)
@@ -250,7 +268,21 @@ class KeyVersions:
                 if final != dot and final in unflagged:
                     unflagged.discard(final)
                     pending[final[0]].remove(final[1])
+                    if truncated:  # a final clock at the bound may have forgotten it: it came back by design
+                        self.truncated += 1
+                        continue
                     self._flag("not_maximal", [final], final=dot_name(final), seen_by=dot_name(dot))
+
+
+def _union(clocks: Iterable[dict[str, Any] | None]) -> tuple[dict[str, int], set[Dot]]:
+    """The per-actor maxima and the union of the clouds of history-shaped clocks."""
+    vector: dict[str, int] = {}
+    cloud: set[Dot] = set()
+    for clock in clocks:
+        for actor, n in ((clock or {}).get("vector") or {}).items():
+            vector[actor] = max(n, vector.get(actor, 0))
+        cloud.update((actor, n) for actor, n in (clock or {}).get("cloud") or ())
+    return vector, cloud
 
 
 def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, KeyVersions]:
@@ -282,6 +314,8 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
             kv.final_reads += final
             for sibling in completion.get("versions") or ():
                 kv.observe(sibling, completion["time"], final)
+            if final and completion.get("context_clock"):
+                kv.final_contexts.append(completion["context_clock"])
         elif completion.get("version"):
             kv = of(key)
             dot = (completion["version"]["dot"][0], completion["version"]["dot"][1])
@@ -290,7 +324,9 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
             version = kv.version(dot, completion["time"])
             version.acked, version.time = True, completion["time"]
             version.clock = completion["version"].get("clock") or version.clock
-            version.writes.append(invoke.get("value"))
+            version.writes.append(completion.get("value", invoke.get("value")))
+            if completion["version"].get("deleted"):
+                kv.tombstones.add(dot)
             read_clock = completion.get("read_clock")
             if read_clock is not None and completion["version"].get("clock") is not None:
                 kv.claims.append((dot, completion["version"]["clock"], read_clock, completion["time"]))
@@ -327,6 +363,11 @@ def interesting_keys(per_key: dict[str, KeyVersions], limit: int = 5) -> list[st
     return [kv.key for kv in ranked[:limit]]
 
 
+def _entries(clock: dict[str, Any] | None) -> int:
+    """How many entries a clock holds (vector actors plus cloud dots): what truncation bounds."""
+    return len((clock or {}).get("vector") or {}) + len((clock or {}).get("cloud") or ()) if clock else 0
+
+
 def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
     """Check every key's version graph; False on any anomaly, unknown when some key with acknowledged
     versions had no final read (or nothing was seen at all), else True."""
@@ -347,6 +388,10 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         "unjudged_key_count": len(unjudged), "unjudged_keys": unjudged[:SAMPLE],
         "interesting_keys": interesting_keys(per_key),
         "context_bound": bound, "truncated_count": sum(kv.truncated for kv in per_key.values()),
+        "tombstones": sum(len(kv.tombstones) for kv in per_key.values()),
+        "reaped_count": sum(kv.reaped for kv in per_key.values()),
+        "max_context_entries_seen": max((_entries(v.clock) for kv in per_key.values() for v in kv.versions.values()),
+                                        default=0),
     }
     anomalies = defaultdict(list)
     for key in sorted(per_key):

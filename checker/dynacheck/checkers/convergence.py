@@ -7,6 +7,14 @@ holding a copy holds the same sibling set (same dots, same tombstone flags) and 
 ``min(N, nodes)`` nodes hold it — or no node holds anything. ``round_verdict`` is that rule, pure, so
 the runner can use it live to decide when to stop polling.
 
+On the final ring. The members at the end (``final_nodes`` in test.json; ``nodes`` when absent) are
+the nodes polled, and the runner snapshots ``/admin/ring`` (``final_ring``: ``partitions``, ``n``,
+``preference_lists``) once polling ends. With it, the key's replicas are its final preference list:
+it has converged when every one of them holds the same non-empty sibling set and any other node
+holding a copy holds that set too (or no node holds anything). Copies held by nodes outside the
+preference list at the last poll are reported (``extra_copies``), not judged: a stand-in drops its
+copy only after handing it off.
+
 Rounds may poll every key or only those still diverged: a key's state is the one of the last round
 that polled it, and it counts as converged from the first round after which its polls never diverged
 again.
@@ -32,11 +40,12 @@ handoff`` when both did (the counters are per node, not per key), ``unexplained`
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, Op, gc_paused
+from dynamod.core.ring import partition_of
 
 SAMPLE = 50
 FATES = ("already_converged", "repaired", "rediverged", "still_diverged")
@@ -66,24 +75,52 @@ def _answers(round_ops: Iterable[Op]) -> tuple[dict[str, set[str]], dict[str, di
     return asked, answers
 
 
+#: Key -> the nodes that replicate it (its preference list on the final ring).
+Owners = Callable[[str], Sequence[str]]
+
+
+def ring_owners(ring: dict[str, Any] | None) -> Owners | None:
+    """The preference list of a key on ``ring`` (an ``/admin/ring`` document), or None without one."""
+    if not isinstance(ring, dict) or not ring.get("preference_lists") or not ring.get("partitions"):
+        return None
+    lists = [list(preference) for preference in ring["preference_lists"]]
+    partitions = int(ring["partitions"])
+
+    def owners(key: str) -> Sequence[str]:
+        return lists[partition_of(key.encode(), partitions)]
+    return owners
+
+
 def _converged(asked: set[str], answers: dict[str, Any], replicas_needed: int,
-               nodes: Iterable[str] | None) -> bool:
-    expected = asked | set(nodes or ())
+               nodes: Iterable[str] | None, owners: Sequence[str] | None = None) -> bool:
+    expected = asked | set(nodes or ()) | set(owners or ())
     if any(answers.get(node) is None for node in expected):
         return False  # a node that did not answer may hold anything
     held = [_sibling_set(value) for value in answers.values() if value]
     if not held:
         return True  # nothing stored anywhere
+    if owners:
+        return len(set(held)) == 1 and all(answers.get(node) for node in owners)
     return len(set(held)) == 1 and len(held) >= replicas_needed
 
 
 def round_verdict(round_ops: Iterable[Op], replicas_needed: int,
-                  nodes: Iterable[str] | None = None) -> dict[str, bool]:
+                  nodes: Iterable[str] | None = None, owners: Owners | None = None) -> dict[str, bool]:
     """Key -> converged, for the polls (invokes and completions) of one round. With ``nodes``, every one
-    of them must have answered for the key, not only those asked."""
+    of them must have answered for the key, not only those asked; with ``owners``, the key's replicas
+    on the final ring must all hold it."""
     node_list = list(nodes) if nodes is not None else None
     asked, answers = _answers(round_ops)
-    return {key: _converged(asked[key], answers[key], replicas_needed, node_list) for key in asked}
+    return {key: _converged(asked[key], answers[key], replicas_needed, node_list, owners(key) if owners else None)
+            for key in asked}
+
+
+def extra_copies(round_ops: Iterable[Op], owners: Owners) -> dict[str, list[str]]:
+    """Key -> the nodes outside its preference list that held a copy in this round."""
+    _, answers = _answers(round_ops)
+    extra = {key: sorted(node for node, value in held.items() if value and node not in owners(key))
+             for key, held in answers.items()}
+    return {key: nodes for key, nodes in extra.items() if nodes}
 
 
 def diverged_detail(round_ops: Iterable[Op], key: str) -> dict[str, Any]:
@@ -198,14 +235,16 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 last_heal = op["time"]
     if not rounds:
         return {"valid": "unknown", "error": "no convergence polls in the history"}
-    nodes = test.get("nodes") or sorted({op["node"] for ops in rounds.values() for op in ops if op.get("node")})
+    nodes = (test.get("final_nodes") or test.get("nodes")
+             or sorted({op["node"] for ops in rounds.values() for op in ops if op.get("node")}))
     replicas_needed = min(int(test.get("n") or 3), len(nodes))
+    owners = ring_owners(test.get("final_ring"))
 
     # Per key: (round, converged) in round order; a key's streak starts at its last diverged round.
     states: dict[str, list[tuple[int, bool]]] = defaultdict(list)
     summary = []
     for number in sorted(rounds):
-        verdict = round_verdict(rounds[number], replicas_needed, nodes)
+        verdict = round_verdict(rounds[number], replicas_needed, nodes, owners)
         for key, converged in verdict.items():
             states[key].append((number, converged))
         summary.append({"round": number, "keys": len(verdict), "converged": sum(verdict.values()),
@@ -215,6 +254,13 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     diverged = sorted(key for key, seen in states.items() if not seen[-1][1])
     result: dict[str, Any] = {"rounds": len(rounds), "keys": len(states), "replicas_needed": replicas_needed,
                               "round_summary": summary[:SAMPLE] + summary[-1:] * (len(summary) > SAMPLE)}
+    if owners is not None:
+        result["replicas_from"] = "final ring's preference lists"
+        last_polls = [op for key, seen in states.items() for op in rounds[seen[-1][0]] if op.get("key") == key]
+        extra = extra_copies(last_polls, owners)
+        result.update(extra_copies_count=len(extra), extra_copies=dict(sorted(extra.items())[:SAMPLE]))
+    if test.get("final_nodes") and test.get("final_nodes") != test.get("nodes"):
+        result["final_nodes"] = list(test["final_nodes"])
     result.update(mechanisms(states, statuses))
     if diverged:
         result.update(valid=False, diverged_count=len(diverged), diverged=[

@@ -18,6 +18,11 @@ of the history when none did): a stop that failed may have left it in place. Ski
 that completed ``fail`` were never active; every other start, even a partial one, may have broken
 something, so it counts (``active_intervals``: the quorum checker's input).
 
+For the ``membership`` nemesis, ``membership`` sums up the changes per action (``join``, ``leave``,
+``replace``, ``remove``: planned, ran, and not run with why: a change refused with 409 while another was
+in progress is skipped, nothing changed) and the members at the end; a change that did not run is a
+warning, never a failure.
+
 Verdict: True unless the history is malformed (a nemesis op that is not ``start-``/``stop-``, a
 completion without its invoke, an ``f`` invoked again before it completed, a schedule entry without
 ``fault``/``start``/``stop``); what did not go to plan is reported in ``warnings``.
@@ -71,6 +76,10 @@ class RunFault:
     def counts(self) -> bool:
         """True when the fault may have broken something: not skipped, and not certainly failed."""
         return self.skipped is None and self.outcome != FAIL
+
+    def active_until(self, end: int) -> int:
+        """When it stopped possibly being in place: its ok stop's completion, else ``end`` (the history's)."""
+        return self.stopped if self.stopped is not None else max(end, self.invoked)
 
 
 @attrs.define
@@ -170,8 +179,8 @@ def nemesis_busy(log: NemesisLog, end: int) -> list[tuple[str, int, int]]:
 def active_intervals(faults: Iterable[RunFault], end: int) -> list[tuple[str, int, int]]:
     """``(kind, from_ns, to_ns)`` for every fault that may have broken something: from its start's
     invoke to the completion of the stop that closed it (``end`` when none did), by start time."""
-    return sorted(((fault.kind, fault.invoked, fault.stopped if fault.stopped is not None else max(end, fault.invoked))
-                   for fault in faults if fault.counts), key=lambda interval: (interval[1], interval[2]))
+    return sorted(((fault.kind, fault.invoked, fault.active_until(end)) for fault in faults if fault.counts),
+                  key=lambda interval: (interval[1], interval[2]))
 
 
 def max_overlap(intervals: list[tuple[str, int, int]]) -> tuple[int, int | None, list[str], int]:
@@ -305,7 +314,44 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         result["note"] = "test.json has no fault_schedule: the faults that ran only"
     if log.malformed:
         result["malformed"] = log.malformed[:50]
+    membership = membership_summary(test, schedule, log.faults)
+    if membership is not None:
+        result["membership"] = membership
+        warnings.extend(membership.pop("warnings"))
     return result
+
+
+def _action(plan: Any) -> str:
+    return str(plan.get("action")) if isinstance(plan, dict) else "unknown"
+
+
+def membership_summary(test: dict[str, Any], schedule: list[dict[str, Any]] | None,
+                       faults: list[RunFault]) -> dict[str, Any] | None:
+    """Per membership action: planned, and the run's starts by status; each change that did not run,
+    with why; the members at start and end. None when the run planned and ran no membership change."""
+    planned = [entry for entry in schedule or () if entry["fault"] == "membership"]
+    ran = [fault for fault in faults if fault.kind == "membership"]
+    if not planned and not ran:
+        return None
+    actions: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("planned", "ran", "skipped", "failed",
+                                                                           "unknown"), 0))
+    for entry in planned:
+        actions[_action(entry.get("plan"))]["planned"] += 1
+    not_run, warnings = [], []
+    for fault in ran:
+        action = _action(fault.plan)
+        actions[action][fault.status] += 1
+        if fault.status != "ran":
+            plan = fault.plan if isinstance(fault.plan, dict) else {}
+            what = " ".join(str(part) for part in (action, plan.get("dead") if action == "replace" else None,
+                                                   "by" if action == "replace" else None, plan.get("node")) if part)
+            why = fault.skipped or fault.error or "no outcome"
+            not_run.append({"id": fault.planned_id, "change": what, "status": fault.status, "reason": why[:300]})
+            warnings.append(f"membership change {what} (id {fault.planned_id}) {fault.status}: {why[:200]}")
+    return {"actions": {action: actions[action] for action in sorted(actions)},
+            "changes_run": sum(counts["ran"] for counts in actions.values()), "not_run": not_run[:SAMPLE],
+            "members_at_start": test.get("nodes"), "members_at_end": test.get("final_nodes"),
+            "warnings": warnings[:20]}
 
 
 def _warnings(test: dict[str, Any], schedule: list[dict[str, Any]] | None, rows: list[dict[str, Any]],

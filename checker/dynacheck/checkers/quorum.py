@@ -16,7 +16,9 @@ ended, up to the next start's (or stop's) invoke.
 *The rule.* For each key and window: every ``add`` (or ``write``) whose invoke and ``ok`` completion both
 lie inside the window, and every ``ok`` read (final reads too) whose invoke and completion both lie in
 the same window and whose invoke comes after that write's completion: the write's element must be among
-the read's elements. One missing is an anomaly (invalid). With R + W <= N the rule does not apply
+the read's elements, unless a remove of it (ok or info: it may have happened) was invoked before the
+read completed (only an item a read returned is removed, so that remove followed the add). One missing
+is an anomaly (invalid). With R + W <= N the rule does not apply
 (``applies: false``, valid). lww mode is judged the same way: a write that a later read does not show
 was lost, whichever mechanism lost it.
 
@@ -45,6 +47,8 @@ from dynacheck.history import OK, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
 WRITES = ("add", "write")
+#: Cart removes (``delete`` when the remove emptied the cart): the item is the completion's ``value``.
+REMOVES = ("remove", "delete")
 DEFAULT_QUIET_MARGIN_S = 3.0
 
 
@@ -67,7 +71,7 @@ def quiet_windows(intervals: list[tuple[str, int, int]], end: int, margin_ns: in
     return windows
 
 
-class _Locator:
+class Locator:
     """Which quiet window a time lies in (bisection over the window starts)."""
 
     def __init__(self, windows: list[tuple[int, int]]):
@@ -97,8 +101,8 @@ def _seen(versions: list[dict[str, Any]] | None, dot: list[Any] | None) -> bool 
     return False
 
 
-def _collect(history: list[Op], locate: _Locator) -> tuple[dict[tuple[str, int], list[tuple[Any, ...]]],
-                                                         dict[tuple[str, int], list[tuple[Any, ...]]]]:
+def _collect(history: list[Op], locate: Locator) -> tuple[dict[tuple[str, int], list[tuple[Any, ...]]],
+                                                        dict[tuple[str, int], list[tuple[Any, ...]]]]:
     """Per (key, window): the acknowledged writes ``(done, invoke, element, node, dot)`` and the ok reads
     ``(invoke, done, elements, node, final, versions)`` lying wholly inside it."""
     writes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
@@ -139,8 +143,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
     with gc_paused():
         windows = quiet_windows(nemesis_busy(log, end), end, int(margin_s * 1e9))
-        writes, reads = _collect(history, _Locator(windows))
-        tally = _Tally(len(windows))
+        writes, reads = _collect(history, Locator(windows))
+        tally = _Tally(len(windows), removals(history))
         for slot in sorted(set(writes) | set(reads)):
             tally.judge(slot, sorted(writes.get(slot, ()), key=lambda write: write[0]),
                         sorted(reads.get(slot, ()), key=lambda read: read[0]))
@@ -149,6 +153,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         "valid": not tally.anomaly_count and not cut_count, "applies": True, "anomaly_count": tally.anomaly_count,
         "missing_elements": len(tally.missing), "window_count": len(windows),
         "reads_judged": tally.reads_judged, "adds_judged": tally.adds_judged,
+        "removes_excused": tally.removes_excused,
         "quiet_ms": _ms(sum(stop - start for start, stop in windows)),
         "reads_in_windows": sum(len(entries) for entries in reads.values()),
         "adds_in_windows": sum(len(entries) for entries in writes.values()),
@@ -190,15 +195,18 @@ def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, lis
     return intervals
 
 
+def neighbours(grudge: dict[str, list[str]], node: str, everyone: set[str]) -> set[str]:
+    """The nodes of ``everyone`` other than ``node`` that exchange packets with it under ``grudge``:
+    neither drops the other's (a one-way drop breaks TCP both ways) (pure)."""
+    return {other for other in everyone
+            if other != node and other not in grudge.get(node, ()) and node not in grudge.get(other, ())}
+
+
 def within_two_hops(grudge: dict[str, list[str]], node: str) -> set[str]:
     """The nodes ``node`` can reach directly or through one other node under ``grudge`` (pure)."""
     everyone = set(grudge) | {node}
-
-    def neighbours(of: str) -> set[str]:
-        return {other for other in everyone
-                if other != of and other not in grudge.get(of, ()) and of not in grudge.get(other, ())}
-    first = neighbours(node)
-    return {node} | first | {far for near in first for far in neighbours(near)}
+    first = neighbours(grudge, node, everyone)
+    return {node} | first | {far for near in first for far in neighbours(grudge, near, everyone)}
 
 
 def cut_off(history: list[Op], r: int, w: int, intervals: list[tuple[int, int, dict[str, list[str]]]]
@@ -229,10 +237,24 @@ def cut_off(history: list[Op], r: int, w: int, intervals: list[tuple[int, int, d
     return count, samples, judged
 
 
+def removals(history: list[Op]) -> dict[tuple[str, Any], int]:
+    """(key, item) -> the earliest invoke of a remove of it that may have happened (not ``fail``)."""
+    earliest: dict[tuple[str, Any], int] = {}
+    for invoke, completion in pairs(history):
+        if (is_client(invoke) and invoke.get("f") in REMOVES and completion is not None
+                and completion["type"] != "fail" and completion.get("value") is not None):
+            slot = (str(invoke.get("key")), completion["value"])
+            earliest[slot] = min(invoke["time"], earliest.get(slot, invoke["time"]))
+    return earliest
+
+
 class _Tally:
     """Counts and samples of the per-(key, window) sweeps."""
 
-    def __init__(self, windows: int):
+    def __init__(self, windows: int, removed: dict[tuple[str, Any], int] | None = None):
+        #: (key, item) -> when its first possible remove was invoked: not required of reads after that.
+        self.removed = removed or {}
+        self.removes_excused = 0
         self.adds_judged = self.reads_judged = self.anomaly_count = 0
         self.missing: set[tuple[str, Any]] = set()
         self.samples: list[dict[str, Any]] = []
@@ -246,7 +268,7 @@ class _Tally:
         required: dict[Any, tuple[Any, ...]] = {}
         position = 0
         judged: set[Any] = set()
-        for invoke, _, values, node, final, versions in reads:
+        for invoke, read_done, values, node, final, versions in reads:
             while position < len(writes) and writes[position][0] < invoke:
                 required.setdefault(writes[position][2], writes[position])
                 position += 1
@@ -258,7 +280,10 @@ class _Tally:
             present = set(values)
             if present.issuperset(required):
                 continue
-            for element in sorted(set(required) - present, key=lambda e: required[e][0]):
+            missing = set(required) - present
+            excused = {e for e in missing if self.removed.get((key, e), read_done + 1) < read_done}
+            self.removes_excused += len(excused)
+            for element in sorted(missing - excused, key=lambda e: required[e][0]):
                 done, write_invoke, _, write_node, dot = required[element]
                 self.anomaly_count += 1
                 self.per_window[window][2] += 1

@@ -15,7 +15,13 @@ Not judged, because the store may lose versions there by design:
   fault on it, active as the faults checker defines it): a crash may lose what
   was committed but not yet flushed, which a poll may already have seen (reads do not wait for the
   flush), and a lost disk loses everything;
-* clusters with more nodes than N, where a node may hold a stand-in's copy and hand it off;
+* clusters with more nodes than N, where a node may hold a stand-in's copy and hand it off (with the
+  ``membership`` nemesis: the times the members outnumber N);
+* pairs of polls overlapping a membership change (a ``membership`` fault while active: from its start
+  to the stop that found its transfers settled), on every node: a transfer moves a version to the
+  partition's new owners and then drops it from the node that gave the partition up, so a version
+  leaving a replica there is the ring changing, not a loss (the final reads and the convergence
+  checker on the final ring judge that nothing was lost on the way);
 * lww mode, where a newer timestamp replaces what it has not seen.
 """
 
@@ -50,6 +56,34 @@ def crash_intervals(history: list[Op]) -> dict[str, list[tuple[int, int]]]:
     return intervals
 
 
+#: How a membership change that ran changes the number of members.
+MEMBER_DELTA = {"join": 1, "leave": -1, "remove": -1, "replace": 0}
+
+
+def membership_intervals(history: list[Op], initial: int, n: int | None) -> list[tuple[int, int]]:
+    """When versions may leave a replica because the membership changed: each membership fault while
+    active (``faults``' rule), and the times between them when the members outnumber ``n`` (counting
+    from ``initial``; a change whose outcome is unknown leaves the count unknown: to the end)."""
+    end = max((op.get("time", 0) for op in history), default=0) + 1
+    intervals: list[tuple[int, int]] = []
+    members, since = initial, 0
+    for fault in read_nemesis(history).faults:
+        if fault.kind != "membership" or not fault.counts:
+            continue
+        until = fault.stopped if fault.stopped is not None else end
+        intervals.append((fault.invoked, until))
+        if isinstance(n, int) and members > n:
+            intervals.append((since, fault.invoked))
+        action = fault.plan.get("action") if isinstance(fault.plan, dict) else None
+        if fault.status != "ran" or action not in MEMBER_DELTA:
+            intervals.append((fault.invoked, end))
+            return intervals
+        members, since = members + MEMBER_DELTA[action], until
+    if isinstance(n, int) and members > n:
+        intervals.append((since, end))
+    return intervals
+
+
 def _seen_by(dot: tuple[Any, Any], siblings: list[dict[str, Any]]) -> bool:
     actor, counter = dot
     for sibling in siblings:
@@ -73,6 +107,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 "reason": f"{len(nodes)} nodes > N = {n}: a stand-in hands its copies off"}
     with gc_paused():
         crashes = crash_intervals(history)
+        changes = membership_intervals(history, len(nodes), n if isinstance(n, int) else None)
         polls: dict[tuple[str, str], list[tuple[int, int, list[dict[str, Any]]]]] = defaultdict(list)
         invoked: dict[tuple[str, str], int] = {}
         for op in history:
@@ -83,7 +118,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 invoked[slot] = op["time"]
             elif op["type"] == OK and slot in invoked:
                 polls[slot].append((invoked.pop(slot), op["time"], op.get("value") or []))
-        judged = vanished_count = 0
+        judged = vanished_count = membership_skipped = 0
         samples: list[dict[str, Any]] = []
         for (node, key), entries in sorted(polls.items()):
             for (_, first_done, before), (second_invoke, second_done, after) in zip(entries, entries[1:],
@@ -91,6 +126,9 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 # A crash overlapping the time between the two reads of the replica: not judged.
                 start = first_done - 1
                 if any(begin <= second_done and start <= finish for begin, finish in crashes.get(node, ())):
+                    continue
+                if any(begin <= second_done and start <= finish for begin, finish in changes):
+                    membership_skipped += 1
                     continue
                 judged += 1
                 for sibling in before:
@@ -104,6 +142,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     result: dict[str, Any] = {"valid": not vanished_count, "applies": True, "vanished_count": vanished_count,
                               "pairs_judged": judged, "polls": sum(len(entries) for entries in polls.values()),
                               "vanished": samples}
+    if changes:
+        result["pairs_not_judged_membership"] = membership_skipped
     if not judged:
         result["exercised"] = False
     return result

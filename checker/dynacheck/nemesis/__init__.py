@@ -5,7 +5,8 @@ Every fault is recorded as ``start-<fault>`` and ``stop-<fault>`` nemesis ops. `
 whatever a fault may have left behind and is safe to call any number of times: the runner calls
 it for every fault at the end of the test and on interrupt or crash. Faults that take nodes down
 (kill, pause, disk, power, corrupt) say which in their plan's ``nodes``, so the schedule can keep
-overlapping faults off each other's nodes and a majority up.
+overlapping faults off each other's nodes and a majority up. ``membership`` changes the member list
+(``dynacheck.nemesis.membership``); the other faults only take nodes the plan has made members.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dynactl.remote import HostResult
 
 #: Every fault, those in ``--nemesis all``, and what some need: separate network addresses (hosts),
 #: or root on the nodes' hosts (FUSE mounts).
-FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power", "corrupt")
+FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power", "corrupt", "membership")
 NEEDS_HOSTS = frozenset({"partition", "netem"})
 NEEDS_ROOT = frozenset({"power"})
 #: Faults that destroy the copies a node held (they need W >= 2 to keep the promise testable).
 COPY_LOSING = frozenset({"disk", "corrupt"})
-ALL = ("partition", "clock", "kill", "pause", "disk", "power", "corrupt")
+ALL = ("partition", "clock", "kill", "pause", "disk", "power", "corrupt", "membership")
+#: Spare hosts a run gets by default when ``membership`` is chosen (``--spares``).
+DEFAULT_SPARES = 2
 
 
 class Fault:
@@ -48,6 +51,10 @@ class Fault:
     def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> Any:
         """What the next fault breaks, from ``rng`` alone; faults that take nodes keep off ``avoid``."""
         raise NotImplementedError
+
+    def planned(self, value: Any) -> None:
+        """The schedule kept ``value`` (one of this fault's plans): a fault whose plans depend on the
+        ones before it (``membership``) moves its model on."""
 
     def start(self, value: Any) -> dict[str, HostResult]:
         raise NotImplementedError
@@ -96,16 +103,20 @@ def parse_nemesis(text: str, local: bool, root: bool = True) -> tuple[str, ...]:
 
 
 def make_faults(names: tuple[str, ...], cluster: Cluster) -> dict[str, Fault]:
-    """The Fault objects for ``names``."""
+    """The Fault objects for ``names`` (``membership`` last: the final heal finishes its change once
+    the other faults' heals have every member up)."""
     from dynacheck.nemesis.clock import ClockFault
+    from dynacheck.nemesis.membership import MembershipFault
     from dynacheck.nemesis.network import NetemFault, PartitionFault
     from dynacheck.nemesis.process import KillFault, PauseFault
     from dynacheck.nemesis.storage import CorruptFault, DataLoss, DiskFault, PowerFault
     kinds = {"partition": PartitionFault, "clock": ClockFault, "kill": KillFault, "pause": PauseFault,
              "netem": NetemFault}
-    losses = DataLoss(cluster)  # disk and corrupt share one budget of lost copies
+    losses = DataLoss(cluster)  # disk, corrupt and membership share one budget of lost copies
     storage = {"disk": DiskFault, "corrupt": CorruptFault, "power": PowerFault}
-    return {name: storage[name](cluster, losses) if name in storage else kinds[name](cluster) for name in names}
+    ordered = sorted(names, key=lambda name: name == "membership")
+    storage["membership"] = MembershipFault  # a replace or remove loses the dead node's copies too
+    return {name: storage[name](cluster, losses) if name in storage else kinds[name](cluster) for name in ordered}
 
 
 def results_document(results: dict[str, HostResult]) -> dict[str, str]:

@@ -71,12 +71,13 @@ class PartitionFault(Fault):
         return {"mode": mode, "grudge": grudge(mode, self.cluster.ids, rng)}
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        addresses = {host.name: peer_address(host) for host in self.cluster.hosts}
+        # Every host of the run: a node the plan names may have left (or joined) since it was planned.
+        addresses = {host.name: peer_address(host) for host in self.cluster.roster}
 
         def rules(host: Host) -> str:
             commands = [f"iptables -w -F {CHAIN}"]
             commands += [f"iptables -w -A {CHAIN} -s {shlex.quote(addresses[other])} -j DROP"
-                         for other in value["grudge"].get(host.name, [])]
+                         for other in value["grudge"].get(host.name, []) if other in addresses]
             return " && ".join(commands)
         return self.cluster.run(rules)
 
