@@ -29,13 +29,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dynactl.local import LocalCluster, port_is_free
 from dynamod.client import DynamoClient
+from dynamod.polling import wait_until
 
 HERE = Path(__file__).resolve().parent / "bench"
 VALUE = b"v" * 1024
@@ -169,17 +169,15 @@ def bench_twisted(duration: int, connections: int) -> dict:
 
 
 def _wait_http(url: str, deadline: float = 30.0, expect: bytes | None = None) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    def up() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                body = response.read()
-                if expect is None or expect in body:
-                    return
+                return expect is None or expect in response.read()
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+            return False
+
+    if not wait_until(up, deadline, interval=0.1):
+        raise RuntimeError(f"{url} did not come up")
 
 
 def bench_etcd(workdir: Path, duration: int, levels: list[int], keys: int) -> dict | None:

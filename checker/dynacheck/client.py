@@ -192,8 +192,7 @@ class Client:
               elements: Any, delete: bool = False, blind: bool = False) -> Op:
         try:
             if delete:
-                # DynamoClient.delete returns the context only; the dot is in the same response.
-                written = client._write("DELETE", op["key"], b"", context, None)  # noqa: SLF001
+                written = client.delete(op["key"], context=context)
             else:
                 written = client.write(op["key"], encode_elements(elements), context=context)
         except QuorumError as exc:

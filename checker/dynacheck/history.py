@@ -7,8 +7,12 @@ started), ``process``, ``type``, ``f``, ``key``, ``value``, ``node``, plus field
   unknown, so a later op of it could overlap); its thread continues as process ``p + concurrency``.
 * ``f`` for clients: ``add`` (cart: value = the unique item added by read-modify-write), ``write``
   (register: a blind write of a unique value), ``read`` (value on completion = sorted list of the
-  elements present: the union of the items of every live sibling). Reads done after the final heal
-  carry ``"final": true``.
+  elements present: the union of the items of every live sibling), ``remove`` (cart: invoke value
+  null and ``pick``, which of the read's items goes; the completion's ``value`` is the item removed
+  by read-modify-write, and its ``f`` is ``delete`` when the item was the last and the key was
+  deleted with the context; a read that found nothing completes ``fail`` with ``empty``). Reads done
+  after the final heal carry ``"final": true``; ``ok`` reads also carry ``context_clock`` (the
+  clock of the context they returned, tombstones included).
 * ``ok`` writes carry ``version``: ``{"dot": [actor, counter], "clock": CLOCK}`` of the version they
   created, ``supersedes`` (the dots their read returned) and ``read_clock`` (the union of the clocks
   their read returned: what the write may claim to have seen); ``ok`` reads carry ``versions``: one
@@ -19,7 +23,7 @@ started), ``process``, ``type``, ``f``, ``key``, ``value``, ``node``, plus field
 * ``fail`` means the op certainly did not happen; ``info`` means it may or may not have (timeout,
   connection lost, 503 on a write) and is never counted as a failure. ``error`` says why.
 * process ``"nemesis"``: ``f`` is ``start-<fault>`` or ``stop-<fault>`` (fault: partition, clock,
-  kill, pause, netem, disk, power, corrupt); ``value`` on invoke is the plan (with the planned
+  kill, pause, netem, disk, power, corrupt, membership); ``value`` on invoke is the plan (with the planned
   fault's ``id`` from ``test.json``'s ``fault_schedule``), on completion what was done per node; a
   start the nemesis decided not to do completes ``info`` with ``skipped`` (the reason).
 * process ``"convergence"``: ``f`` ``replica``, one poll of ``/admin/replica/{key}`` on ``node`` in

@@ -131,9 +131,9 @@ class DynamoClient:
         """Write a version; returns the new version's context."""
         return self.write(key, value, context, w).context
 
-    def delete(self, key: bytes | str, context: str | None = None, w: int | None = None) -> str:
-        """Write a tombstone superseding what ``context`` has seen."""
-        return self._write("DELETE", key, b"", context, w).context
+    def delete(self, key: bytes | str, context: str | None = None, w: int | None = None) -> WriteResult:
+        """Write a tombstone superseding what ``context`` has seen; returns its context and dot."""
+        return self._write("DELETE", key, b"", context, w)
 
     def write(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> WriteResult:
         """Write a version; returns its context and dot."""
@@ -191,7 +191,7 @@ class DynamoClient:
         """``POST /admin/leave``: this node hands off everything, then stops serving."""
         return self._admin("POST", "/admin/leave", {"dry_run": True} if dry_run else {})
 
-    def remove(self, node: str, dry_run: bool = False) -> dict[str, Any]:
+    def remove_node(self, node: str, dry_run: bool = False) -> dict[str, Any]:
         """``POST /admin/remove``: the dead member ``node`` leaves the cluster without being asked;
         its partitions go to the others (refused, 409, while this node sees it up)."""
         body: dict[str, Any] = {"node": node}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import shutil
 import sys
-import time
 from typing import Any
 
 import click
@@ -21,6 +20,7 @@ from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, show_value
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.polling import wait_until
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -82,7 +82,7 @@ def put(ctx: Context, key: str, value: str | None, path: Any, context: str | Non
 def delete(ctx: Context, key: str, context: str | None, w: int | None) -> None:
     """Delete KEY (a versioned tombstone: concurrent writes survive as siblings)."""
     client = ctx.client()
-    new_context = _client_call(ctx, lambda: client.delete(key, context=context, w=w))
+    new_context = _client_call(ctx, lambda: client.delete(key, context=context, w=w).context)
     ctx.out.document({"key": key, "context": new_context}, text="ok, deleted")
 
 
@@ -161,16 +161,20 @@ def transfers(ctx: Context, watch: bool, timeout: float) -> None:
     """Show partition transfers: keys each member still holds for others (as gossiped), and the
     partitions this node is sending (exit 1 while transfers remain)."""
     client = ctx.client()
-    deadline = time.monotonic() + timeout
-    document = _client_call(ctx, client.transfers)
-    while watch and not document["settled"] and time.monotonic() < deadline:
-        pending = sum(m["pending_keys"] or 0 for m in document["members"])
-        click.echo(f"\r{pending} keys to transfer on ring version {document['ring_version']} ...  ",
-                   nl=False, err=True)
-        time.sleep(1)
+
+    def fetch_showing_progress() -> dict[str, Any]:
         document = _client_call(ctx, client.transfers)
+        if not document["settled"]:
+            pending = sum(m["pending_keys"] or 0 for m in document["members"])
+            click.echo(f"\r{pending} keys to transfer on ring version {document['ring_version']} ...  ",
+                       nl=False, err=True)
+        return document
+
     if watch:
+        document = wait_until(fetch_showing_progress, timeout, interval=1, done=lambda answer: answer["settled"])
         click.echo("", err=True)
+    else:
+        document = _client_call(ctx, client.transfers)
     ctx.out.document(document, table=_transfer_rows(document), headers=["member", "status", "keys to transfer"],
                      text=_transfer_text(document))
     if not document["settled"]:
@@ -209,25 +213,24 @@ def leave(ctx: Context, wait: bool, timeout: float, dry_run: bool) -> None:
         ctx.out.document(document, text=cli_membership.plan_text(document["plan"]))
         return
     document = _client_call(ctx, client.leave)
-    deadline = time.monotonic() + timeout
-    while wait and time.monotonic() < deadline:
+
+    def stopped() -> bool:
         try:
             progress = client.transfers()
-        except NodeUnavailable:
-            document = {**document, "status": "left", "pending_keys": 0}
-            break
+        except NodeUnavailable:  # it has handed everything off and stopped serving
+            return True
         except ClientError:
-            time.sleep(0.5)
-            continue
+            return False
         pending = progress["outbound"]["pending_keys"]
         click.echo(f"\r{ctx.node_address()}: {pending} keys left to hand off ...  ", nl=False, err=True)
-        time.sleep(0.5)
-    else:
-        if wait:
-            click.echo("", err=True)
-            ctx.out.fail(EXIT_NO, f"the node is still leaving after {timeout:.0f}s (see: dynactl transfers)")
+        return False
+
     if wait:
+        left = wait_until(stopped, timeout, interval=0.5)
         click.echo("", err=True)
+        if not left:
+            ctx.out.fail(EXIT_NO, f"the node is still leaving after {timeout:.0f}s (see: dynactl transfers)")
+        document = {**document, "status": "left", "pending_keys": 0}
     ctx.out.document(document, text=f"{document['node']}: {document['status']}"
                                     + ("" if wait else f", {document['pending_keys']} keys to hand off"))
 

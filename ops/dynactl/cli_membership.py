@@ -11,7 +11,6 @@ ahead. ``--wait`` then polls until the change is complete, with a progress line 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ import click
 from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError, fetch_status
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE
+from dynamod import polling
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
 
 #: Seconds between polls of --wait.
@@ -80,20 +80,18 @@ def refuse_at_risk(ctx: Context, plan: dict[str, Any], force: bool) -> None:
 def wait_until(done: Callable[[], tuple[bool, str]], timeout: float, what: str, ctx: Context) -> None:
     """Poll ``done`` (answering whether it is done and a progress line) until it holds or the
     timeout passes (exit 1); the progress line goes to stderr."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def poll_once() -> bool:
         try:
             finished, line = done()
         except (NodeUnavailable, ClientError) as exc:
             finished, line = False, f"waiting: {exc}"
         click.echo(f"\r{line} ...  ", nl=False, err=True)
-        if finished:
-            click.echo("", err=True)
-            return
-        if time.monotonic() >= deadline:
-            click.echo("", err=True)
-            ctx.out.fail(EXIT_NO, f"{what} not complete after {timeout:.0f}s (see: dynactl transfers)")
-        time.sleep(POLL_SECONDS)
+        return finished
+
+    finished = polling.wait_until(poll_once, timeout, interval=POLL_SECONDS)
+    click.echo("", err=True)
+    if not finished:
+        ctx.out.fail(EXIT_NO, f"{what} not complete after {timeout:.0f}s (see: dynactl transfers)")
 
 
 def replacement_done(new: DynamoClient) -> tuple[bool, str]:
@@ -140,11 +138,11 @@ def do_replace(ctx: Context, new: DynamoClient, seed: str, dead: str, dry_run: b
 def do_remove(ctx: Context, asked: DynamoClient, dead: str, dry_run: bool, force: bool, wait: bool,
               timeout: float) -> dict[str, Any]:
     """Plan, check and run a removal of ``dead`` through the member behind ``asked``."""
-    plan = client_call(ctx, lambda: asked.remove(dead, dry_run=True))["plan"]
+    plan = client_call(ctx, lambda: asked.remove_node(dead, dry_run=True))["plan"]
     if dry_run:
         return {"dry_run": True, "plan": plan}
     refuse_at_risk(ctx, plan, force)
-    answer = client_call(ctx, lambda: asked.remove(dead))
+    answer = client_call(ctx, lambda: asked.remove_node(dead))
     click.echo(plan_text(answer.get("plan", plan)), err=True)
     if wait:
         wait_until(lambda: members_done(asked), timeout, f"the removal of {dead}", ctx)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import shlex
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dynactl.inventory import Host
 from dynactl.package import DISTRIBUTION, WHEEL_PREFIX
 from dynactl.remote import HostError, HostResult, Hosts
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.polling import wait_until
 
 HEALTH_DEADLINE_SECONDS = 120.0
 
@@ -202,15 +202,15 @@ def cluster_health(host: Host, expected: list[str]) -> tuple[bool, str]:
 def wait_healthy(host: Host, expected: list[str], deadline_seconds: float = HEALTH_DEADLINE_SECONDS,
                  progress: Callable[[str], None] = lambda message: None) -> None:
     """Poll ``cluster_health`` until healthy; raise DeployError naming what is missing."""
-    deadline = time.monotonic() + deadline_seconds
-    while True:
+    def check() -> tuple[bool, str]:
         healthy, why = cluster_health(host, expected)
-        if healthy:
-            return
-        if time.monotonic() > deadline:
-            raise DeployError(f"{host.name} not healthy after {deadline_seconds:.0f}s: {why}")
-        progress(why)
-        time.sleep(0.5)
+        if not healthy:
+            progress(why)
+        return healthy, why
+
+    healthy, why = wait_until(check, deadline_seconds, interval=0.5, done=lambda answer: answer[0])
+    if not healthy:
+        raise DeployError(f"{host.name} not healthy after {deadline_seconds:.0f}s: {why}")
 
 
 def rolling_restart(hosts_control: Hosts, hosts: list[Host], everyone: list[Host],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 
 from dynactl import process
+from dynamod.polling import wait_until
 
 DEFAULT_DIR = ".dynamo/local"
 START_DEADLINE_SECONDS = 30.0
@@ -198,18 +198,16 @@ class LocalCluster:
     def wait_until_serving(self, nodes: list[LocalNode], deadline_seconds: float = START_DEADLINE_SECONDS) -> None:
         """Poll until ``nodes`` answer /admin/status and every running node of the cluster sees
         every running member up (peer links connected); raise naming what is not ready."""
-        deadline = time.monotonic() + deadline_seconds
-        not_ready = [n.id for n in nodes]
-        while time.monotonic() < deadline:
+        def not_ready() -> list[str]:
             for node in nodes:
                 if not self.running(node):
                     raise LocalClusterError(f"node {node.id} exited during start-up; "
                                             f"see {Path(node.config).parent / 'stderr.log'} and {node.log}")
-            not_ready = self._not_ready(nodes)
-            if not not_ready:
-                return
-            time.sleep(0.05)
-        raise LocalClusterError(f"not ready within {deadline_seconds:.0f}s: {', '.join(not_ready)}")
+            return self._not_ready(nodes)
+
+        left = wait_until(not_ready, deadline_seconds, interval=0.05, done=lambda problems: not problems)
+        if left:
+            raise LocalClusterError(f"not ready within {deadline_seconds:.0f}s: {', '.join(left)}")
 
     def _not_ready(self, nodes: list[LocalNode]) -> list[str]:
         running = {n.id for n in self.nodes if self.running(n)}

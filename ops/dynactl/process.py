@@ -11,9 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from dynamod.polling import wait_until
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -56,9 +57,8 @@ def start_detached(argv: list[str], *, output: Path, cwd: Path, env: Mapping[str
 
 def wait_until_exec(process: subprocess.Popen, config_path: str, deadline_seconds: float = 5.0) -> None:
     """Until the child has exec'd, /proc shows the parent's command line: wait for the node's."""
-    deadline = time.monotonic() + deadline_seconds
-    while not is_dynamod(process.pid, config_path) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: is_dynamod(process.pid, config_path) or process.poll() is not None, deadline_seconds,
+               interval=0.005)
 
 
 def send(pid: int | None, config_path: str, signum: int) -> bool:
@@ -73,13 +73,10 @@ def send(pid: int | None, config_path: str, signum: int) -> bool:
 
 
 def _wait_gone(pid: int, config_path: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         reap(pid)
-        if not is_dynamod(pid, config_path):
-            return True
-        time.sleep(0.02)
-    return not is_dynamod(pid, config_path)
+        return not is_dynamod(pid, config_path)
+    return wait_until(gone, seconds, interval=0.02)
 
 
 def stop(pid: int | None, config_path: str, grace: float = STOP_GRACE_SECONDS) -> str:

@@ -13,7 +13,6 @@ import os
 import pwd
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import attrs
@@ -21,6 +20,7 @@ import attrs
 from dynactl import process
 from dynactl.local import fetch_status
 from dynamod.config import ConfigError, build_config, load_toml
+from dynamod.polling import wait_until
 
 #: libfaketime's thread-safe variant: with the file re-read on every clock read, the plain library parses it
 #: into shared static buffers, and the node's threads read the clock concurrently (the GIL's timed waits do).
@@ -152,16 +152,16 @@ class Service:
         return become_user
 
     def _wait_serving(self, node_id: str, wait: float) -> None:
-        deadline = time.monotonic() + wait
         address = self.status_address()
-        while time.monotonic() < deadline:
+
+        def serving() -> bool:
             if self.pid() is None:
                 raise ServiceError(f"{node_id} exited during start-up; last lines of {self.output_path()}:\n"
                                    + _tail(self.output_path()))
-            if fetch_status(address) is not None:
-                return
-            time.sleep(0.1)
-        raise ServiceError(f"{node_id} runs but does not answer http://{address}/admin/status after {wait:.0f}s")
+            return fetch_status(address) is not None
+
+        if not wait_until(serving, wait, interval=0.1):
+            raise ServiceError(f"{node_id} runs but does not answer http://{address}/admin/status after {wait:.0f}s")
 
 
 def faketime_environment(timestamp_file: str, preload: str = "") -> dict[str, str]:

@@ -19,11 +19,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from dynactl import process
+from dynamod.polling import wait_until
 
 DEFAULT_DIR = ".dynamo/testbed"
 MAX_HOSTS = 200
@@ -239,17 +239,12 @@ class Testbed:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         pidfile.unlink(missing_ok=True)
         _run("ip", "netns", "exec", host["namespace"], _tool("sshd"), "-f", str(config), "-E", str(home / "sshd.log"))
-        deadline = time.monotonic() + SSH_DEADLINE_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                host["sshd_pid"] = int(pidfile.read_text().strip())
-                break
-            except (OSError, ValueError):  # not written yet, or half written
-                time.sleep(0.02)
-        else:
+        sshd_pid = wait_until(lambda: _read_pid(pidfile), SSH_DEADLINE_SECONDS, interval=0.02)
+        if sshd_pid is None:
             log = (home / "sshd.log").read_text(errors="replace").strip() if (home / "sshd.log").exists() else ""
             raise TestbedError(f"sshd on {host['name']} wrote no pidfile within {SSH_DEADLINE_SECONDS:.0f}s; "
                                f"{home / 'sshd.log'} says: {log[-300:] or '(nothing)'}")
+        host["sshd_pid"] = sshd_pid
         self._save()
 
     def _write_known_hosts(self) -> None:
@@ -358,9 +353,7 @@ def _end_processes(pids: list[int], grace: float = 5.0) -> None:
     for pid in pids:
         _signal(pid, signal.SIGCONT)
         _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(process.alive(pid) for pid in pids):
-        time.sleep(0.05)
+    wait_until(lambda: not any(process.alive(pid) for pid in pids), grace, interval=0.05)
     for pid in pids:
         _signal(pid, signal.SIGKILL)
 
@@ -372,13 +365,23 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):  # not written yet, or half written
+        return None
+
+
+def _connect_error(address: str, port: int) -> OSError | None:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return None
+    except OSError as exc:
+        return exc
+
+
 def _wait_for_port(address: str, port: int, deadline_seconds: float) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise TestbedError(f"{address}:{port} does not answer: {exc}") from exc
-            time.sleep(0.05)
+    error = wait_until(lambda: _connect_error(address, port), deadline_seconds, interval=0.05,
+                       done=lambda answer: answer is None)
+    if error is not None:
+        raise TestbedError(f"{address}:{port} does not answer: {error}") from error

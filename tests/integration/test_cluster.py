@@ -6,13 +6,13 @@ import base64
 import socket
 import struct
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from dynamod.client import ClientError, NodeUnavailable, QuorumError
+from dynamod.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +81,15 @@ def test_a_restarted_node_serves_again(make_cluster):
         cluster.client("n2").get("k")
     cluster.start("n2")
     assert cluster.client("n2").get("k").siblings == [b"before"]
-    deadline = time.monotonic() + 15
-    while True:  # the others reconnect to it with backoff
+
+    def put_at_w3() -> bool:  # the others reconnect to it with backoff
         try:
             cluster.client("n1").put("k2", b"after", w=3)
-            break
         except QuorumError:
-            assert time.monotonic() < deadline, "n2 never became reachable again"
-            time.sleep(0.2)
+            return False
+        return True
+
+    assert wait_until(put_at_w3, 15, interval=0.2), "n2 never became reachable again"
     assert cluster.client("n2").replica("k2") is not None
 
 
@@ -114,9 +115,7 @@ def test_kill_9_of_every_node_loses_no_acknowledged_write(make_cluster):
     threads = [threading.Thread(target=writer, args=(cluster.ids[i % 3], i)) for i in range(6)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 300 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(acknowledged) >= 300, 20, interval=0.05)
     for node in cluster.ids:
         cluster.kill(node)
     stop.set()
@@ -213,10 +212,8 @@ def test_a_killed_node_is_marked_down_by_the_others_and_up_after_restart(make_cl
     cluster = make_cluster(heartbeat_interval=0.2)
     assert all(_statuses(cluster, node) == dict.fromkeys(cluster.ids, "up") for node in cluster.ids)
     cluster.kill("n3")
-    deadline = time.monotonic() + 10
-    while any(_statuses(cluster, node)["n3"] != "down" for node in ("n1", "n2")):
-        assert time.monotonic() < deadline, "n3 was never marked down"
-        time.sleep(0.1)
+    assert wait_until(lambda: all(_statuses(cluster, node)["n3"] == "down" for node in ("n1", "n2")), 10,
+                      interval=0.1), "n3 was never marked down"
     cluster.start("n3")  # waits until every running node sees every running member up
     assert all(_statuses(cluster, node)["n3"] == "up" for node in cluster.ids)
 
@@ -231,18 +228,17 @@ def test_a_write_with_an_owner_down_lands_on_a_fallback_and_reaches_the_owner_af
     fallback = next(node for node in ring.walk(0) if node not in owners)
     owner = owners[2]
     cluster.stop(owner)
-    deadline = time.monotonic() + 10
-    while _statuses(cluster, owners[0])[owner] != "down":
-        assert time.monotonic() < deadline, "the owner was never marked down"
-        time.sleep(0.05)
+    assert wait_until(lambda: _statuses(cluster, owners[0])[owner] == "down", 10, interval=0.05), \
+        "the owner was never marked down"
     cluster.client(owners[0]).put(key, b"kept", w=3)  # two owners + the fallback
     held = cluster.client(fallback).replica(key)
     assert held is not None and base64.b64decode(held["siblings"][0]["value"]) == b"kept"
     cluster.start(owner)
-    deadline = time.monotonic() + 20
-    while cluster.client(fallback).replica(key) is not None or cluster.client(owner).replica(key) is None:
-        assert time.monotonic() < deadline, "the hinted copy was never handed off"
-        time.sleep(0.1)
+
+    def handed_off() -> bool:
+        return cluster.client(fallback).replica(key) is None and cluster.client(owner).replica(key) is not None
+
+    assert wait_until(handed_off, 20, interval=0.1), "the hinted copy was never handed off"
     assert cluster.client(owner).get(key, r=3).siblings == [b"kept"]
 
 
@@ -262,12 +258,14 @@ def test_a_wiped_node_is_restored_by_anti_entropy_without_reads(make_cluster, re
     cluster.start("n3")
     wiped = cluster.client("n3")
     assert wiped.status()["incarnation"] != incarnation
-    deadline = time.monotonic() + 60
-    missing = keys
-    while missing:
-        assert time.monotonic() < deadline, f"{len(missing)} keys never restored, e.g. {missing[:3]}"
-        missing = [key for key in missing if wiped.replica(key) is None]
-        time.sleep(0.2)
+    missing = list(keys)
+
+    def still_missing() -> list[str]:
+        missing[:] = [key for key in missing if wiped.replica(key) is None]  # a restored key stays restored
+        return missing
+
+    assert not wait_until(still_missing, 60, interval=0.2, done=lambda left: not left), \
+        f"{len(missing)} keys never restored, e.g. {missing[:3]}"
     progress = wiped.status()["anti_entropy"]
     assert progress["keys_received"] + cluster.client("n1").status()["anti_entropy"]["keys_sent"] \
         + cluster.client("n2").status()["anti_entropy"]["keys_sent"] >= len(keys)

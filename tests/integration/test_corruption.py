@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 
 import pytest
+
+from dynamod.polling import wait_until
 
 PAGE = 8192
 KEYS = 150
@@ -23,16 +24,6 @@ def flip_leaf_pages(path: str, every: int) -> int:
             handle.seek(page * PAGE + 6000)
             handle.write(bytes([data[page * PAGE + 6000] ^ 0x40]))
     return len(leaves[::every])
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("damage", ["records", "meta", "log"])
@@ -61,8 +52,9 @@ def test_a_node_with_damaged_files_starts_fresh_and_is_refilled_by_anti_entropy(
     assert recovery is not None and os.path.isdir(recovery["quarantined"])
     assert os.path.dirname(recovery["quarantined"]) == data_dir.rstrip("/")
     assert status["incarnation"] != before
-    coverage = wait_for(lambda: (lambda c: c if c["pairs_exchanged"] == c["pairs_total"] else None)(
-        node.status()["anti_entropy"]["coverage"]), 60, "anti-entropy coverage")
+    coverage = wait_until(lambda: node.status()["anti_entropy"]["coverage"], 60, interval=0.2,
+                          done=lambda c: c["pairs_exchanged"] == c["pairs_total"])
+    assert coverage["pairs_exchanged"] == coverage["pairs_total"], "timed out waiting for anti-entropy coverage"
     assert coverage["pairs_total"] == 8 * 2
     for key, value in values.items():  # every version its peers held is here now, no client read needed
         replica = node.replica(key)

@@ -83,9 +83,9 @@ def test_a_killed_node_is_replaced_and_another_removed_under_a_writer_without_lo
         cluster.kill("n4")
         wait_for(lambda: sees_down(cluster, "n2", "n4"), "n2 seeing n4 down")
         with pytest.raises(ClientError) as up:
-            cluster.client("n2").remove("n3")
+            cluster.client("n2").remove_node("n3")
         assert up.value.status == 409 and "sees it up" in up.value.body["error"]
-        dry = cluster.client("n2").remove("n4", dry_run=True)
+        dry = cluster.client("n2").remove_node("n4", dry_run=True)
         assert dry["dry_run"] and {m["from"] for m in dry["plan"]["moves"]} == {"n4"}
         assert cluster.client("n2").ring()["ownership"] == after
         live = ["n1", "n2", "n3", fresh]
@@ -125,10 +125,10 @@ def test_dead_node_operations_that_cannot_be_done_are_refused(make_cluster):
     cluster = make_cluster(nodes=3, partitions=16, **FAST)
     wait_for(lambda: cluster.client("n1").transfers()["settled"], "the founding members reporting in")
     with pytest.raises(ClientError) as unknown:
-        cluster.client("n1").remove("ghost")
+        cluster.client("n1").remove_node("ghost")
     assert unknown.value.status == 409 and "not a member" in unknown.value.body["error"]
     with pytest.raises(ClientError) as itself:
-        cluster.client("n1").remove("n1")
+        cluster.client("n1").remove_node("n1")
     assert itself.value.status == 409 and "use leave" in itself.value.body["error"]
     fresh = cluster.add()
     with pytest.raises(ClientError) as alive:

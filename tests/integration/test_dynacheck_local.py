@@ -14,6 +14,7 @@ import pytest
 from dynacheck.client import Client
 from dynactl.local import port_is_free
 from dynamod.client import DynamoClient
+from dynamod.polling import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -143,18 +144,17 @@ def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_clu
 
 def test_an_interrupted_run_heals_tears_down_and_stores_what_it_has(tmp_path):
     import signal
-    import time
     process = subprocess.Popen([str(BIN / "dynacheck"), "run", "--local", "3", "--nemesis", "pause",
                                 "--nemesis-interval", "0.5", "--nemesis-duration", "60", "--time-limit", "120",
                                 "--store", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    history = None
-    while time.monotonic() < deadline:
+
+    def paused_history() -> Path | None:
         runs = list(tmp_path.glob("*/*/history.jsonl"))
         if runs and '"start-pause"' in runs[0].read_text() and '"type":"ok","time"' in runs[0].read_text():
-            history = runs[0]
-            break
-        time.sleep(0.2)
+            return runs[0]
+        return None
+
+    history = wait_until(paused_history, 90, interval=0.2)
     assert history is not None, "the run never paused a node"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)

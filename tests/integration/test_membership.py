@@ -10,6 +10,7 @@ import time
 import pytest
 
 from dynamod.client import ClientError, DynamoClient
+from dynamod.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -17,13 +18,9 @@ FAST = {"heartbeat_interval": 0.2, "gossip_interval": 0.3, "transfer_interval": 
 
 
 def wait_for(condition, what: str, seconds: float = 60.0, every: float = 0.2, describe=lambda: ""):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds:.0f}s {describe()}"
-        time.sleep(every)
+    value = wait_until(condition, seconds, interval=every)
+    assert value, f"{what} did not happen within {seconds:.0f}s {describe()}"
+    return value
 
 
 def stored_copies(cluster, ids) -> dict[str, int]:

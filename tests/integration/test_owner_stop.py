@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from dynacheck.lazyfs.control import wait_until
 from dynamod.client import ClientError, DynamoClient
 from dynamod.core.ring import Ring
+from dynamod.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -65,3 +65,14 @@ def test_the_rule_does_not_apply_with_stand_ins_or_last_write_wins():
     assert replicas.check({**TEST, "nodes": ["n1", "n2", "n3", "n4"]}, numbered(ops))["applies"] is False
     assert replicas.check({**TEST, "mode": "lww"}, numbered(ops))["applies"] is False
     assert replicas.check(TEST, numbered(ops))["valid"] is False
+
+
+def test_a_replica_that_held_only_tombstones_may_reap_them_but_not_a_live_version():
+    tombstone = {**sibling("a", 2, seen={"b": 1}), "deleted": True}
+    ops: list = []
+    poll(ops, "n1", 0, [tombstone])
+    poll(ops, "n1", 500, [])  # the tombstone was reaped: the record is gone
+    poll(ops, "n2", 0, [tombstone, sibling("c", 1)])
+    poll(ops, "n2", 500, [])  # a live version went with it: lost
+    result = replicas.check(TEST, numbered(ops))
+    assert result["reaped_count"] == 1 and result["vanished_count"] == 2 and result["valid"] is False

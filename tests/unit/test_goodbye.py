@@ -207,6 +207,25 @@ def test_a_lost_connection_marks_the_peer_down_at_once_and_a_new_one_brings_it_b
     link.client.stop()
 
 
+def test_a_connection_this_node_aborted_for_silence_is_not_reported_lost_but_one_the_peer_closed_is():
+    link = Link()
+    lost: list[str] = []
+    link.client.observe(lambda: None, lost.append)
+    link.client.start()
+    link.connect()
+    link.client.call("ping", None, timeout=1.0).addErrback(lambda failure: None)
+    link.reactor.advance(1.1)  # unanswered for a whole timeout: aborted as silent
+    assert link.transport.disconnecting
+    link.protocol.connectionLost(Failure(ConnectionDone()))
+    # The silence is the failure detector's to weigh (the timed-out ping): this node may have stalled.
+    assert lost == []
+    link.next_attempt()
+    link.connect()
+    link.protocol.connectionLost(Failure(ConnectionDone()))  # the peer closed this one
+    assert len(lost) == 1 and lost[0].startswith("connection lost")
+    link.client.stop()
+
+
 def test_a_goodbye_outlives_answers_until_the_peer_is_reached_over_a_new_connection():
     link = Link()
     health = HealthService(FailureDetector(), {"n4": link.client}, link.reactor, interval=1.0)

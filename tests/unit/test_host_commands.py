@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from dynactl.local import fetch_status, port_is_free
 from dynactl.remote import HostError, HostResult, LocalHosts, SshHosts, describe_error
 from dynactl.service import Service, ServiceError
 from dynamod.config import build_config
+from dynamod.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DYNACTL = Path(sys.executable).parent / "dynactl"
@@ -428,15 +428,6 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
-def wait_for(predicate, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_service_lifecycle(node):
     service = node()
     assert not service.uses_systemd()
@@ -454,10 +445,10 @@ def test_service_lifecycle(node):
     assert service.output_path().exists()
 
     assert service.signal(signal.SIGSTOP, "paused") == f"paused pid {pid}"
-    assert wait_for(lambda: process_state(pid) == "T")
+    assert wait_until(lambda: process_state(pid) == "T", 5.0, interval=0.01)
     assert service.status() == (True, f"running pid {pid} (not answering /admin/status)")
     assert service.signal(signal.SIGCONT, "resumed") == f"resumed pid {pid}"
-    assert wait_for(lambda: fetch_status(node.http) is not None)
+    assert wait_until(lambda: fetch_status(node.http) is not None, 5.0, interval=0.01)
     assert service.status() == (True, f"running pid {pid}")
 
     assert service.stop() == "stopped"
@@ -487,7 +478,7 @@ def test_a_paused_node_is_stopped_cleanly(node):
     service.start(wait=20)
     pid = service.pid()
     service.signal(signal.SIGSTOP, "paused")
-    assert wait_for(lambda: process_state(pid) == "T")
+    assert wait_until(lambda: process_state(pid) == "T", 5.0, interval=0.01)
     assert service.stop() == "stopped"
     assert service.pid() is None
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from dynacheck.lazyfs.control import parse_mountinfo, wait_until
+from dynacheck.lazyfs.control import parse_mountinfo
 from dynacheck.lazyfs.model import FlushPlan, PendingFile, PendingState, apply_plan
 
 FILES = ("a", "b")
@@ -193,17 +193,3 @@ def test_parse_mountinfo_finds_fuse_mounts_and_unescapes_paths():
     assert mounts["/tmp/my data"] == ("fuse.lazyfs", "lazyfs")
     assert mounts["/"] == ("ext4", "/dev/vda")
     assert mounts["/mnt/x"] == ("fuse.lazyfs", "lazyfs")  # the mount on top is the one the path shows
-
-
-def test_wait_until_gives_up_at_the_deadline_without_real_time():
-    now = [0.0]
-    calls = []
-
-    def never() -> bool:
-        calls.append(now[0])
-        return False
-
-    assert not wait_until(never, 1.0, interval=0.25, clock=lambda: now[0],
-                          sleep=lambda seconds: now.__setitem__(0, now[0] + seconds))
-    assert calls == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert wait_until(lambda: True, 0.0, clock=lambda: 5.0, sleep=lambda seconds: None)

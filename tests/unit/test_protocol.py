@@ -14,6 +14,7 @@ from twisted.test import iosim
 
 from dynamod.net.protocol import (
     DEFAULT_MAX_FRAME,
+    SILENT,
     PeerError,
     PeerProtocol,
     PeerTimeout,
@@ -107,6 +108,46 @@ def test_a_connection_silent_for_a_whole_request_timeout_is_aborted_and_a_busy_o
     with pytest.raises(PeerTimeout):
         result_of(third)
     assert transport.disconnecting  # aborted: the reconnecting client opens a fresh one
+
+
+class StalledClock(Clock):
+    """A clock whose zero-delay calls wait for ``run_next_pass``: what a reactor does, which runs
+    them only after its next I/O pass (``Clock.advance`` would run them at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_pass: list = []
+
+    def callLater(self, delay, f, *args, **kwargs):  # noqa: N802 - the IReactorTime name
+        if delay == 0:
+            self.next_pass.append((f, args, kwargs))
+            return None
+        return super().callLater(delay, f, *args, **kwargs)
+
+    def run_next_pass(self) -> None:
+        calls, self.next_pass = self.next_pass, []
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
+
+
+def test_answers_waiting_in_the_socket_after_a_stall_of_this_node_are_read_before_deadlines_expire():
+    clock = StalledClock()
+    protocol = PeerProtocol(None, clock)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    answer = protocol.call("echo", 1, timeout=1.0)
+    clock.advance(3.0)  # this node's event loop stalled: the deadline's timer runs first...
+    assert not answer.called
+    protocol.dataReceived(_frame(encode_frame([1, 1, "answered"])))  # ...then the I/O pass reads the answer
+    clock.run_next_pass()
+    assert result_of(answer) == "answered"
+    assert not transport.disconnecting  # the peer was never silent: the connection is kept
+    late = protocol.call("echo", 2, timeout=1.0)
+    clock.advance(1.5)
+    clock.run_next_pass()  # nothing arrived in the pass after the deadline: it expires, and the
+    with pytest.raises(PeerTimeout):  # connection, silent for a whole timeout, is aborted
+        result_of(late)
+    assert transport.disconnecting and protocol.lost_reason == SILENT
 
 
 def _frame(body: bytes) -> bytes:

@@ -95,8 +95,8 @@ class FakeNode:
         self.writes.append(("PUT", key, value, context))
         return WriteResult(ctx({A: 3, B: 2}), (A, 3))
 
-    def _write(self, method, key, value, context, w):
-        self.writes.append((method, key, value, context))
+    def delete(self, key, context=None, w=None):
+        self.writes.append(("DELETE", key, b"", context))
         return WriteResult(ctx({A: 3, B: 2}), (A, 3))
 
 

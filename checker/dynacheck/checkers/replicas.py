@@ -23,6 +23,11 @@ Not judged, because the store may lose versions there by design:
   leaving a replica there is the ring changing, not a loss (the final reads and the convergence
   checker on the final ring judge that nothing was lost on the way);
 * lww mode, where a newer timestamp replaces what it has not seen.
+
+A replica that held only tombstones and then holds nothing has reaped them (``dynamod.tombstones``:
+a record whose every sibling is a tombstone goes once all replicas hold it): counted as ``reaped``,
+not ``vanished``. A store that reaps too early resurrects removed items, which the siblings checker
+judges in the final reads.
 """
 
 from __future__ import annotations
@@ -118,7 +123,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 invoked[slot] = op["time"]
             elif op["type"] == OK and slot in invoked:
                 polls[slot].append((invoked.pop(slot), op["time"], op.get("value") or []))
-        judged = vanished_count = membership_skipped = 0
+        judged = vanished_count = membership_skipped = reaped_count = 0
         samples: list[dict[str, Any]] = []
         for (node, key), entries in sorted(polls.items()):
             for (_, first_done, before), (second_invoke, second_done, after) in zip(entries, entries[1:],
@@ -131,6 +136,9 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                     membership_skipped += 1
                     continue
                 judged += 1
+                if not after and before and all(sibling.get("deleted") for sibling in before):
+                    reaped_count += len(before)
+                    continue
                 for sibling in before:
                     dot = tuple(sibling.get("dot") or ())
                     if len(dot) == 2 and not _seen_by(dot, after):
@@ -141,7 +149,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                                             "elements": (sibling.get("elements") or [])[:20]})
     result: dict[str, Any] = {"valid": not vanished_count, "applies": True, "vanished_count": vanished_count,
                               "pairs_judged": judged, "polls": sum(len(entries) for entries in polls.values()),
-                              "vanished": samples}
+                              "reaped_count": reaped_count, "vanished": samples}
     if changes:
         result["pairs_not_judged_membership"] = membership_skipped
     if not judged:

@@ -18,11 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from dynamod.polling import wait_until
 
 #: The file system type the kernel reports for our mounts (``fsname``/``subtype`` in fs.py).
 FSTYPE = "fuse.lazyfs"
@@ -37,18 +38,6 @@ _SOCKET_PATH_MAX = 107
 
 class LazyFSError(Exception):
     """A command that cannot do what was asked; the CLI prints it and exits 1."""
-
-
-def wait_until(predicate: Callable[[], bool], deadline_seconds: float, interval: float = 0.02,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Poll ``predicate`` until it holds (True) or ``deadline_seconds`` pass (False)."""
-    deadline = clock() + deadline_seconds
-    while True:
-        if predicate():
-            return True
-        if clock() >= deadline:
-            return False
-        sleep(interval)
 
 
 # --- /proc/self/mountinfo ---------------------------------------------------------------------------
@@ -217,7 +206,7 @@ def start_daemon(record: Record) -> int:
         entry = mount_at(record.mountpoint)
         return entry is not None and entry[0] == FSTYPE and _answers(record)
 
-    if not wait_until(live, MOUNT_DEADLINE_SECONDS) or process.returncode is not None:
+    if not wait_until(live, MOUNT_DEADLINE_SECONDS, interval=0.02) or process.returncode is not None:
         if process.returncode is None:
             process.kill()
             process.wait()
@@ -325,7 +314,7 @@ def crash(mountpoint: str) -> dict[str, Any]:
         except (OSError, ValueError, KeyError):
             pass  # still crash; what was lost is then unknown
         os.kill(pid, signal.SIGKILL)
-        if not wait_until(_gone(record, pid), MOUNT_DEADLINE_SECONDS):
+        if not wait_until(_gone(record, pid), MOUNT_DEADLINE_SECONDS, interval=0.02):
             raise LazyFSError(f"the lazyfs daemon {pid} of {mountpoint} did not die on SIGKILL")
     how = unmount_busy_aware(mountpoint, BUSY_DEADLINE_SECONDS, lazy_fallback=True)
     record.crashes += 1
@@ -354,7 +343,7 @@ def unmount(mountpoint: str) -> dict[str, Any]:
             pass
     if entry is not None:
         unmount_busy_aware(mountpoint, BUSY_DEADLINE_SECONDS, lazy_fallback=pid is None)
-    if pid is not None and not wait_until(_gone(record, pid), UNMOUNT_DEADLINE_SECONDS):
+    if pid is not None and not wait_until(_gone(record, pid), UNMOUNT_DEADLINE_SECONDS, interval=0.02):
         raise LazyFSError(f"the lazyfs daemon {pid} is still flushing after {UNMOUNT_DEADLINE_SECONDS:.0f} s "
                           f"(see {record.log})")
     record.remove()

@@ -260,7 +260,7 @@ class MembershipFault(Fault):
                     raise
                 self.cluster.admit(node, position)
             else:
-                answer = self._retrying(lambda client: client.remove(dead), self._live_member(),
+                answer = self._retrying(lambda client: client.remove_node(dead), self._live_member(),
                                         f"remove of {dead}")
         except BaseException as exc:
             restarted = self.cluster.service("start", [dead])[dead]  # the change did not happen: it is a member

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 
 from dynamod.core.addresses import split_host_port
-from dynamod.net.protocol import DEFAULT_MAX_FRAME, PeerProtocol, PeerUnavailable, RequestHandler
+from dynamod.net.protocol import DEFAULT_MAX_FRAME, SILENT, PeerProtocol, PeerUnavailable, RequestHandler
 from dynamod.net.writes import Coalescer
 
 
@@ -123,7 +123,10 @@ class PeerClient:
         if self.protocol is protocol:
             self.protocol = None
             self.last_error = self.last_error or "connection lost"
-            self._tell_lost(f"connection lost: {protocol.lost_reason}")
+            if protocol.lost_reason != SILENT:
+                # A connection this side aborted for silence says nothing new: the failure
+                # detector has seen the same silence (the requests that timed out).
+                self._tell_lost(f"connection lost: {protocol.lost_reason}")
 
     def call(self, op: str, payload: Any, timeout: float) -> defer.Deferred:
         """Send one request to this peer (see ``PeerProtocol.call``)."""

@@ -36,6 +36,10 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 NODE_STOPPING = "node is stopping"
 
 
+#: Why a connection ended that this side aborted for silence (the peer did not close it).
+SILENT = "silent for a whole request timeout"
+
+
 class PeerError(Exception):
     """The remote node answered a request with an error."""
 
@@ -119,7 +123,7 @@ class PeerProtocol(Int32StringReceiver):
         self._deadlines.clear()
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
-        self.lost_reason = reason.getErrorMessage()
+        self.lost_reason = self.lost_reason or reason.getErrorMessage()
         for waiter in pending.values():
             waiter.errback(PeerUnavailable(f"connection lost: {self.lost_reason}"))
         if self.on_disconnected:
@@ -148,7 +152,14 @@ class PeerProtocol(Int32StringReceiver):
     def _schedule_sweep(self, when: float) -> None:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
-        self._sweep = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire_due)
+        self._sweep = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._after_one_read)
+
+    def _after_one_read(self) -> None:
+        """A deadline is due: expire it only after one more pass of the reactor, so answers already
+        in the socket buffer are read first. Timers run before I/O, so after a stall of this
+        node's own event loop (a GC pause, a slow disk call) every deadline would otherwise expire,
+        and every connection be taken for silent, with the answers waiting unread."""
+        self._sweep = self.clock.callLater(0, self._expire_due)
 
     def _expire_due(self) -> None:
         """Fail every request past its deadline, then wait for the next deadline. When nothing at
@@ -170,6 +181,7 @@ class PeerProtocol(Int32StringReceiver):
         if silent and self.transport is not None and self.connected:
             self.log.info("peer connection {peer} silent for a whole request timeout: closing it",
                           peer=str(self.transport.getPeer()))
+            self.lost_reason = SILENT
             self.transport.abortConnection()
             return
         if self._deadlines:
