@@ -28,8 +28,23 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for key in ("time_to_converge_ms", "rounds", "error"):
             if result.get(key) is not None:
                 figures.append(f"{key.replace('_', ' ')} {result[key]}")
-        rows.append((name, verdict_word(result.get("valid")), ", ".join(figures)[:100]))
+        rows.append((name, verdict_word(result.get("valid")), _joined(figures, EVIDENCE_WIDTH)))
     return rows
+
+
+#: Characters of evidence a summary row shows (results.json has every figure).
+EVIDENCE_WIDTH = 100
+
+
+def _joined(figures: list[str], width: int) -> str:
+    """As many whole figures as fit in ``width`` characters (a figure cut short would misread)."""
+    shown = ""
+    for figure in figures:
+        candidate = f"{shown}, {figure}" if shown else figure
+        if len(candidate) > width:
+            return f"{shown}, ..." if shown else figure[:width]
+        shown = candidate
+    return shown
 
 
 def verdict_word(valid: Any) -> str:

@@ -240,10 +240,13 @@ class Cluster:
             raise DbError(f"{step} failed: " + "; ".join(failed))
 
 
-def with_test_settings(host: Host, settings: dict[str, Any], faketime: bool) -> Host:
-    """``host`` with the node settings of this test (mode, quorums, fast repair intervals)."""
+def with_test_settings(host: Host, settings: dict[str, Any], faketime: bool,
+                       node_config: dict[str, Any] | None = None) -> Host:
+    """``host`` with the node settings of this test (mode, quorums, fast repair intervals, and
+    ``node_config``: node.toml settings the run chose)."""
     variables = {**host.vars, **{f"dynamod_{key}": value for key, value in settings.items()},
-                 "dynamod_extra_config": {**(host.var("dynamod_extra_config") or {}), **TEST_NODE_CONFIG}}
+                 "dynamod_extra_config": {**(host.var("dynamod_extra_config") or {}), **TEST_NODE_CONFIG,
+                                          **(node_config or {})}}
     if faketime:
         variables["dynamod_faketime_file"] = host.var("dynamod_faketime_file") or f"{host.home}/faketime"
     else:
@@ -267,9 +270,11 @@ def local_hosts(count: int, directory: Path) -> list[Host]:
     return hosts
 
 
-def local_cluster(count: int, settings: dict[str, Any], faketime: bool, spares: int = 0) -> Cluster:
+def local_cluster(count: int, settings: dict[str, Any], faketime: bool, spares: int = 0,
+                  node_config: dict[str, Any] | None = None) -> Cluster:
     """A --local cluster of ``count`` members and ``spares`` spare nodes in a fresh scratch directory."""
     directory = Path(tempfile.mkdtemp(prefix="dynacheck-local-"))
-    hosts = [with_test_settings(host, settings, faketime) for host in local_hosts(count + spares, directory)]
+    hosts = [with_test_settings(host, settings, faketime, node_config)
+             for host in local_hosts(count + spares, directory)]
     return Cluster(hosts=hosts[:count], spares=hosts[count:], control=LocalHosts(hosts), local_dir=directory,
                    faketime=faketime)

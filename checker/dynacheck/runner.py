@@ -98,7 +98,7 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
     settings = {"mode": options.mode, "n": options.n, "r": options.r, "w": options.w, "partitions": 16}
     faketime = "clock" in options.nemesis
     if options.local:
-        return local_cluster(options.local, settings, faketime, options.spares), None
+        return local_cluster(options.local, settings, faketime, options.spares, node_config(options)), None
     created = None
     count = None
     if options.testbed:
@@ -122,7 +122,8 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
     else:
         nodes_file = str(options.nodes_file)
     try:
-        hosts = [with_test_settings(host, settings, faketime) for host in load_hosts(nodes_file)[:count]]
+        hosts = [with_test_settings(host, settings, faketime, node_config(options))
+                 for host in load_hosts(nodes_file)[:count]]
     except BaseException:
         if created is not None:
             created.down()
@@ -406,22 +407,6 @@ def node_config(options: Options) -> dict[str, Any]:
     return config
 
 
-def with_node_config(cluster: Cluster, config: dict[str, Any]) -> Cluster:
-    """``cluster`` with ``config`` over every host's ``dynamod_extra_config`` (members, spares, and the
-    control's list, which installs them), before anything is installed."""
-    if not config:
-        return cluster
-
-    def evolve(host: Any) -> Any:
-        extra = {**(host.var("dynamod_extra_config") or {}), **config}
-        return attrs.evolve(host, vars={**host.vars, "dynamod_extra_config": extra})
-    cluster.hosts = [evolve(host) for host in cluster.hosts]
-    if hasattr(cluster, "spares"):
-        cluster.spares = [evolve(host) for host in cluster.spares]
-    cluster.control.hosts = [evolve(host) for host in cluster.control.hosts]
-    return cluster
-
-
 def seeded(seed: int, stream: str) -> random.Random:
     """The random source of one generator of a test (``Random`` hashes a str seed stably)."""
     return random.Random(f"{seed}-{stream}")
@@ -487,7 +472,6 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
 
     try:
         test.cluster, testbed = timed("preparing nodes", lambda: build_cluster(options, progress.say))
-        test.cluster = with_node_config(test.cluster, node_config(options))
         test.test.update(nodes=test.cluster.ids, spare_nodes=test.cluster.spare_ids,
                          node_addresses={host.name: host.http for host in test.cluster.roster})
         test.save_test()

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import attrs
 import pytest
 
 from dynacheck.checkers import causality, siblings
 from dynacheck.client import Client
-from dynacheck.db import Cluster, local_hosts, with_test_settings
+from dynacheck.db import local_cluster
 from dynacheck.history import FAIL, OK
-from dynacheck.runner import Options, node_config, with_node_config
+from dynacheck.runner import Options, node_config
 from dynacheck.synthetic import HistoryBuilder, clock_json, clock_of, version
 from dynacheck.workloads import COLD_FILL, COLD_SPAN, workload
 from dynactl.deploy import render_node_toml
-from dynactl.remote import LocalHosts
 from dynamod.client import GetResult, WriteResult
 from dynamod.core.encoding import encode_context
 from dynamod.core.versions import CausalContext
@@ -336,15 +334,16 @@ def test_the_run_reports_how_many_context_entries_its_clocks_reached():
 
 # -- the truncation option ------------------------------------------------------------------------
 
-def test_max_context_entries_reaches_every_node_toml(tmp_path: Path):
+def test_max_context_entries_reaches_every_node_toml():
     options = Options(workload="cart", max_context_entries=4)
     assert node_config(options) == {"max_context_entries": 4, "tombstone_grace": 3.0}
     assert node_config(Options(workload="register")) == {}
-    hosts = [with_test_settings(host, {"mode": "vclock", "n": 3, "r": 2, "w": 2, "partitions": 16}, False)
-             for host in local_hosts(3, tmp_path)]
-    cluster = with_node_config(Cluster(hosts=hosts, control=LocalHosts(hosts)), node_config(options))
-    for host in cluster.hosts + cluster.control.hosts:
+    cluster = local_cluster(2, {"mode": "vclock", "n": 3, "r": 2, "w": 2, "partitions": 16}, False, spares=1,
+                            node_config=node_config(options))
+    cluster.remove_scratch()  # nothing was written in it
+    for host in cluster.roster:
         toml = render_node_toml(host, cluster.hosts)
         assert "max_context_entries = 4" in toml and "tombstone_grace = 3.0" in toml
         assert "request_timeout = 1.0" in toml  # the test settings are kept
     assert attrs.asdict(options)["max_context_entries"] == 4  # saved in test.json with the options
+

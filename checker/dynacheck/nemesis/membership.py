@@ -44,6 +44,7 @@ from dynacheck.nemesis.storage import DataLoss, Skipped
 from dynactl.deploy import cluster_health
 from dynactl.remote import HostResult
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.polling import wait_until
 
 #: The order changes are planned in (each skipped while the planned membership cannot do it).
 ACTIONS = ("join", "leave", "replace", "join", "remove")
@@ -129,12 +130,7 @@ def poll(check: Callable[[], str | None], seconds: float, interval: float = 0.5,
          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str | None:
     """Call ``check`` (None: done, else why not yet) until it is done or ``seconds`` passed; returns
     the last reason (None when done)."""
-    deadline = clock() + seconds
-    while True:
-        why = check()
-        if why is None or clock() >= deadline:
-            return why
-        sleep(interval)
+    return wait_until(check, seconds, interval=interval, done=lambda why: why is None, clock=clock, sleep=sleep)
 
 
 class Refused(Exception):
