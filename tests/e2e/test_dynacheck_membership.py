@@ -1,6 +1,7 @@
 """dynacheck's membership nemesis on testbed hosts over real SSH (root): 3 members and 2 spare hosts;
-a host joins, one leaves, a killed one is replaced and one removed while the cart workload runs, and
-the run is valid: nothing acknowledged lost, replicas converged on the final ring."""
+a host joins, one leaves, a killed one is replaced and one removed while the register workload (blind writes,
+each kept as a sibling) runs, and the run is valid: nothing acknowledged lost, replicas converged on the
+final ring."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """dynacheck's membership nemesis against a --local cluster with spare nodes (real dynamod processes, no
-root): a node joins, one leaves, a killed one is replaced and one removed while the workload runs; no
+root): a node joins, one leaves, a killed one is replaced and one removed while the cart workload (adds,
+removes, deletes) runs; no
 acknowledged write is lost and the replicas converge on the final ring."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def test_joins_leaves_replacements_and_removals_under_load_lose_nothing_and_conv
     # each to run even on a loaded machine (a spare takes a few seconds to start).
     finished = subprocess.run(
         [str(BIN / "dynacheck"), "run", "--local", "3", "--spares", "2", "--nemesis", "membership",
-         "--workload", "register", "--time-limit", "60", "--rate", "30", "--nemesis-interval", "3",
+         "--workload", "cart", "--time-limit", "60", "--rate", "30", "--nemesis-interval", "3",
          "--nemesis-duration", "2", "--seed", "1", "--store", str(tmp_path), "--format", "json"],
         capture_output=True, text=True, timeout=600, check=False)
     report = json.loads(finished.stdout)
@@ -42,6 +43,8 @@ def test_joins_leaves_replacements_and_removals_under_load_lose_nothing_and_conv
     assert checkers["convergence"]["valid"] is True
     assert checkers["convergence"]["replicas_from"] == "final ring's preference lists"
     assert checkers["siblings"]["lost_count"] == 0 and checkers["siblings"]["acknowledged_count"] > 200
+    # Carts are emptied and deleted while the ring changes: removed items stay gone.
+    assert checkers["siblings"]["removes_judged_count"] > 50 and checkers["siblings"]["resurrected_count"] == 0
     assert checkers["replicas"]["valid"] is True and checkers["replicas"]["pairs_not_judged_membership"] > 0
     # The replica monitor followed the members: it polled the nodes that joined as well.
     monitored = {op["node"] for op in ops if op["process"] == "monitor"}
