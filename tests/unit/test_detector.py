@@ -75,7 +75,7 @@ def test_phi_is_finite_non_negative_and_monotone_in_silence(gaps, extra):
 def test_running_statistics_match_a_direct_computation(gaps, window):
     import math
 
-    accrual = PhiAccrual(window=window, min_std=0.0)
+    accrual = PhiAccrual(window=window, min_std=0.0, first_interval=0.01)  # every gap is a sample
     now = 0.0
     accrual.arrival(now)
     for gap in gaps:
@@ -87,3 +87,11 @@ def test_running_statistics_match_a_direct_computation(gaps, window):
     got_mean, got_std = accrual._mean_and_std()
     assert math.isclose(got_mean, mean, rel_tol=1e-6, abs_tol=1e-9)
     assert math.isclose(got_std, std, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_an_extra_answer_right_after_another_is_not_a_sample_of_the_heartbeat_spacing():
+    detector = FailureDetector(phi_threshold=8.0, first_interval=1.0)
+    detector.arrival("n2", 0.004)  # the start-up ping's answer...
+    detector.arrival("n2", 0.005)  # ...and the one sent when the connection opened
+    assert detector.is_up("n2", 1.0)  # the next beat: one second of silence is the normal spacing
+    assert not detector.is_up("n2", 6.0)  # five are not

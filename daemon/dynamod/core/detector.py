@@ -45,8 +45,12 @@ class PhiAccrual:
     _sum_of_squares: float = 0.0
 
     def arrival(self, now: float) -> None:
-        """Something arrived from the peer at ``now``."""
-        if self.last_arrival is not None and now > self.last_arrival:
+        """Something arrived from the peer at ``now``. An arrival less than half the heartbeat
+        spacing after the last one (an extra ping, answered when a connection opened) moves the
+        last arrival but is not a sample of the spacing: one such millisecond sample made phi
+        climb past any threshold at the next beat, and every peer was down until its ping came
+        back (a start-up PUT at W=3 was refused that way)."""
+        if self.last_arrival is not None and now - self.last_arrival >= self.first_interval / 2:
             interval = now - self.last_arrival
             self.intervals.append(interval)
             self._sum += interval
