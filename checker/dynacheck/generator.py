@@ -247,7 +247,9 @@ def plan_schedule(kinds: Sequence[str], plan: Callable[[str, random.Random, froz
         elif relation == "after" and previous is not None:
             start = previous.stop + int(rng.uniform(0.05, 1.0) * SECOND)
         elif relation == "flap":
-            kind = previous.fault if previous is not None else kind
+            if previous is not None and previous.fault != kind:
+                order.insert(0, kind)  # the round still owes this kind: a flap repeats, it does not replace
+                kind = previous.fault
             start = (previous.stop if previous is not None else time) + int(rng.uniform(0.1, 0.5) * SECOND)
             length = max(SECOND // 10, length // 4)
         else:

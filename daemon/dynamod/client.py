@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import select
 from typing import Any
 from urllib.parse import quote
 
@@ -71,6 +72,25 @@ def key_path(prefix: str, key: bytes | str) -> str:
     return prefix + quote(raw, safe="")
 
 
+#: Methods safe to send again when a kept-alive connection turns out to be closed.
+IDEMPOTENT = frozenset({"GET", "HEAD"})
+#: How a connection the node closed before this request shows itself.
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by the node (readable with no request out:
+    the end of the stream or a reset is waiting), as urllib3 checks before it reuses a connection."""
+    sock = connection.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class DynamoClient:
     """Talks to one node at ``host:port``."""
 
@@ -90,6 +110,21 @@ class DynamoClient:
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        reused = self._connection is not None
+        try:
+            return self._send(method, path, body, headers)
+        except NodeUnavailable as exc:
+            # A kept-alive connection the node closed before answering (it restarted, or closed it
+            # idle) carried nothing: a read is sent again once on a fresh connection. A write is
+            # not (it may have been applied), so it stays unknown to the caller.
+            if reused and method in IDEMPOTENT and isinstance(exc.__cause__, STALE_CONNECTION):
+                return self._send(method, path, body, headers)
+            raise
+
+    def _send(self, method: str, path: str, body: bytes | None,
+              headers: dict[str, str] | None) -> tuple[int, dict[str, str], bytes]:
+        if self._connection is not None and _closed_by_peer(self._connection):
+            self.close()  # nothing was sent on it: a write is safe on a fresh one
         if self._connection is None:
             self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:

@@ -76,3 +76,13 @@ def test_a_replica_that_held_only_tombstones_may_reap_them_but_not_a_live_versio
     poll(ops, "n2", 500, [])  # a live version went with it: lost
     result = replicas.check(TEST, numbered(ops))
     assert result["reaped_count"] == 1 and result["vanished_count"] == 2 and result["valid"] is False
+
+
+def test_a_version_forgotten_by_a_truncated_context_is_not_a_loss_but_one_below_the_bound_is():
+    ops: list = []
+    poll(ops, "n1", 0, [sibling("a", 1)])
+    # b/1's context had a/1 and four more actors; truncated to the bound of 4, it forgot a/1.
+    poll(ops, "n1", 500, [sibling("b", 1, seen={"c": 1, "d": 1, "e": 1})])
+    truncated = replicas.check({**TEST, "max_context_entries": 4}, numbered(ops))
+    assert truncated["valid"] is True and truncated["truncated_count"] == 1 and truncated["vanished_count"] == 0
+    assert replicas.check({**TEST, "max_context_entries": 64}, numbered(ops))["vanished_count"] == 1

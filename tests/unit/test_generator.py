@@ -135,6 +135,13 @@ def test_schedules_meet_every_kind_and_overlap_and_flap():
     assert overlapping >= 15 and flapping >= 5
 
 
+def test_a_flap_repeats_a_fault_without_costing_its_round_a_kind():
+    # A flap used to take the round's next kind and replay the previous one instead, so that kind
+    # was gone until the next round: 23 of 300 80-second schedules missed a kind (0 now).
+    missing = [seed for seed in range(300) if {fault.fault for fault in schedule(seed, limit=80)} != set(KINDS)]
+    assert missing == []
+
+
 def test_the_fault_schedule_plays_each_start_then_its_stop_with_the_planned_id():
     planned = [PlannedFault(0, "partition", 2 * SECOND, 6 * SECOND, {"mode": "halves"}),
                PlannedFault(1, "kill", 3 * SECOND, 4 * SECOND, {"nodes": ["n1"]})]

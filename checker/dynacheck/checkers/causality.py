@@ -58,6 +58,14 @@ CLAIM_SAMPLE = 10
 Dot = tuple[str, int]
 
 
+def at_bound(clock: dict[str, Any] | None, bound: int | None) -> bool:
+    """Whether a version's CLOCK has as many entries as the node's context bound: its context may
+    have been truncated, forgetting dots it had seen (``CausalContext.truncate``)."""
+    if bound is None or not clock:
+        return False
+    return len(clock.get("vector") or {}) + len(clock.get("cloud") or ()) >= bound
+
+
 def dot_name(dot: Dot) -> str:
     """``"actor/counter"``: how dots are named in graphs and reports."""
     return f"{dot[0]}/{dot[1]}"
@@ -219,9 +227,7 @@ class KeyVersions:
                 self._flag("cycles", [u, v], via="clocks", cycle=[dot_name(u), dot_name(v)])
 
     def _at_bound(self, clock: dict[str, Any] | None) -> bool:
-        if self.context_bound is None or not clock:
-            return False
-        return len(clock.get("vector") or {}) + len(clock.get("cloud") or ()) >= self.context_bound
+        return at_bound(clock, self.context_bound)
 
     def _check_claims(self) -> None:
         for dot, clock, read_clock, time in self.claims:

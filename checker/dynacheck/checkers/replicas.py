@@ -24,6 +24,10 @@ Not judged, because the store may lose versions there by design:
   checker on the final ring judge that nothing was lost on the way);
 * lww mode, where a newer timestamp replaces what it has not seen.
 
+A version whose successors on the replica include one whose clock is at the context bound
+(``max_context_entries``) may have been forgotten by truncation rather than dropped: counted as
+``truncated``, not judged (the causality checker's rule).
+
 A replica that held only tombstones and then holds nothing has reaped them (``dynamod.tombstones``:
 a record whose every sibling is a tombstone goes once all replicas hold it): counted as ``reaped``,
 not ``vanished``. A store that reaps too early resurrects removed items, which the siblings checker
@@ -36,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dynacheck.checkers.causality import DEFAULT_CONTEXT_BOUND, at_bound
 from dynacheck.checkers.faults import read_nemesis
 from dynacheck.history import INVOKE, MONITOR, OK, Op, gc_paused
 
@@ -123,7 +128,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 invoked[slot] = op["time"]
             elif op["type"] == OK and slot in invoked:
                 polls[slot].append((invoked.pop(slot), op["time"], op.get("value") or []))
-        judged = vanished_count = membership_skipped = reaped_count = 0
+        judged = vanished_count = membership_skipped = reaped_count = truncated_count = 0
+        bound = int(test.get("max_context_entries") or DEFAULT_CONTEXT_BOUND)
         samples: list[dict[str, Any]] = []
         for (node, key), entries in sorted(polls.items()):
             for (_, first_done, before), (second_invoke, second_done, after) in zip(entries, entries[1:],
@@ -142,6 +148,9 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                 for sibling in before:
                     dot = tuple(sibling.get("dot") or ())
                     if len(dot) == 2 and not _seen_by(dot, after):
+                        if any(at_bound(later.get("clock"), bound) for later in after):
+                            truncated_count += 1
+                            continue
                         vanished_count += 1
                         if len(samples) < SAMPLE:
                             samples.append({"node": node, "key": key, "dot": f"{dot[0]}/{dot[1]}",
@@ -149,7 +158,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                                             "elements": (sibling.get("elements") or [])[:20]})
     result: dict[str, Any] = {"valid": not vanished_count, "applies": True, "vanished_count": vanished_count,
                               "pairs_judged": judged, "polls": sum(len(entries) for entries in polls.values()),
-                              "reaped_count": reaped_count, "vanished": samples}
+                              "reaped_count": reaped_count, "truncated_count": truncated_count,
+                              "vanished": samples}
     if changes:
         result["pairs_not_judged_membership"] = membership_skipped
     if not judged:
