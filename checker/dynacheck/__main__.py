@@ -1,0 +1,3 @@
+from dynacheck.cli import main
+
+main()
