@@ -64,6 +64,11 @@ def versions_of(read: GetResult) -> list[dict[str, Any]]:
     return [version_entry(value, version) for value, version in zip(read.siblings, read.versions, strict=False)]
 
 
+def elements_of(versions: list[dict[str, Any]]) -> list[int]:
+    """The cart's items as read: the union of every live sibling's elements, sorted."""
+    return sorted({element for version in versions for element in version["elements"]})
+
+
 def union_clock(versions: list[dict[str, Any]]) -> dict[str, Any]:
     """The CLOCK holding every dot the given versions have seen (per-actor maximum, union of clouds):
     what a write whose context came from a read of these versions may claim to have seen."""
@@ -151,7 +156,7 @@ class Client:
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": str(exc), **_refused(exc)}
         versions = versions_of(result)
-        elements = sorted({element for version in versions for element in version["elements"]})
+        elements = elements_of(versions)
         completion: Op = {"type": OK, "value": elements, "versions": versions}
         clock = context_clock(result.context) if result.context else None
         if clock is not None:
@@ -164,7 +169,7 @@ class Client:
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": f"read before the add: {exc}", **_refused(exc)}
         versions = versions_of(read)
-        items = {element for version in versions for element in version["elements"]} | {op["value"]}
+        items = set(elements_of(versions)) | {op["value"]}
         return self.write(client, op, context=read.context or None, versions=read_versions(read, versions),
                           elements=items)
 
@@ -175,7 +180,7 @@ class Client:
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": f"read before the remove: {exc}", **_refused(exc)}
         versions = versions_of(read)
-        items = sorted({element for version in versions for element in version["elements"]})
+        items = elements_of(versions)
         if not items:
             # Nothing was written, so nothing can have changed: certainly a no-op, not an unknown.
             return {"type": FAIL, "error": "nothing to remove: the read found an empty cart", "empty": True}

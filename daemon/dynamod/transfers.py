@@ -121,15 +121,8 @@ class TransferService(TimerService):
             return dict.fromkeys(owners)
         if me in ring.ownership:
             return None
-        order = ring.walk(partition)
-        spares = [node for node in order[n:] if node != me and self.is_up(node)]
-        targets: dict[str, str | None] = {owner: None for owner in owners if self.is_up(owner)}
-        for owner in owners:
-            if not self.is_up(owner):
-                if not spares:
-                    return None
-                targets[spares.pop(0)] = owner
-        return targets
+        targets = ring.sloppy_targets_for_partition(partition, n, lambda node: node != me and self.is_up(node))
+        return dict(targets) if len(targets) == len(owners) else None
 
     def round(self) -> None:
         """Start batches of misplaced partitions, up to ``parallel`` at a time."""

@@ -27,6 +27,18 @@ def keys_with(ring: Ring, owner: str, count: int, prefix: str) -> list[bytes]:
     return found
 
 
+def writes_around(ring: Ring, nodes: list[str], prefix: str) -> list[tuple[str, bytes, bytes]]:
+    """(node, key, value) for 4 keys that ``STOPPED`` owns: half through a surviving owner (it
+    coordinates), half through a node that is not an owner (it forwards to a coordinator in the
+    preference list)."""
+    writes = []
+    for i, key in enumerate(keys_with(ring, STOPPED, 4, prefix)):
+        owners = ring.preference_list(key, 3)
+        via = [n for n in owners if n != STOPPED][0] if i % 2 else next(n for n in nodes if n not in owners)
+        writes.append((via, key, b"value-%d" % i))
+    return writes
+
+
 def put_all(writes: list[tuple[str, bytes, bytes]], addresses: dict[str, str]) -> dict[bytes, str]:
     """PUT every (node, key, value) at W=3 at the same time; returns the failures by key."""
     failures: dict[bytes, str] = {}
@@ -52,14 +64,7 @@ def test_puts_at_w3_right_after_an_owner_stops_are_taken_by_a_fallback_and_hande
     cluster = make_cluster(nodes=5, n=3, r=2, w=3, handoff_interval=0.3)
     ring = Ring(cluster.client("n1").ring()["ownership"])
     addresses = {node: cluster.cluster.node(node).http for node in cluster.ids}
-    keys = keys_with(ring, STOPPED, 4, "owner-stop")
-    writes = []
-    for i, key in enumerate(keys):
-        owners = ring.preference_list(key, 3)
-        # Half through a surviving owner (it coordinates), half through a node that is not an
-        # owner (it forwards to a coordinator in the preference list).
-        via = [n for n in owners if n != STOPPED][0] if i % 2 else next(n for n in cluster.ids if n not in owners)
-        writes.append((via, key, b"value-%d" % i))
+    writes = writes_around(ring, cluster.ids, "owner-stop")
 
     assert cluster.cluster.stop(cluster.cluster.node(STOPPED)) == "stopped"
     failures = put_all(writes, addresses)
@@ -92,11 +97,7 @@ def test_puts_at_w3_right_after_an_owner_is_killed_fall_over_to_a_fallback(make_
     cluster = make_cluster(nodes=5, n=3, r=2, w=3)
     ring = Ring(cluster.client("n1").ring()["ownership"])
     addresses = {node: cluster.cluster.node(node).http for node in cluster.ids}
-    writes = []
-    for i, key in enumerate(keys_with(ring, STOPPED, 4, "owner-kill")):
-        owners = ring.preference_list(key, 3)
-        via = [n for n in owners if n != STOPPED][0] if i % 2 else next(n for n in cluster.ids if n not in owners)
-        writes.append((via, key, b"value-%d" % i))
+    writes = writes_around(ring, cluster.ids, "owner-kill")
     assert cluster.cluster.kill(cluster.cluster.node(STOPPED)) == "killed"
     failures = put_all(writes, addresses)
     assert not failures, f"PUTs at W=3 refused with four nodes up: {failures}"

@@ -98,7 +98,12 @@ class Ring:
         owner that is down the next node up beyond them on the ring, carrying that owner as its
         hint: ``[(node, None), ..., (fallback, owner_it_stands_in_for), ...]``. Fewer than N when
         too few nodes are up."""
-        order = self.walk(partition_of(key, self.partitions))
+        return self.sloppy_targets_for_partition(partition_of(key, self.partitions), n, is_up)
+
+    def sloppy_targets_for_partition(self, partition: int, n: int,
+                                     is_up: Callable[[str], bool]) -> list[tuple[str, str | None]]:
+        """``sloppy_targets`` of the keys of ``partition``."""
+        order = self.walk(partition)
         primaries, spares = order[:n], [node for node in order[n:] if is_up(node)]
         targets: list[tuple[str, str | None]] = [(node, None) for node in primaries if is_up(node)]
         for owner in primaries:
