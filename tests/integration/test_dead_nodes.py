@@ -17,8 +17,12 @@ FAST = {"heartbeat_interval": 0.2, "gossip_interval": 0.3, "transfer_interval": 
         "anti_entropy_interval": 0.1}
 
 
+def sees_status(cluster, observer: str, node: str, status: str) -> bool:
+    return any(m["id"] == node and m["status"] == status for m in cluster.client(observer).status()["members"])
+
+
 def sees_down(cluster, observer: str, node: str) -> bool:
-    return any(m["id"] == node and m["status"] == "down" for m in cluster.client(observer).status()["members"])
+    return sees_status(cluster, observer, node, "down")
 
 
 def dynactl(*args: str) -> subprocess.CompletedProcess:
@@ -70,9 +74,11 @@ def test_a_killed_node_is_replaced_and_another_removed_under_a_writer_without_lo
         after = cluster.client("n1").ring()["ownership"]
         assert after == [fresh if owner == "n5" else owner for owner in before]
         progress = []
-        wait_for(lambda: progress.append(fill_line(cluster, fresh)) or any(
-            m["id"] == fresh and m["status"] == "up" for m in cluster.client("n1").status()["members"]),
-            "the replacement filled and a member", seconds=120, describe=lambda: progress[-1])
+        # Every survivor, not just n1, must have gossiped the replacement up: a remove through n2 is
+        # refused (409, "another change is in progress") while n2 still sees it joining.
+        wait_for(lambda: progress.append(fill_line(cluster, fresh)) or all(
+            sees_status(cluster, observer, fresh, "up") for observer in ("n1", "n2", "n3", fresh)),
+            "the replacement filled and up for every survivor", seconds=120, describe=lambda: progress[-1])
         print("fill progress of the replacement:", progress[0], "...", progress[-1])
         fill = cluster.client(fresh).transfers()["fill"]
         replicated = sum(1 for p in cluster.client("n1").ring()["preference_lists"] if fresh in p)
