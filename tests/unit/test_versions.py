@@ -178,6 +178,36 @@ def test_a_new_record_epoch_never_reuses_a_dot():
     assert live_values(reconcile((old,), (new,))) == [b"old", b"new"]
 
 
+def test_a_context_claiming_dots_this_epoch_never_issued_starts_a_new_epoch():
+    """A forged context gave the coordinator's own actor 2**63-1 (issue 14: the next write used to
+    overflow and the key stayed unwritable): the claim is ignored for counting, the write gets a
+    fresh epoch, the record still encodes, and later writes through the node keep working."""
+    from dynamod.core.encoding import MAX_COUNTER, decode_record, encode_record
+
+    allocate = _allocator("n1")
+    record, first = put_version(None, value=b"x", context=CausalContext(), allocate_actor=allocate, timestamp=1)
+    forged = CausalContext.of({first.dot[0]: MAX_COUNTER})
+    record, planted = put_version(record, value=b"y", context=forged, allocate_actor=allocate, timestamp=2)
+    assert planted.dot[0] != first.dot[0] and planted.dot[1] == 1
+    assert decode_record(encode_record(record)) == record
+    for timestamp in range(3, 6):
+        record, later = put_version(record, value=b"z", context=CausalContext(), allocate_actor=allocate,
+                                    timestamp=timestamp)
+        assert later.dot[1] < 10 and not any(s.past.contains(later.dot) for s in record.siblings)
+        assert decode_record(encode_record(record)) == record
+    assert b"z" in live_values(record.siblings)
+
+
+@given(histories(), contexts())
+def test_a_new_dot_is_never_already_seen_by_a_stored_version_or_the_context(versions, context):
+    allocate = _allocator("n1")
+    record = Record(siblings=reconcile(versions), actor="a", counter=max(
+        [v.dot[1] for v in versions if v.dot[0] == "a"], default=0))
+    record, new = put_version(record, value=b"n", context=context, allocate_actor=allocate, timestamp=1)
+    assert not context.contains(new.dot)
+    assert not any(v.dot == new.dot or v.past.contains(new.dot) for v in versions)
+
+
 def test_lww_keeps_only_the_newest_timestamp():
     allocate = _allocator("n1")
     record, _ = put_version(None, value=b"late", context=CausalContext(), allocate_actor=allocate,

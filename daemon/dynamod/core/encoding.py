@@ -22,6 +22,21 @@ class DecodeError(ValueError):
     """Bytes that do not decode to the expected structure."""
 
 
+#: Largest counter a context or a version may carry. msgpack encodes integers up to 2**64-1, and a
+#: stored counter grows by one per write from the largest it has seen, so a bound well below that
+#: keeps every record encodable for good (a client once gave an actor 2**64-2 and the key's next
+#: write overflowed). Legitimate counters count writes of one actor epoch: far below this.
+MAX_COUNTER = 2**63 - 1
+
+#: Timestamps are milliseconds since the epoch, signed 64-bit like every client's clock.
+MIN_TIMESTAMP, MAX_TIMESTAMP = -(2**63), 2**63 - 1
+
+
+def _is_counter(value: Any) -> bool:
+    """A positive integer within ``MAX_COUNTER`` (``type(x) is int`` also refuses bools)."""
+    return type(value) is int and 0 < value <= MAX_COUNTER
+
+
 def unpack(data: bytes) -> Any:
     """msgpack bytes to data; raises ``DecodeError`` on anything else."""
     try:
@@ -48,17 +63,16 @@ def context_from_wire(data: Any) -> CausalContext:
     if type(vector) is not dict:
         raise DecodeError("context vector must be a map")
     for actor, n in vector.items():
-        if type(actor) is not str or type(n) is not int or n <= 0:
-            raise DecodeError("context vector entries must be actor -> positive int")
+        if type(actor) is not str or not _is_counter(n):
+            raise DecodeError(f"context vector entries must be actor -> int in 1..{MAX_COUNTER}")
     if type(cloud) is not list:
         raise DecodeError("context cloud must be a list")
     if not cloud:
         return CausalContext(vector=vector, cloud=frozenset())
     dots = []
     for dot in cloud:
-        if type(dot) is not list or len(dot) != 2 or type(dot[0]) is not str or type(dot[1]) is not int \
-                or dot[1] <= 0:
-            raise DecodeError("context cloud entries must be [actor, positive int]")
+        if type(dot) is not list or len(dot) != 2 or type(dot[0]) is not str or not _is_counter(dot[1]):
+            raise DecodeError(f"context cloud entries must be [actor, int in 1..{MAX_COUNTER}]")
         dots.append((dot[0], dot[1]))
     return CausalContext.of(vector, dots)
 
@@ -97,13 +111,13 @@ def sibling_from_wire(data: Any) -> Sibling:
     if type(data) is not list or len(data) != 6:
         raise DecodeError("sibling must have 6 fields")
     actor, counter, past, value, deleted, timestamp = data
-    if type(actor) is not str or type(counter) is not int or counter <= 0:
+    if type(actor) is not str or not _is_counter(counter):
         raise DecodeError("bad sibling dot")
     if type(value) is not bytes:
         raise DecodeError("sibling value must be bytes")
     if type(deleted) is not bool:
         raise DecodeError("sibling deleted flag must be a bool")
-    if type(timestamp) is not int:
+    if type(timestamp) is not int or not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
         raise DecodeError("bad sibling timestamp")
     return Sibling(dot=(actor, counter), past=context_from_wire(past), value=value,
                    deleted=deleted, timestamp=timestamp)
@@ -133,6 +147,6 @@ def decode_record(data: bytes) -> Record:
              "record has an unknown format")
     _, actor, counter, siblings, hints = value
     _require(actor is None or isinstance(actor, str), "record actor must be a string")
-    _require(isinstance(counter, int) and counter >= 0, "record counter must be a natural number")
+    _require(type(counter) is int and 0 <= counter <= MAX_COUNTER, "record counter must be a natural number")
     _require(isinstance(hints, list) and all(isinstance(h, str) for h in hints), "record hints must be names")
     return Record(siblings=siblings_from_wire(siblings), actor=actor, counter=counter, hints=frozenset(hints))

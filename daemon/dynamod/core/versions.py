@@ -191,12 +191,26 @@ class Record:
     def next_dot(self, context: CausalContext, allocate_actor: Callable[[], str]) -> tuple[Record, Dot]:
         """Allocate the dot of a new version coordinated here. ``allocate_actor`` is called only
         when this record has no actor yet and must return one this node never used before."""
-        actor = self.actor or allocate_actor()
-        seen = max([self.counter, context.max_counter(actor)]
-                   + [s.past.max_counter(actor) for s in self.siblings]
-                   + [s.dot[1] for s in self.siblings if s.dot[0] == actor])
+        actor = self.actor
+        if actor is not None and self._highest_known(actor, context) > self.counter:
+            # A context or a stored version claims a dot of this epoch beyond the highest this node
+            # issued: only this node issues the epoch's dots, so the claim is forged or corrupt.
+            # Counting on from it would let one request push the counter to the integer limit
+            # and make the key unwritable; a fresh epoch nobody has seen is as unique.
+            actor = None
+        if actor is None:
+            actor = allocate_actor()
+            seen = self._highest_known(actor, context)
+        else:
+            seen = self.counter
         dot = (actor, seen + 1)
         return attrs.evolve(self, actor=actor, counter=seen + 1), dot
+
+    def _highest_known(self, actor: str, context: CausalContext) -> int:
+        """The highest counter of ``actor`` that ``context`` or any stored version mentions."""
+        return max([context.max_counter(actor)]
+                   + [s.past.max_counter(actor) for s in self.siblings]
+                   + [s.dot[1] for s in self.siblings if s.dot[0] == actor])
 
 
 def put_version(
