@@ -75,3 +75,43 @@ def test_random_bytes_never_decode_to_a_record_silently(data):
 def test_malformed_records_are_refused(value):
     with pytest.raises(DecodeError):
         decode_record(msgpack.packb(value, use_bin_type=True))
+
+
+def _context_text(data) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(msgpack.packb(data, use_bin_type=True)).rstrip(b"=").decode("ascii")
+
+
+@pytest.mark.parametrize("data", [
+    [True, {"a": 1}, []],                      # a bool is not the format number
+    [1.0, {"a": 1}, []],
+    [1, {"a": 2**63}, []],                     # counters past MAX_COUNTER (2**63-1) ...
+    [1, {"a": 2**64 - 2}, []],
+    [1, {}, [["a", 2**63]]],
+    [1, {"a": True}, []],
+    [1, {"a": 1.5}, []],
+    [1, {"a": 0}, []],
+    [1, {"a": -1}, []],
+    [1, {1: 1}, []],
+])
+def test_contexts_with_a_wrongly_typed_format_or_out_of_range_counters_are_refused(data):
+    with pytest.raises(DecodeError):
+        decode_context(_context_text(data))
+
+
+def test_a_context_at_the_counter_bound_is_accepted():
+    from dynamod.core.encoding import MAX_COUNTER
+
+    assert decode_context(_context_text([1, {"a": MAX_COUNTER}, [["b", MAX_COUNTER]]])).contains(("b", MAX_COUNTER))
+
+
+@pytest.mark.parametrize("value", [
+    [True, None, 0, [], []],
+    [1, None, 2**63, [], []],
+    [1, None, 0, [["a", 2**63, [{}, []], b"", False, 0]], []],
+    [1, None, 0, [["a", 1, [{}, []], b"", False, 2**63]], []],
+])
+def test_records_with_a_bool_format_or_out_of_range_numbers_are_refused(value):
+    with pytest.raises(DecodeError):
+        decode_record(msgpack.packb(value, use_bin_type=True))

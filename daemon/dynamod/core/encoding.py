@@ -95,7 +95,7 @@ def decode_context(text: str) -> CausalContext:
     except (binascii.Error, ValueError) as exc:
         raise DecodeError("context is not base64") from exc
     data = unpack(packed)
-    _require(isinstance(data, list) and len(data) == 3 and data[0] == CONTEXT_FORMAT,
+    _require(type(data) is list and len(data) == 3 and type(data[0]) is int and data[0] == CONTEXT_FORMAT,
              "context has an unknown format")
     return context_from_wire(data[1:])
 
@@ -143,7 +143,7 @@ def encode_record(record: Record) -> bytes:
 def decode_record(data: bytes) -> Record:
     """Inverse of ``encode_record``; raises ``DecodeError`` on anything else."""
     value = unpack(data)
-    _require(isinstance(value, list) and len(value) == 5 and value[0] == RECORD_FORMAT,
+    _require(type(value) is list and len(value) == 5 and type(value[0]) is int and value[0] == RECORD_FORMAT,
              "record has an unknown format")
     _, actor, counter, siblings, hints = value
     _require(actor is None or isinstance(actor, str), "record actor must be a string")
