@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from dynamod.coordinator import Coordinator, QuorumSettings
 from dynamod.core.ring import Ring
+from dynamod.net.operations import error_payload
 from dynamod.net.protocol import PeerError, PeerTimeout, PeerUnavailable
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store
@@ -52,7 +53,7 @@ class SimNetwork:
             return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
 
         def to_error(failure: Any) -> None:
-            raise PeerError(failure.getErrorMessage())
+            raise PeerError.from_wire(error_payload(failure.value))  # what the ERROR frame carries
 
         return reply.addCallbacks(to_wire, to_error)
 

@@ -24,6 +24,7 @@ here (``Store.stage``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,14 @@ from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_children, leaf_of_hash, record_digest
 from dynamod.core.ring import Ring, key_hash, partition_of_hash
 from dynamod.core.versions import Record
+from dynamod.net.operations import BadRequest
 from dynamod.storage.engine import CorruptRecord, decode_stored
+
+
+@functools.cache
+def empty_tree(depth: int) -> MerkleTree:
+    """The tree of a partition that holds nothing (shared: it is never updated)."""
+    return MerkleTree(depth)
 
 
 class AntiEntropyService(TimerService):
@@ -78,8 +86,8 @@ class AntiEntropyService(TimerService):
         self.stats = {"exchanges": 0, "partitions_in_sync": 0, "keys_received": 0, "keys_sent": 0,
                       "failed_exchanges": 0, "last_exchange": None}
         coordinator.store.observe(self.observe)
-        coordinator.extra_handlers["aae_hashes"] = self._answer_hashes
-        coordinator.extra_handlers["aae_records"] = self._answer_records
+        coordinator.operations.register("aae_hashes", self._answer_hashes)
+        coordinator.operations.register("aae_records", self._answer_records)
 
     # -- trees ---------------------------------------------------------------------------------
 
@@ -111,16 +119,17 @@ class AntiEntropyService(TimerService):
 
     # -- answering a peer ----------------------------------------------------------------------
 
-    def _answer_hashes(self, payload: Any) -> dict[int, bytes]:
-        partition, level, indices = payload
-        if not (isinstance(level, int) and 0 <= level <= self.depth and isinstance(indices, list)
-                and all(isinstance(i, int) and 0 <= i < (1 << level) for i in indices)):
-            raise ValueError("bad tree request")
-        return self._tree(int(partition)).hashes(level, indices)
+    def _answer_hashes(self, arguments: list) -> dict[int, bytes]:
+        """``aae_hashes`` (checked against the ring and the node's tree shape): a partition with
+        no tree here is answered from the one shared empty tree, so no request builds a tree."""
+        partition, level, indices = arguments
+        if level > self.depth:  # the peer limits' depth is the node's; a service may be built shallower
+            raise BadRequest(f"aae_hashes: level {level} is past the tree depth {self.depth}")
+        return self.trees.get(partition, empty_tree(self.depth)).hashes(level, indices)
 
-    def _answer_records(self, payload: Any) -> list[list[Any]] | defer.Deferred:
-        partition, leaves = payload
-        keys = sorted(k for leaf in leaves for k in self.leaf_keys.get((int(partition), int(leaf)), ()))
+    def _answer_records(self, arguments: list) -> list[list[Any]] | defer.Deferred:
+        partition, leaves = arguments
+        keys = sorted(k for leaf in leaves for k in self.leaf_keys.get((partition, leaf), ()))
         raws = [self.coordinator.store.get_raw(key) for key in keys]
 
         def pair(found: list[bytes | None]) -> list[list[Any]]:

@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_value_size", int, 1024 * 1024, "largest value accepted, in bytes (413 above)"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, "largest node-to-node frame, in bytes"),
     Setting("max_context_entries", int, 64, "bound on a version's causal context (see README: truncation)"),
+    Setting("key_size_warning", int, 8 * 1024 * 1024,
+            "bytes a key's stored versions may reach before each write that grows it past this is logged "
+            "and counted (dynamod_oversized_key_writes_total)"),
+    Setting("max_key_size", int, 30 * 1024 * 1024,
+            "bytes of stored versions (siblings, clocks) a write may grow a key to; a write that would "
+            "grow it further is refused (413), one that shrinks it is always taken"),
     Setting("log_file", str, "-", "JSON-lines log file, or - for stderr"),
     Setting("log_level", str, "info", "debug, info, warn or error"),
 )
@@ -116,6 +122,8 @@ class NodeConfig:
     max_value_size: int
     max_frame_size: int
     max_context_entries: int
+    key_size_warning: int
+    max_key_size: int
     log_file: str
     log_level: str
 
@@ -203,11 +211,17 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if resolved["read_threads"] < 0:
         raise ConfigError("read_threads must be 0 or more")
-    for name in ("max_value_size", "max_frame_size", "max_context_entries", "bdb_cache_mb"):
+    for name in ("max_value_size", "max_frame_size", "max_context_entries", "bdb_cache_mb", "key_size_warning",
+                 "max_key_size"):
         if resolved[name] < 1:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
         raise ConfigError("max_frame_size must be at least twice max_value_size")
+    if not resolved["max_value_size"] <= resolved["max_key_size"] <= resolved["max_frame_size"] // 2:
+        # A key at the bound plus one more coordinator's concurrent growth must still fit a frame.
+        raise ConfigError("max_key_size must be at least max_value_size and at most half of max_frame_size")
+    if resolved["key_size_warning"] > resolved["max_key_size"]:
+        raise ConfigError("key_size_warning must not exceed max_key_size")
     if not all(isinstance(seed, str) for seed in resolved["seeds"]):
         raise ConfigError("seeds must be a list of member ids")
     resolved["seeds"] = tuple(resolved["seeds"])

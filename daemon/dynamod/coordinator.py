@@ -28,15 +28,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dynamod.core.encoding import (
-    context_from_wire,
-    context_to_wire,
-    siblings_from_wire,
-    siblings_to_wire,
-    unpack,
-)
+from dynamod.core.encoding import context_from_wire, context_to_wire, siblings_to_wire
 from dynamod.core.quorum import GetCore, Outcome, PutCore, QuorumResult
 from dynamod.core.ring import Ring, partition_of
+from dynamod.core.sizes import KeyTooLarge, check_growth
 from dynamod.core.versions import (
     CausalContext,
     Record,
@@ -46,8 +41,9 @@ from dynamod.core.versions import (
     put_version,
     with_hint,
 )
+from dynamod.net.operations import Code, PeerLimits, PeerOperations, PeerRefusal, local_error
 from dynamod.net.peers import PeerClient
-from dynamod.net.protocol import NODE_STOPPING, PeerError, PeerUnavailable
+from dynamod.net.protocol import PeerError, PeerUnavailable
 from dynamod.storage.engine import CorruptRecord, decode_stored
 from dynamod.storage.store import Store
 
@@ -62,6 +58,10 @@ class QuorumSettings:
     lww: bool = False
     timeout: float = 3.0
     max_context_entries: int = 64
+    #: Bytes of stored versions past which a write that grows a key is logged and counted, and
+    #: past which it is refused (``dynamod.core.sizes``).
+    key_size_warning: int = 8 * 1024 * 1024
+    max_key_size: int = 30 * 1024 * 1024
 
 
 @attrs.frozen
@@ -73,18 +73,15 @@ class PutAnswer:
     dot: tuple[str, int] | None = None
 
 
-class NotAReplica(ValueError):
+class NotAReplica(PeerRefusal):
     """A forwarded PUT reached a node that does not hold the key."""
+
+    code = Code.NOT_A_REPLICA
 
 
 NOT_A_REPLICA = "is not a replica of this key"
 #: Forwards a PUT may take before a non-replica refuses it (two covers one stale ring on each side).
 MAX_FORWARDS = 2
-
-
-#: Peer operations a stopping node refuses (its peers send them elsewhere); gossip, transfers and
-#: the other background operations are still answered until the process exits.
-REFUSED_WHILE_STOPPING = frozenset({"ping", "get", "put", "coordinate_put"})
 
 
 class FalloverFailed(Exception):
@@ -100,7 +97,7 @@ def falls_over(failure: Failure) -> bool:
     """Whether a request that failed this way is worth sending to another node at once: the node
     could not be reached (refused, or the connection was lost), or it is stopping."""
     return bool(failure.check(PeerUnavailable)
-                or (failure.check(PeerError) and NODE_STOPPING in failure.getErrorMessage()))
+                or (failure.check(PeerError) and failure.value.code == Code.NODE_STOPPING))
 
 
 class Coordinator:
@@ -112,7 +109,7 @@ class Coordinator:
                  settings: QuorumSettings, clock: IReactorTime, wall_clock_ms: Callable[[], int],
                  on_event: Callable[[str], None] = lambda event: None,
                  is_up: Callable[[str], bool] = lambda node: True,
-                 admit: Callable[[int], bool] = lambda cost: True):
+                 admit: Callable[[int], bool] = lambda cost: True, limits: PeerLimits | None = None):
         self.node_id = node_id
         self.ring = ring
         self.store = store
@@ -126,9 +123,13 @@ class Coordinator:
         self.is_up = is_up
         #: Admission control for background work (read repair here): may ``cost`` records move now?
         self.admit = admit
-        #: Further peer operations served by other services: ``op -> handler(payload)``.
-        self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
-        #: Set when the node begins to stop: requests in ``REFUSED_WHILE_STOPPING`` are refused so
+        #: The peer operations this node serves: the coordinator's own, and those other services
+        #: register (``dynamod.net.operations``).
+        self.operations = PeerOperations(limits or PeerLimits(n=settings.n, partitions=ring.partitions,
+                                                              max_key_size=settings.max_key_size),
+                                          stopping=lambda: self.stopping)
+        self._serve_replica_requests()
+        #: Set when the node begins to stop: operations declared ``refused_while_stopping`` are refused so
         #: that the peers fall over to other nodes (the node's own clients are still served).
         self.stopping = False
         # (replica, key) pairs already logged as corrupt: each is logged once, counted every time.
@@ -301,10 +302,15 @@ class Coordinator:
                 record, value=value, context=context, allocate_actor=allocate_actor,
                 timestamp=timestamp, deleted=deleted, lww=self.settings.lww,
                 max_context_entries=self.settings.max_context_entries)
-            return with_hint(new_record, my_hint), (new_record.siblings, version)
+            # Packed once, for the size bound and for every replica it is sent to.
+            packed = packb(siblings_to_wire(new_record.siblings), use_bin_type=True)
+            self._bound_size(key, record, len(packed))
+            return with_hint(new_record, my_hint), (packed, version)
 
         try:
-            (siblings, version), committed = self.store.stage(key, stamp)
+            (packed, version), committed = self.store.stage(key, stamp)
+        except KeyTooLarge as refused:  # nothing was staged
+            return defer.fail(refused)
         except Exception:  # noqa: BLE001 - a corrupt local record or a storage failure
             failure = Failure()
             self.log.failure("local write of {key!r} failed", failure, key=key)
@@ -318,7 +324,6 @@ class Coordinator:
         self._mark_unreplaced(core, key, targets)
         # The local commit is one more replica acknowledgement: the other replicas get the new
         # sibling set at once instead of after it (one commit round per PUT, not two in a row).
-        packed = packb(siblings_to_wire(siblings), use_bin_type=True)  # packed once for all
 
         def ack(replica: str, _: Any) -> None:
             core.add_ack(replica)
@@ -334,6 +339,19 @@ class Coordinator:
         requests += [(replica, self._with_fallover(key, replica, hint, taken, send), acked)
                      for replica, hint in targets.items() if replica != self.node_id]
         return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock(), version.dot))
+
+    def _bound_size(self, key: bytes, before: Record | None, size: int) -> None:
+        """Log and count a write that leaves ``key`` past the warning size; refuse one that would
+        grow it past ``max_key_size`` (raises ``KeyTooLarge``, so the store stages nothing)."""
+        if size <= self.settings.key_size_warning:
+            return
+        if size > self.settings.max_key_size:
+            old_size = len(packb(siblings_to_wire(before.siblings), use_bin_type=True)) if before else 0
+            check_growth(size, old_size, self.settings.max_key_size)
+        self.on_event("oversized_key_write")
+        self.log.warn("key {key!r} holds {size} bytes of versions after a write, past key_size_warning "
+                      "({warning}); write it with a read's context to replace its siblings",
+                      key=key[:64], size=size, warning=self.settings.key_size_warning)
 
     def _unreplaced(self, key: bytes, targets: dict[str, str | None]) -> tuple[str, ...]:
         """Owners that are down with no fallback up to stand in for them."""
@@ -363,15 +381,19 @@ class Coordinator:
             payload = [key, value, context_to_wire(context), deleted, w, hops]
             call = self.peers[replica].call("coordinate_put", payload, 2 * self.settings.timeout)
 
-            def failed(failure: Failure) -> defer.Deferred:
+            def failed(failure: Failure) -> Any:
                 errors[replica] = describe(failure)
-                if falls_over(failure) or NOT_A_REPLICA in failure.getErrorMessage():
+                code = failure.value.code if failure.check(PeerError) else None
+                if code == Code.KEY_TOO_LARGE:  # refused as it would have been here: the client's 413
+                    return Failure(local_error(failure.value))
+                if falls_over(failure) or code == Code.NOT_A_REPLICA:
                     return attempt()
                 return defer.succeed(PutAnswer(QuorumResult(
                     outcome=Outcome.FAILED, needed=w, acks=0, errors=errors,
                     reason=f"forwarded to {replica}, which failed")))
 
-            return call.addCallbacks(_answer_from_wire, failed)
+            # An answer that does not decode fails the forward like a refusal would.
+            return call.addCallback(_answer_from_wire).addErrback(failed)
 
         return attempt()
 
@@ -451,30 +473,28 @@ class Coordinator:
     # -- peer requests -------------------------------------------------------------------------
 
     def handle_peer_request(self, op: str, payload: Any) -> Any:
-        """Answer another node's request (the ``PeerProtocol`` handler)."""
-        if self.stopping and op in REFUSED_WHILE_STOPPING:
-            raise ValueError(NODE_STOPPING)
-        if op == "get":
-            (key,) = payload
-            return self.store.get_raw(key)
-        if op == "ping":
-            return True
-        if op in self.extra_handlers:
-            return self.extra_handlers[op](payload)
-        if op == "put":
-            key, packed, hint = payload
-            if hint is not None and not isinstance(hint, str):
-                raise ValueError("a hint names a node")
-            return self.store.update(key, self.merge_update(siblings_from_wire(unpack(packed)), hint))
-        if op == "coordinate_put":
-            key, value, context_wire, deleted, w, *hops = payload
-            if hops and self.node_id not in self.targets(key) and hops[0] < MAX_FORWARDS:
-                put = self._forward_put(list(self.targets(key)), key, value, context_from_wire(context_wire), w,
-                                        deleted, hops=hops[0] + 1)
-            else:
-                put = self.coordinate_put(key, value, context_from_wire(context_wire), w, deleted)
-            return put.addCallback(_answer_to_wire)
-        raise ValueError(f"unknown peer operation {op!r}")
+        """Answer another node's request (the ``PeerProtocol`` handler): checked against the
+        declared operations, then handed to the one registered (``dynamod.net.operations``)."""
+        return self.operations.answer(op, payload)
+
+    def _serve_replica_requests(self) -> None:
+        register = self.operations.register
+        register("ping", lambda _: True)
+        register("get", lambda arguments: self.store.get_raw(arguments[0]))
+        register("put", self._answer_put)
+        register("coordinate_put", self._answer_coordinate_put)
+
+    def _answer_put(self, arguments: list) -> defer.Deferred:
+        key, siblings, hint = arguments
+        return self.store.update(key, self.merge_update(siblings, hint))
+
+    def _answer_coordinate_put(self, arguments: list) -> defer.Deferred:
+        key, value, context, deleted, w, *hops = arguments
+        if hops and self.node_id not in self.targets(key) and hops[0] < MAX_FORWARDS:
+            put = self._forward_put(list(self.targets(key)), key, value, context, w, deleted, hops=hops[0] + 1)
+        else:
+            put = self.coordinate_put(key, value, context, w, deleted)
+        return put.addCallback(_answer_to_wire)
 
 
 def _answer_to_wire(answer: PutAnswer) -> dict:
@@ -485,9 +505,19 @@ def _answer_to_wire(answer: PutAnswer) -> dict:
             "dot": list(answer.dot) if answer.dot is not None else None}
 
 
-def _answer_from_wire(data: dict) -> PutAnswer:
-    result = QuorumResult(outcome=Outcome(data["outcome"]), needed=data["needed"], acks=data["acks"],
-                          errors=data["errors"], reason=data["reason"])
-    context = context_from_wire(data["context"]) if data["context"] is not None else None
-    dot = data.get("dot")  # absent from nodes of an older release
-    return PutAnswer(result, context, (str(dot[0]), int(dot[1])) if dot else None)
+def _answer_from_wire(data: Any) -> PutAnswer:
+    """A replica's answer to a forwarded PUT; raises ``ValueError`` on anything else."""
+    try:
+        result = QuorumResult(outcome=Outcome(data["outcome"]), needed=data["needed"], acks=data["acks"],
+                              errors=data["errors"], reason=data["reason"])
+        context = context_from_wire(data["context"]) if data["context"] is not None else None
+        dot = data.get("dot")  # absent from nodes of an older release
+        if not (type(result.needed) is int and type(result.acks) is int and isinstance(result.reason, str)
+                and isinstance(result.errors, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in result.errors.items())
+                and (not dot or (type(dot) is list and len(dot) == 2 and isinstance(dot[0], str)
+                                 and type(dot[1]) is int))):
+            raise ValueError("a field has the wrong type")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"a coordinate_put answer that does not decode: {exc}") from None
+    return PutAnswer(result, context, (dot[0], dot[1]) if dot else None)

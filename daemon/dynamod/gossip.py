@@ -40,6 +40,7 @@ from dynamod.core.membership import (
     state_to_wire,
     with_hint_counts,
 )
+from dynamod.net.operations import BadRequest, Conflict
 
 
 class MembershipError(ValueError):
@@ -185,6 +186,13 @@ class GossipService(TimerService):
         return state_to_wire(self.receive(payload, "a peer"))
 
     # -- joins and leaves ----------------------------------------------------------------------
+
+    def answer_join(self, arguments: list) -> dict[str, Any] | defer.Deferred:
+        """The ``join`` peer operation (``handle_join``), its refusals typed for the peer."""
+        try:
+            return self.handle_join(arguments)
+        except MembershipError as exc:
+            raise (BadRequest if exc.status == 400 else Conflict)(str(exc)) from None
 
     def handle_join(self, payload: Any) -> dict[str, Any]:
         """The ``join`` peer operation, at the seed: admit the caller and answer the new state.

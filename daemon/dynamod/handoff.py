@@ -66,12 +66,10 @@ class HandoffService(TimerService):
         #: The node that replaced a departed owner, if any (the gossip service's view).
         self.replacement: Callable[[str], str | None] = lambda owner: None
         self.stats = {"renamed": 0, "released": 0, "passed_on": 0}
-        coordinator.extra_handlers["hints_for"] = self.hints_for
+        coordinator.operations.register("hints_for", self.hints_for)
 
-    def hints_for(self, owner: Any) -> int:
+    def hints_for(self, owner: str) -> int:
         """The ``hints_for`` peer operation: keys held here for ``owner`` (a plan's warnings)."""
-        if not isinstance(owner, str):
-            raise ValueError("hints_for names a node")
         return sum(1 for owners in self.coordinator.store.hinted.values() if owner in owners)
 
     def pending(self) -> int:

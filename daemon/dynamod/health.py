@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dynamod.core.detector import FailureDetector
+from dynamod.net.operations import Code, Conflict, PeerError, PeerTimeout, PeerUnavailable
 from dynamod.net.peers import PeerClient
-from dynamod.net.protocol import NODE_STOPPING, PeerError, PeerTimeout, PeerUnavailable
 
 #: At most this long is spent telling the peers goodbye on shutdown (peers that are unreachable
 #: or slow are not waited for: the lost connection tells them a moment later).
@@ -101,7 +101,7 @@ class HealthService(TimerService):
         if failure.check(PeerUnavailable, PeerTimeout):
             self.detector.failure(peer_id, self.clock.seconds())
             self._note(peer_id)
-        elif failure.check(PeerError) and NODE_STOPPING in failure.getErrorMessage():
+        elif failure.check(PeerError) and failure.value.code == Code.NODE_STOPPING:
             self._departed(peer_id)  # stopping, and its goodbye has not reached us (or was lost)
         else:
             self.log.warn("ping of {peer} failed: {reason}", peer=peer_id, reason=failure.getErrorMessage())
@@ -110,12 +110,12 @@ class HealthService(TimerService):
         self.detector.goodbye(peer_id, self.clock.seconds())
         self._note(peer_id, because="it is stopping")
 
-    def handle_goodbye(self, payload: Any) -> bool:
+    def handle_goodbye(self, arguments: list) -> bool:
         """The ``goodbye`` peer operation: ``[peer_id]`` is stopping; it is down from now on, until
         it answers over a connection opened after this."""
-        (peer_id,) = payload
+        (peer_id,) = arguments
         if peer_id not in self.peers:
-            raise ValueError(f"goodbye from {peer_id!r}, which is not a peer of this node")
+            raise Conflict(f"goodbye from {peer_id!r}, which is not a peer of this node")
         self._departed(peer_id)
         return True
 

@@ -38,6 +38,7 @@ from dynamod.core.membership import (
 from dynamod.gossip import GossipService, MembershipError, StateFile
 from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
+from dynamod.net.operations import PeerLimits
 from dynamod.net.peers import PeerClient, PeerServerFactory
 from dynamod.net.protocol import PeerTimeout
 from dynamod.net.writes import Coalescer
@@ -109,7 +110,8 @@ class Node(service.MultiService):
         self.metrics = NodeMetrics()
         self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
                                        timeout=config.request_timeout,
-                                       max_context_entries=config.max_context_entries)
+                                       max_context_entries=config.max_context_entries,
+                                       key_size_warning=config.key_size_warning, max_key_size=config.max_key_size)
         self.engine = engine or open_engine(config)
         if self.engine.recovery is not None:
             recovery = self.engine.recovery
@@ -147,14 +149,14 @@ class Node(service.MultiService):
                                        clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
                                        on_event=self._count_event,
                                        is_up=lambda node: self.health.is_up(node),  # health comes next
-                                       admit=self.admit_background)
+                                       admit=self.admit_background, limits=PeerLimits.from_config(config))
         self._connect_members(state)
         self.health = HealthService(
             FailureDetector(phi_threshold=config.phi_threshold, failures_to_suspect=2,
                             first_interval=config.heartbeat_interval),
             self.peers, reactor, config.heartbeat_interval)
         self.health.setServiceParent(self)
-        self.coordinator.extra_handlers["goodbye"] = self.health.handle_goodbye
+        self.coordinator.operations.register("goodbye", self.health.handle_goodbye)
         self.handoff = HandoffService(self.coordinator, self.health.is_up, reactor, config.handoff_interval,
                                       admit=self.admit_background)
         self.handoff.setServiceParent(self)
@@ -181,9 +183,9 @@ class Node(service.MultiService):
                                           grace=config.tombstone_grace, settled=self._quiet_for_reaping,
                                           admit=self.admit_background)
         self.tombstones.setServiceParent(self)
-        self.coordinator.extra_handlers["gossip"] = self.gossip.handle_gossip
-        self.coordinator.extra_handlers["join"] = self.gossip.handle_join
-        self.coordinator.extra_handlers["cluster_info"] = lambda _: self.cluster_info()
+        self.coordinator.operations.register("gossip", self.gossip.handle_gossip)
+        self.coordinator.operations.register("join", self.gossip.answer_join)
+        self.coordinator.operations.register("cluster_info", lambda _: self.cluster_info())
         self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
                                          self.writer)
@@ -346,7 +348,8 @@ class Node(service.MultiService):
 
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
-         "read_repair_deferred": self.metrics.read_repairs_deferred, "handoff": self.metrics.handoffs}[event].inc()
+         "read_repair_deferred": self.metrics.read_repairs_deferred, "handoff": self.metrics.handoffs,
+         "oversized_key_write": self.metrics.oversized_key_writes}[event].inc()
 
     def _storage_failed(self, reason: str) -> None:
         """Nothing the storage holds may be served or sent any more: stop the node (the store has

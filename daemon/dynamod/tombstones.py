@@ -55,7 +55,7 @@ class TombstoneReaper(TimerService):
         self._cursor = 0
         self.stats = {"reaped": 0, "checks": 0}
         coordinator.store.observe(self.observe)
-        coordinator.extra_handlers["reap"] = self._answer_reap
+        coordinator.operations.register("reap", self._answer_reap)
 
     def observe(self, key: bytes, old: Record | None, new: Record | None) -> None:
         if tombstones_only(new):
@@ -154,10 +154,8 @@ class TombstoneReaper(TimerService):
             return record, False
         return self.coordinator.store.update(key, drop)
 
-    def _answer_reap(self, payload: Any) -> defer.Deferred:
-        key, digest = payload
-        if not isinstance(key, bytes) or not isinstance(digest, bytes):
-            raise ValueError("reap names a key and a digest")
+    def _answer_reap(self, arguments: list) -> defer.Deferred:
+        key, digest = arguments
         return self._reap(key, digest)
 
     def report(self) -> dict[str, Any]:

@@ -39,8 +39,9 @@ from twisted.logger import Logger
 
 from dynamod.antientropy import AntiEntropyService
 from dynamod.coordinator import Coordinator
-from dynamod.core.encoding import siblings_from_wire, siblings_to_wire, unpack
+from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.versions import Record, after_transfer
+from dynamod.net.operations import Conflict
 from dynamod.storage.engine import CorruptRecord
 
 #: Stands in for the record of a key whose stored bytes do not decode.
@@ -78,7 +79,7 @@ class TransferService(TimerService):
         self._in_flight: set[int] = set()
         self.stats = {"keys_sent": 0, "keys_dropped": 0, "keys_unusable": 0, "failed_batches": 0}
         self.waiting: dict[int, str] = {}
-        coordinator.extra_handlers["put_many"] = self.receive
+        coordinator.operations.register("put_many", self.receive)
 
     def misplaced(self) -> dict[int, list[bytes]]:
         """Partitions with keys here that this node does not replicate, with those keys (records
@@ -193,21 +194,16 @@ class TransferService(TimerService):
                                              for key, siblings in delivered.items()])
         self.stats["keys_dropped"] += sum(dropped)
 
-    def receive(self, payload: Any) -> defer.Deferred:
+    def receive(self, arguments: list) -> defer.Deferred:
         """The ``put_many`` peer operation: merge a batch of another node's records here (held for
         the owner named by an optional third element)."""
-        sender_ring, entries, *rest = payload
+        sender_ring, entries, *rest = arguments
         hint = rest[0] if rest else None
-        if type(sender_ring) is not int:
-            raise ValueError("a transfer batch starts with the sender's ring version")
-        if len(rest) > 1 or not (hint is None or isinstance(hint, str)):
-            raise ValueError("a transfer batch's third element names the owner it is held for")
         if sender_ring < self.ring_version():
-            raise ValueError(f"stale transfer: sent on ring version {sender_ring}, this node has "
-                             f"{self.ring_version()}")
+            raise Conflict(f"stale transfer: sent on ring version {sender_ring}, this node has "
+                           f"{self.ring_version()}")
         merge = self.coordinator.merge_update
-        updates = [self.coordinator.store.update(key, merge(siblings_from_wire(unpack(packed)), hint))
-                   for key, packed in entries]
+        updates = [self.coordinator.store.update(key, merge(siblings, hint)) for key, siblings in entries]
         return defer.gatherResults(updates).addCallback(len)
 
     def _drop(self, key: bytes, delivered: Any) -> Callable[..., tuple[Record | None, bool]]:

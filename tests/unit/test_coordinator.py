@@ -197,3 +197,41 @@ def test_too_few_live_nodes_still_answer_503():
     network.down.update({"n2", "n3"})
     result = put(network, "n1", b"k", b"v", w=2).result
     assert result.outcome is Outcome.FAILED and result.needed == 2
+
+
+def _bounded(network, warning: int, limit: int) -> list[str]:
+    import attrs
+
+    events: list[str] = []
+    for coordinator in network.nodes.values():
+        coordinator.settings = attrs.evolve(coordinator.settings, key_size_warning=warning, max_key_size=limit)
+        coordinator.on_event = events.append
+    return events
+
+
+def test_a_write_growing_a_key_past_max_key_size_is_refused_with_no_effect_and_a_shrinking_one_taken():
+    from dynamod.core.sizes import KeyTooLarge
+
+    network, _ = make_cluster()
+    events = _bounded(network, warning=2500, limit=4500)
+    for _ in range(4):
+        assert put(network, "n1", b"k", b"x" * 1000).result.outcome is Outcome.OK
+    assert events.count("oversized_key_write") == 2  # the third and fourth writes passed the warning
+    before = get(network, "n1", b"k", r=3)
+    with pytest.raises(KeyTooLarge) as refused:
+        put(network, "n2", b"k", b"x" * 1000)
+    assert refused.value.limit == 4500 and refused.value.size > 4500
+    assert get(network, "n1", b"k", r=3).siblings == before.siblings, "nothing was staged or sent"
+    # A write that replaces the siblings it has seen shrinks the key: always taken.
+    assert put(network, "n2", b"k", b"small", context=context_of(before.siblings)).result.outcome is Outcome.OK
+    assert live_values(get(network, "n3", b"k", r=3).siblings) == [b"small"]
+
+
+def test_a_write_leaving_an_oversized_key_no_larger_is_taken():
+    """An operator lowered max_key_size below a key's size: a write that does not grow it passes."""
+    network, _ = make_cluster()
+    for _ in range(3):
+        put(network, "n1", b"k", b"x" * 1000)
+    _bounded(network, warning=100, limit=1500)
+    seen = get(network, "n1", b"k", r=3)
+    assert put(network, "n1", b"k", b"y" * 900, context=context_of(seen.siblings[:1])).result.outcome is Outcome.OK

@@ -12,8 +12,9 @@ from twisted.python.failure import Failure
 
 from dynamod.core.detector import FailureDetector
 from dynamod.health import GOODBYE_TIMEOUT, HealthService
+from dynamod.net.operations import Code, Conflict
 from dynamod.net.peers import PeerClient
-from dynamod.net.protocol import NODE_STOPPING, RESPONSE, PeerError, decode_frame, encode_frame
+from dynamod.net.protocol import RESPONSE, PeerError, decode_frame, encode_frame
 from tests.unit.test_services import FakePeer
 
 
@@ -80,7 +81,7 @@ def test_a_goodbye_marks_the_peer_down_before_any_ping_fails():
 def test_a_goodbye_from_a_stranger_is_refused():
     clock = Clock()
     health = running_health({"n4": FakePeer()}, clock)
-    with pytest.raises(ValueError, match="n9"):
+    with pytest.raises(Conflict, match="n9"):
         health.handle_goodbye(["n9"])
     assert health.is_up("n4")
     health.stopService()
@@ -93,7 +94,9 @@ def test_a_ping_refused_because_the_peer_is_stopping_counts_as_its_goodbye():
         stopping = False
 
         def call(self, op, payload, timeout):
-            return defer.fail(PeerError(NODE_STOPPING)) if self.stopping else super().call(op, payload, timeout)
+            if self.stopping:
+                return defer.fail(PeerError(Code.NODE_STOPPING, "node is stopping"))
+            return super().call(op, payload, timeout)
 
     peer = Stopping()
     health = running_health({"n4": peer}, clock)
@@ -118,7 +121,7 @@ def test_saying_goodbye_tells_every_peer_and_is_bounded_by_its_timeout():
             return self.answer()
 
     quick = Recording(lambda: defer.succeed(True))
-    refusing = Recording(lambda: defer.fail(PeerError("refused")))
+    refusing = Recording(lambda: defer.fail(PeerError(Code.CONFLICT, "refused")))
     silent = Recording(defer.Deferred)  # never answers
     health = HealthService(FailureDetector(), {"n2": quick, "n3": refusing, "n5": silent}, clock, interval=1.0)
     done = health.goodbye("n1")

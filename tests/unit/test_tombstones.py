@@ -7,6 +7,7 @@ import pytest
 from dynamod.core.merkle import record_digest
 from dynamod.core.quorum import Outcome
 from dynamod.core.versions import CausalContext, Sibling, context_of, live_values
+from dynamod.net.operations import BadRequest
 from dynamod.tombstones import TombstoneReaper
 from tests.sim import fired, make_cluster
 
@@ -220,7 +221,7 @@ def test_the_reap_handler_refuses_a_digest_that_does_not_match():
     digest = record_digest(record_on(network, "n2", key).siblings)
     assert fired(node.handle_peer_request("reap", [key, b"\x00" * 16])) is False
     assert is_tombstone_only(record_on(network, "n2", key))
-    with pytest.raises(ValueError, match="reap names a key and a digest"):
+    with pytest.raises(BadRequest, match="digest: expected bytes"):
         node.handle_peer_request("reap", [key, "not bytes"])
     assert fired(node.handle_peer_request("reap", [key, digest])) is True
     assert record_on(network, "n2", key) is None

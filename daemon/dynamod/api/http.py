@@ -23,6 +23,7 @@ from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.quorum import Outcome, QuorumResult
+from dynamod.core.sizes import KeyTooLarge
 from dynamod.core.versions import CausalContext, Record, Sibling, context_of
 from dynamod.gossip import MembershipError
 from dynamod.storage.engine import CorruptRecord
@@ -67,10 +68,11 @@ def parse_quorum(request: HttpRequest, name: str, default: int, n: int) -> int:
     values = request.arguments().get(name)
     if not values:
         return default
-    try:
-        value = int(values[-1])
-    except ValueError as exc:
-        raise ApiError(400, f"{name} must be an integer, got {values[-1]!r}") from exc
+    text = values[-1]
+    # ASCII digits only: int() also takes '２' (fullwidth), '٢' and '_' separators.
+    if not (0 < len(text) <= 9 and text.isascii() and text.isdigit()):
+        raise ApiError(400, f"{name} must be an integer, got {text!r}")
+    value = int(text)
     if not 1 <= value <= n:
         raise ApiError(400, f"{name} must be between 1 and n={n}, got {value}")
     return value
@@ -113,11 +115,17 @@ def dot_header(dot: tuple[str, int]) -> str:
     return f"{dot[0]}/{dot[1]}"
 
 
+#: An admin body is a handful of short fields; anything longer is refused before parsing.
+MAX_ADMIN_BODY = 64 * 1024
+
+
 def admin_body(request: HttpRequest, allowed: set[str], usage: str) -> dict[str, Any]:
     """An admin POST's JSON object (empty body: ``{}``); anything else, or an unknown field, is a 400."""
+    if request.body_too_large or len(request.body) > MAX_ADMIN_BODY:
+        raise ApiError(413, f"{usage}: the body exceeds {MAX_ADMIN_BODY} bytes", limit=MAX_ADMIN_BODY)
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise ApiError(400, f"{usage}: the body is not JSON") from exc
     if not isinstance(body, dict):
         raise ApiError(400, f"{usage}: the body is not a JSON object")
@@ -125,6 +133,11 @@ def admin_body(request: HttpRequest, allowed: set[str], usage: str) -> dict[str,
     if unknown:
         raise ApiError(400, f"{usage}: unknown field {unknown[0]!r}")
     return body
+
+
+def member_id_ok(node: str) -> bool:
+    """A plausible member id: 1..255 printable characters (ids are never longer)."""
+    return 0 < len(node) <= 255 and node.isprintable()
 
 
 def dry_run_flag(body: dict[str, Any], usage: str) -> bool:
@@ -154,7 +167,8 @@ class Api:
         return self.http_factory
 
     def _route(self, request: HttpRequest) -> tuple[str, Any]:
-        path, method = request.path, request.method
+        path = request.path
+        method = "GET" if request.method == "HEAD" else request.method  # the server sends no body
         if path.startswith(b"/kv/") or path == b"/kv":
             handlers = {"GET": ("get", self.get), "PUT": ("put", self.put), "DELETE": ("delete", self.delete)}
             return handlers.get(method, ("kv", self._method_not_allowed))
@@ -226,6 +240,9 @@ class Api:
             return failure.value.response()
         if failure.check(MembershipError):
             return ApiError(failure.value.status, str(failure.value)).response()
+        if failure.check(KeyTooLarge):
+            value = failure.value
+            return ApiError(413, str(value), limit=value.limit, size=value.size).response()
         if failure.check(CorruptRecord):  # counted and logged once per key by the store
             return ApiError(500, failure.getErrorMessage()).response()
         log.failure("request failed", failure)
@@ -284,13 +301,15 @@ class Api:
         usage = ('expected a JSON body {"seed": "HOST:PORT", "replace": "DEAD"?, "dry_run": bool?} naming a '
                  "member's peer address")
         body = admin_body(request, {"seed", "replace", "dry_run"}, usage)
+        seed = body.get("seed")
+        if not isinstance(seed, str):
+            raise ApiError(400, usage)
         try:
-            seed = body["seed"]
             split_host_port(seed)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ApiError(400, usage) from exc
+        except ValueError as exc:
+            raise ApiError(400, f"{usage}: {exc}") from exc
         replace = body.get("replace")
-        if replace is not None and not (isinstance(replace, str) and replace):
+        if replace is not None and not (isinstance(replace, str) and member_id_ok(replace)):
             raise ApiError(400, usage)
         dry_run = dry_run_flag(body, usage)
         return self.node.join(seed, replace=replace, dry_run=dry_run).addCallback(
@@ -305,7 +324,7 @@ class Api:
         usage = 'expected a JSON body {"node": "DEAD", "dry_run": bool?} naming a member that is down'
         body = admin_body(request, {"node", "dry_run"}, usage)
         node = body.get("node")
-        if not (isinstance(node, str) and node):
+        if not (isinstance(node, str) and member_id_ok(node)):
             raise ApiError(400, usage)
         dry_run = dry_run_flag(body, usage)
         return self.node.remove(node, dry_run=dry_run).addCallback(lambda answer: HttpResponse.json(200, answer))

@@ -28,6 +28,9 @@ class NodeMetrics:
         self.read_repairs_deferred = Counter("dynamod_read_repairs_deferred",
                                              "read repairs skipped by admission control (anti-entropy catches up)",
                                              registry=self.registry)
+        self.oversized_key_writes = Counter("dynamod_oversized_key_writes",
+                                            "writes that left a key's stored versions past key_size_warning",
+                                            registry=self.registry)
         self.handoffs = Counter("dynamod_handoffs", "fallback copies acknowledged by their owner",
                                 registry=self.registry)
         self.batch_seconds = Histogram("dynamod_storage_batch_seconds",

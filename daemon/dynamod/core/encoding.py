@@ -114,7 +114,7 @@ def sibling_from_wire(data: Any) -> Sibling:
     if type(actor) is not str or not _is_counter(counter):
         raise DecodeError("bad sibling dot")
     if type(value) is not bytes:
-        raise DecodeError("sibling value must be bytes")
+        raise DecodeError("a sibling's value is not bytes")
     if type(deleted) is not bool:
         raise DecodeError("sibling deleted flag must be a bool")
     if type(timestamp) is not int or not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
