@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
+from dynamod.core.keys import key_problem
 from dynamod.core.quorum import Outcome, QuorumResult
 from dynamod.core.sizes import KeyTooLarge
 from dynamod.core.versions import CausalContext, Record, Sibling, context_of
@@ -31,7 +32,6 @@ from dynamod.storage.engine import CorruptRecord
 if TYPE_CHECKING:
     from dynamod.node import Node
 
-MAX_KEY_BYTES = 1024
 log = Logger()
 
 
@@ -50,14 +50,9 @@ class ApiError(Exception):
 def parse_key(request: HttpRequest, prefix: bytes) -> bytes:
     """The key from the raw path after ``prefix`` (percent-decoded, 1..1024 bytes of UTF-8)."""
     key = unquote_to_bytes(request.path[len(prefix):])
-    if not key:
-        raise ApiError(400, "key is empty")
-    if len(key) > MAX_KEY_BYTES:
-        raise ApiError(400, f"key is {len(key)} bytes; the limit is {MAX_KEY_BYTES}")
-    try:
-        key.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "key is not valid UTF-8") from exc
+    problem = key_problem(key)
+    if problem is not None:
+        raise ApiError(400, problem)
     return key
 
 

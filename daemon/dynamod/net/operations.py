@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, context_from_wire, siblings_from_wire, unpack
+from dynamod.core.keys import MAX_KEY_BYTES, key_problem
 from dynamod.core.membership import MalformedState, state_from_wire
 from dynamod.core.merkle import DEFAULT_DEPTH
 from dynamod.core.sizes import KeyTooLarge
@@ -186,8 +187,6 @@ def local_error(error: PeerError) -> Exception:
 
 # -- limits --------------------------------------------------------------------------------------
 
-#: A key's bytes (the HTTP API's bound: 1..1024 bytes of UTF-8).
-MAX_KEY_BYTES = 1024
 #: A node id or a hint (member ids are short names).
 MAX_NAME_CHARS = 256
 #: Counters, versions and hop counts (msgpack ints reach 2**64-1; the store's are signed 64-bit).
@@ -330,10 +329,9 @@ class Key(Schema):
 
     def check(self, value: Any, limits: PeerLimits) -> bytes:
         Bytes(1, MAX_KEY_BYTES).check(value, limits)
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Malformed("the key is not UTF-8") from exc
+        problem = key_problem(value)
+        if problem is not None:
+            raise Malformed(problem)
         return value
 
     def describe(self) -> str:
