@@ -80,6 +80,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_key_size", int, 30 * 1024 * 1024,
             "bytes of stored versions (siblings, clocks) a write may grow a key to; a write that would "
             "grow it further is refused (413), one that shrinks it is always taken"),
+    Setting("http_header_timeout", float, 10.0,
+            "seconds a client has to send a request's line and headers, and the longest its body may "
+            "pause, before the answer is 408 and the connection closes"),
+    Setting("http_idle_timeout", float, 60.0,
+            "seconds a keep-alive HTTP connection may wait for its next request, or leave its answers "
+            "unread, before it is closed"),
+    Setting("http_max_connections", int, 1024, "open HTTP connections per node; one more is answered 503"),
+    Setting("http_max_pipelined", int, 32,
+            "requests a client may pipeline behind the one being answered before the node stops reading"),
     Setting("log_file", str, "-", "JSON-lines log file, or - for stderr"),
     Setting("log_level", str, "info", "debug, info, warn or error"),
 )
@@ -124,6 +133,10 @@ class NodeConfig:
     max_context_entries: int
     key_size_warning: int
     max_key_size: int
+    http_header_timeout: float
+    http_idle_timeout: float
+    http_max_connections: int
+    http_max_pipelined: int
     log_file: str
     log_level: str
 
@@ -212,7 +225,7 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
     if resolved["read_threads"] < 0:
         raise ConfigError("read_threads must be 0 or more")
     for name in ("max_value_size", "max_frame_size", "max_context_entries", "bdb_cache_mb", "key_size_warning",
-                 "max_key_size"):
+                 "max_key_size", "http_max_connections", "http_max_pipelined"):
         if resolved[name] < 1:
             raise ConfigError(f"{name} must be positive")
     if resolved["max_frame_size"] < 2 * resolved["max_value_size"]:
@@ -227,7 +240,7 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
     resolved["seeds"] = tuple(resolved["seeds"])
     for name in ("request_timeout", "heartbeat_interval", "handoff_interval", "anti_entropy_interval",
                  "gossip_interval", "transfer_interval", "background_rate", "background_latency_target",
-                 "phi_threshold"):
+                 "phi_threshold", "http_header_timeout", "http_idle_timeout"):
         if resolved[name] <= 0:
             raise ConfigError(f"{name} must be positive")
     if resolved["tombstone_grace"] < 0:

@@ -64,7 +64,8 @@ def test_malformed_admin_bodies_quorum_digits_and_context_counters_are_400s(make
         assert status == 400 and "error" in json.loads(body), (counter, status)
         status, _, _ = http(node, "PUT", "/kv/forged", b"bad", {"X-Context": context_header({}, [[actor, counter]])})
         assert status == 400, (counter, status)
-    status, headers, _ = http(node, "PUT", "/kv/forged", b"planted", {"X-Context": context_header({actor: MAX_COUNTER})})
+    at_bound = {"X-Context": context_header({actor: MAX_COUNTER})}
+    status, headers, _ = http(node, "PUT", "/kv/forged", b"planted", at_bound)
     assert status == 204
     planted = parse_dot(headers.get("X-Version"))
     assert planted[0] != actor and planted[1] == 1, "a claim on dots this node never issued starts a fresh epoch"

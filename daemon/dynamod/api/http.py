@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dynamod.api.server import HttpFactory, HttpRequest, HttpResponse
+from dynamod.api.server import HttpFactory, HttpLimits, HttpRequest, HttpResponse
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
 from dynamod.core.keys import key_problem
@@ -158,12 +158,19 @@ class Api:
 
     def factory(self) -> HttpFactory:
         """The Twisted factory serving this API."""
-        self.http_factory = HttpFactory(self.handle, self.node.config.max_value_size, self.node.writer)
+        config = self.node.config
+        limits = HttpLimits(max_body=config.max_value_size, header_timeout=config.http_header_timeout,
+                            idle_timeout=config.http_idle_timeout, max_connections=config.http_max_connections,
+                            max_pipelined=config.http_max_pipelined)
+        metrics = self.node.metrics
+        self.http_factory = HttpFactory(self.handle, limits, self.node.reactor, self.node.writer,
+                                        observe=lambda reason: metrics.http_closed.labels(reason).inc())
+        metrics.http_connections.set_function(lambda: self.http_factory.open_connections)
         return self.http_factory
 
     def _route(self, request: HttpRequest) -> tuple[str, Any]:
         path = request.path
-        method = "GET" if request.method == "HEAD" else request.method  # the server sends no body
+        method = "GET" if request.method == "HEAD" else request.method  # the server drops HEAD's body
         if path.startswith(b"/kv/") or path == b"/kv":
             handlers = {"GET": ("get", self.get), "PUT": ("put", self.put), "DELETE": ("delete", self.delete)}
             return handlers.get(method, ("kv", self._method_not_allowed))

@@ -38,5 +38,11 @@ class NodeMetrics:
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("dynamod_storage_batch_size", "updates per group flush",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.http_connections = Gauge("dynamod_http_connections", "open HTTP client connections",
+                                      registry=self.registry)
+        self.http_closed = Counter("dynamod_http_connections_closed",
+                                   "HTTP connections closed or refused by a limit, by reason (header_timeout, "
+                                   "body_timeout, idle, unread_answers, connection_limit)",
+                                   ["reason"], registry=self.registry)
         self.peers_reachable = Gauge("dynamod_peers_reachable", "peers with an open connection",
                                      registry=self.registry)

@@ -53,6 +53,13 @@ class Coalescer:
             self._scheduled = True
             self._clock.callLater(0, self.flush)
 
+    def send_now(self, transport: Any) -> None:
+        """Send what is queued for ``transport`` at once (before the connection is closed: a close
+        from a timer would otherwise reach the socket before the end-of-turn flush)."""
+        chunks = self._pending.pop(transport, None)
+        if chunks:
+            write_through(transport, b"".join(chunks))
+
     def flush(self) -> None:
         """Send everything queued."""
         self._scheduled = False
@@ -67,3 +74,7 @@ class DirectWriter:
     @staticmethod
     def write(transport: Any, data: bytes) -> None:
         write_through(transport, data)
+
+    @staticmethod
+    def send_now(transport: Any) -> None:
+        """Nothing is ever queued."""
