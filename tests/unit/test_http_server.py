@@ -10,7 +10,15 @@ import json
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from dynamod.api.server import FEED_SLICE, MAX_HEAD_BYTES, HttpFactory, HttpLimits, HttpRequest, HttpResponse
+from dynamod.api.server import (
+    FEED_SLICE,
+    LINGER_SECONDS,
+    MAX_HEAD_BYTES,
+    HttpFactory,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+)
 
 
 class Recorder:
@@ -36,6 +44,20 @@ class Recorder:
         waiter.callback(response)
 
 
+class Transport(StringTransport):
+    """A string transport that can close its sending side (a lingering close after a refusal)."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def closed(transport: StringTransport) -> bool:
+    """The server closed the connection, or its sending side."""
+    return transport.disconnecting or getattr(transport, "write_closed", False)
+
+
 class Server:
     """One ``HttpFactory`` on a simulated clock, making connections over string transports."""
 
@@ -47,7 +69,7 @@ class Server:
 
     def connect(self):
         protocol = self.factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = Transport()
         protocol.makeConnection(transport)
         return protocol, transport
 
@@ -88,7 +110,7 @@ def test_keep_alive_serves_several_requests_on_one_connection():
     protocol.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     protocol.dataReceived(b"PUT /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
     assert [r[1]["path"] for r in responses(transport.value())] == ["/a", "/b"]
-    assert handler.requests[1].body == b"abc" and not transport.disconnecting
+    assert handler.requests[1].body == b"abc" and not closed(transport)
 
 
 def test_pipelined_requests_are_answered_in_order():
@@ -140,7 +162,7 @@ def test_malformed_requests_get_a_json_400_and_the_connection_closes():
     protocol.dataReceived(b"THIS IS NOT HTTP\r\n\r\n")
     [(status, body)] = responses(transport.value())
     assert status == 400 and "malformed" in body["error"]
-    assert transport.disconnecting
+    assert closed(transport)
 
 
 def test_garbage_after_a_complete_request_is_refused_after_its_answer():
@@ -149,17 +171,17 @@ def test_garbage_after_a_complete_request_is_refused_after_its_answer():
     # a body longer than its Content-Length: the rest is parsed as the next request, and is garbage
     protocol.dataReceived(b"PUT /kv/k HTTP/1.1\r\nContent-Length: 1\r\n\r\nwGARBAGE \x00\r\n\r\n")
     assert [r[0] for r in responses(transport.value())] == [200, 400]
-    assert handler.requests[0].body == b"w" and transport.disconnecting
+    assert handler.requests[0].body == b"w" and closed(transport)
 
 
 def test_garbage_behind_a_request_being_answered_waits_for_that_answer():
     handler = Recorder(hold=True)
     protocol, transport, _ = connect(handler)
     protocol.dataReceived(GET + b"\x00\x01garbage\r\n\r\n")
-    assert transport.value() == b"" and not transport.disconnecting
+    assert transport.value() == b"" and not closed(transport)
     protocol.dataReceived(GET)  # input after the refusal is ignored
     handler.release(0)
-    assert statuses(transport) == [200, 400] and transport.disconnecting
+    assert statuses(transport) == [200, 400] and closed(transport)
     assert len(handler.requests) == 1
 
 
@@ -168,10 +190,10 @@ def test_a_half_closed_client_gets_its_answers_then_the_connection_closes():
     protocol, transport, _ = connect(handler)
     protocol.dataReceived(GET + GET + b"GET /partial HTT")
     protocol.readConnectionLost()
-    assert not transport.disconnecting
+    assert not closed(transport)
     handler.release(0)
     handler.release(1)
-    assert statuses(transport) == [200, 200] and transport.disconnecting
+    assert statuses(transport) == [200, 200] and closed(transport)
     assert len(handler.requests) == 2  # the partial request is dropped
 
 
@@ -179,20 +201,20 @@ def test_a_half_close_with_nothing_owed_closes_at_once():
     protocol, transport, _ = connect(Recorder())
     protocol.dataReceived(GET)
     protocol.readConnectionLost()
-    assert statuses(transport) == [200] and transport.disconnecting
+    assert statuses(transport) == [200] and closed(transport)
 
 
 def test_oversized_headers_get_431():
     protocol, transport, _ = connect(Recorder())
     protocol.dataReceived(b"GET / HTTP/1.1\r\nX-Big: " + b"x" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
-    assert statuses(transport) == [431] and transport.disconnecting
+    assert statuses(transport) == [431] and closed(transport)
 
 
 def test_a_header_line_without_its_end_is_refused_while_it_arrives():
     protocol, transport, _ = connect(Recorder())
     fed = 0
     protocol.dataReceived(b"GET / HTTP/1.1\r\nX-Big: ")
-    while not transport.disconnecting and fed < 16 * 1024 * 1024:
+    while not closed(transport) and fed < 16 * 1024 * 1024:
         protocol.dataReceived(b"x" * 4096)
         fed += 4096
     assert statuses(transport) == [431]
@@ -211,7 +233,7 @@ def test_reading_pauses_while_the_pipeline_is_full_and_resumes_at_half():
         handler.release(index)
         index += 1
     assert index == 200 and statuses(transport) == [200] * 200
-    assert transport.producerState == "producing" and not transport.disconnecting
+    assert transport.producerState == "producing" and not closed(transport)
 
 
 def test_no_request_starts_while_the_send_buffer_is_full():
@@ -239,10 +261,10 @@ def test_a_head_that_trickles_in_is_refused_after_the_header_timeout():
     for byte in b"GET / HTTP/1.1\r\nX-Slow: abcdefgh":
         protocol.dataReceived(bytes([byte]))
         server.clock.advance(0.5)
-        if transport.disconnecting:
+        if closed(transport):
             break
     [(status, body)] = responses(transport.value())
-    assert status == 408 and "head" in body["error"] and transport.disconnecting
+    assert status == 408 and "head" in body["error"] and closed(transport)
     assert server.closed == ["header_timeout"]
 
 
@@ -253,7 +275,7 @@ def test_a_paused_body_is_refused_and_earlier_requests_still_answered():
     server.clock.advance(11)
     assert transport.value() == b""  # the 408 waits for the answer owed before it
     handler.release(0)
-    assert statuses(transport) == [200, 408] and transport.disconnecting
+    assert statuses(transport) == [200, 408] and closed(transport)
     assert server.closed == ["body_timeout"]
 
 
@@ -263,9 +285,9 @@ def test_an_idle_keep_alive_connection_is_closed_quietly():
     server.clock.advance(30)
     protocol.dataReceived(GET)  # a new request restarts the idle time
     server.clock.advance(59)
-    assert not transport.disconnecting
+    assert not closed(transport)
     server.clock.advance(2)
-    assert transport.disconnecting and statuses(transport) == [200, 200]
+    assert closed(transport) and statuses(transport) == [200, 200]
     assert server.closed == ["idle"]
 
 
@@ -275,7 +297,7 @@ def test_no_timer_runs_while_a_request_is_being_answered():
     protocol.dataReceived(GET)
     server.clock.advance(30)
     handler.release(0)
-    assert statuses(transport) == [200] and not transport.disconnecting
+    assert statuses(transport) == [200] and not closed(transport)
 
 
 def test_connections_past_the_cap_are_refused_with_503():
@@ -284,7 +306,7 @@ def test_connections_past_the_cap_are_refused_with_503():
     server.connect()
     refused, transport = server.connect()
     [(status, body)] = responses(transport.value())
-    assert status == 503 and "limit 2" in body["error"] and transport.disconnecting
+    assert status == 503 and "limit 2" in body["error"] and closed(transport)
     assert server.factory.open_connections == 2 and server.closed == ["connection_limit"]
     server.lose(refused)
     server.lose(first)
@@ -328,14 +350,14 @@ def test_expect_with_a_body_too_large_is_refused_from_the_head():
     [(status, _)] = responses(transport.value())
     assert status == 413 and b"Connection: close" in transport.value()
     protocol.dataReceived(b"x" * 11)  # a client that sends the body anyway: dropped, then closed
-    assert handler.requests == [] and transport.disconnecting and statuses(transport) == [413]
+    assert handler.requests == [] and closed(transport) and statuses(transport) == [413]
 
 
 def test_an_unknown_expectation_gets_417():
     handler = Recorder()
     protocol, transport, _ = connect(handler)
     protocol.dataReceived(b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nExpect: teapot\r\n\r\nx")
-    assert statuses(transport) == [417] and handler.requests == [] and transport.disconnecting
+    assert statuses(transport) == [417] and handler.requests == [] and closed(transport)
 
 
 def test_expect_is_ignored_on_http_1_0():
@@ -357,7 +379,7 @@ def test_head_answers_carry_no_body():
 def test_connection_close_is_honoured():
     protocol, transport, _ = connect(Recorder())
     protocol.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert b"Connection: close" in transport.value() and transport.disconnecting
+    assert b"Connection: close" in transport.value() and closed(transport)
 
 
 def test_a_stopping_server_closes_idle_connections_and_busy_ones_after_their_answer():
@@ -367,9 +389,9 @@ def test_a_stopping_server_closes_idle_connections_and_busy_ones_after_their_ans
     busy, busy_transport = server.connect()
     busy.dataReceived(GET)
     server.factory.close_connections()
-    assert idle_transport.disconnecting and not busy_transport.disconnecting
+    assert closed(idle_transport) and not closed(busy_transport)
     handler.release(0)
-    assert b"Connection: close" in busy_transport.value() and busy_transport.disconnecting
+    assert b"Connection: close" in busy_transport.value() and closed(busy_transport)
 
 
 def test_a_failing_handler_becomes_a_500():
@@ -382,7 +404,7 @@ def test_a_failing_handler_becomes_a_500():
     protocol.connectionLost(None)
 
 
-class ClosingTransport(StringTransport):
+class ClosingTransport(Transport):
     """Records what had been written when the connection was asked to close."""
 
     written_at_close: bytes | None = None
@@ -390,6 +412,10 @@ class ClosingTransport(StringTransport):
     def loseConnection(self) -> None:
         self.written_at_close = self.value()
         super().loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        self.written_at_close = self.value()
+        super().loseWriteConnection()
 
 
 def test_a_refusal_from_a_timer_is_sent_before_the_close_with_a_coalescing_writer():
@@ -403,3 +429,51 @@ def test_a_refusal_from_a_timer_is_sent_before_the_close_with_a_coalescing_write
     protocol.dataReceived(b"GET / HTTP/1.1\r\nX-Slow: ")
     clock.advance(2)
     assert transport.written_at_close is not None and transport.written_at_close.startswith(b"HTTP/1.1 408 ")
+
+
+def test_after_a_refusal_input_is_dropped_until_the_client_closes_or_the_linger_ends():
+    protocol, transport, server = connect(Recorder())
+    protocol.dataReceived(b"NOT HTTP\r\n\r\n")
+    assert statuses(transport) == [400] and transport.write_closed and not transport.disconnecting
+    protocol.dataReceived(b"GET /a HTTP/1.1\r\n\r\n" * 10)  # dropped, never answered
+    protocol.readConnectionLost()
+    assert transport.disconnecting and statuses(transport) == [400]
+    other, other_transport = server.connect()
+    other.dataReceived(b"NOT HTTP\r\n\r\n")
+    server.clock.advance(LINGER_SECONDS + 1)
+    assert other_transport.disconnecting
+
+
+class BoundedTransport(Transport):
+    """Pauses its producer once more than ``limit`` bytes are buffered, as a TCP transport does."""
+
+    limit = 64 * 1024
+    paused_producer = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.limit and not self.paused_producer:
+            self.paused_producer = True
+            self.producer.pauseProducing()
+
+
+def test_a_pipeline_answered_within_one_turn_stops_once_the_send_buffer_fills():
+    from dynamod.net.writes import Coalescer
+
+    answered = []
+
+    def large(request):
+        answered.append(request)
+        return HttpResponse(200, b"v" * 100_000)
+
+    clock = task.Clock()
+    factory = HttpFactory(large, HttpLimits(max_body=1000), clock, writer=Coalescer(clock))
+    protocol = factory.buildProtocol(None)
+    transport = BoundedTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(GET * 10)
+    assert len(answered) == 1  # not all ten held by the writer until the turn ends
+    transport.clear()
+    transport.paused_producer = False
+    transport.producer.resumeProducing()
+    assert len(answered) == 2

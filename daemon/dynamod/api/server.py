@@ -45,6 +45,18 @@ FEED_SLICE = 8 * 1024
 #: Seconds between checks of every connection's deadlines (one timer per server, not per request).
 SWEEP_INTERVAL = 1.0
 
+#: After a refusal the node stops answering but keeps reading (and dropping) for this long, or
+#: this much, before it closes: closing with unread input sends a reset, and a reset can destroy
+#: the answers still unread at the client (nginx's lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+#: Answer bytes a connection may leave with the writer before they are sent at once. The writer
+#: holds a reactor turn's answers until the turn ends, and a pipeline answered within one turn
+#: would otherwise pile up there (100 GETs of 1 MiB: +390 MiB) before the transport could say its
+#: buffer is full; sent at once, the transport pauses the pipeline after about one large answer.
+SEND_NOW_BYTES = 64 * 1024
+
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -164,6 +176,10 @@ class HttpProtocol(Protocol):
         self._idle_since = clock.seconds()
         self._continue_owed = False   # a 100 Continue is due when this request's turn comes
         self._answered_early = False  # the current request was answered from its head (413, 417)
+        self._lingering = False       # refused: only reading (and dropping) until the client closes
+        self._linger_started = 0.0
+        self._dropped = 0
+        self._unsent = 0              # answer bytes written since the last send_now
         self._dispatching = False     # inside _dispatch (a Deferred firing now is answered by _next)
         self._start_message()
 
@@ -197,12 +213,15 @@ class HttpProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """The client half-closed (or closed): answer what arrived whole, then close."""
+        if self._lingering:
+            self.transport.loseConnection()
+            return
         self._reading_done = True
         self._in_message = False
         self._next()
 
     def writeConnectionLost(self) -> None:
-        """Never asked for (the server does not half-close); nothing to do."""
+        """The sending side closed after a refusal (``_close(linger=True)``); reading goes on."""
 
     def close_when_idle(self) -> None:
         """Stop taking requests: close now if none is being answered, else after its answer."""
@@ -210,13 +229,24 @@ class HttpProtocol(Protocol):
         if not self._busy and not self._closed:
             self._close()
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close once what is written is sent; with ``linger``, close only the sending side and
+        drop input until the client closes, or for ``LINGER_SECONDS`` (input may follow a refusal)."""
         if self._closed:
             return
         self._closed = self._reading_done = True
         self._writer.send_now(self.transport)
         self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        if not linger:
+            self.transport.loseConnection()
+            return
+        self._lingering = True
+        self._linger_started = self._clock.seconds()
+        self._unparsed = b""
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resumeProducing()
+        self.transport.loseWriteConnection()
 
     def _write(self, data: bytes) -> None:
         self._writer.write(self.transport, data)
@@ -225,6 +255,10 @@ class HttpProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._reading_done:
+            if self._lingering:
+                self._dropped += len(data)
+                if self._dropped > LINGER_BYTES:
+                    self.transport.loseConnection()
             return
         self._last_read = self._clock.seconds()
         if self._read_paused:
@@ -294,6 +328,10 @@ class HttpProtocol(Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Close or refuse this connection if it has waited past a limit."""
+        if self._lingering:
+            if now - self._linger_started >= LINGER_SECONDS:
+                self.transport.loseConnection()
+            return
         if self._closed:
             return
         limits = self._limits
@@ -394,8 +432,7 @@ class HttpProtocol(Protocol):
         self._continue_owed = False
         if self._answered_early:
             self._answered_early = False
-            self._reading_done = True
-            self._close()
+            self._close(linger=True)
             return
         parsed = httptools.parse_url(self._url)
         request = HttpRequest(
@@ -447,7 +484,7 @@ class HttpProtocol(Protocol):
         if self._owed_refusal is not None:
             refusal, self._owed_refusal = self._owed_refusal, None
             self._write(refusal.encode(keep_alive=False))
-            self._close()
+            self._close(linger=True)
         elif self._reading_done or (self._stopping and not self._in_message):
             self._close()
         else:
@@ -472,7 +509,12 @@ class HttpProtocol(Protocol):
         if self._closed:
             return
         keep_alive = pending.keep_alive and not self._stopping
-        self._write(response.encode(keep_alive, with_body=pending.request.method != "HEAD"))
+        data = response.encode(keep_alive, with_body=pending.request.method != "HEAD")
+        self._write(data)
+        self._unsent += len(data)
+        if self._unsent >= SEND_NOW_BYTES:  # counts since the last send: may overcount, never under
+            self._unsent = 0
+            self._writer.send_now(self.transport)  # a full buffer pauses us (_pause_answers) here
         if not keep_alive:
             self._close()
 
