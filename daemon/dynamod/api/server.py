@@ -270,10 +270,10 @@ class HttpProtocol(Protocol):
         return len(self._queue) >= self._limits.max_pipelined or self._queued_bytes >= self._limits.max_body
 
     def _feed(self, data: bytes) -> None:
-        view = memoryview(data)
+        view = memoryview(data) if len(data) > FEED_SLICE else data  # one request: no slicing
         offset = 0
         while offset < len(view) and not self._reading_done:
-            piece = view[offset:offset + FEED_SLICE]
+            piece = view[offset:offset + FEED_SLICE] if view is not data else data
             offset += len(piece)
             try:
                 self._parser.feed_data(piece)
