@@ -21,16 +21,17 @@ EXIT_INTERNAL = 3
 
 def _option_for(setting: Any):
     flag = "--" + setting.name.replace("_", "-")
+    text = setting.help.replace("`", "")  # the README's markup
     if setting.name == "members":
         return click.option("--member", "members", multiple=True, metavar="ID=PEER,HTTP",
                             help="a cluster member (repeat for each); replaces the file's list")
     if setting.name == "seeds":
-        return click.option("--seed", "seeds", multiple=True, metavar="ID", help=setting.help)
+        return click.option("--seed", "seeds", multiple=True, metavar="ID", help=text)
     if setting.type is bool:
         return click.option(f"{flag}/--no-{setting.name.replace('_', '-')}", setting.name, default=None,
-                            help=f"{setting.help} [default: {str(setting.default).lower()}]")
+                            help=f"{text} [default: {str(setting.default).lower()}]")
     default = f" [default: {setting.default}]" if setting.default is not None else ""
-    return click.option(flag, setting.name, type=setting.type, default=None, help=setting.help + default)
+    return click.option(flag, setting.name, type=setting.type, default=None, help=text + default)
 
 
 def _with_setting_options(command: Any) -> Any:

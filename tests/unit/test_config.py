@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from dynamod.config import SETTINGS, ConfigError, build_config, load_toml, parse_member_flag
@@ -26,6 +27,11 @@ def test_unknown_keys_are_refused_by_name():
     ({"http": "nowhere"}, "expected HOST:PORT"),
     ({"members": [{"id": "x", "peer": "1.2.3.4:1"}]}, "exactly id, peer and http"),
     ({"partitions": 1, "members": [{"id": "x", "peer": "h:1", "http": "h:2"}]}, "partitions"),
+    ({"read_threads": -1}, "read_threads must be 0 or more"),
+    ({"http_max_pipelined": 0}, "http_max_pipelined must be positive"),
+    ({"http_idle_timeout": 0.0}, "http_idle_timeout must be positive"),
+    ({"log_level": "loud"}, "log_level must be one of debug, info, warn, error"),
+    ({"n": 0}, "n must be positive"),
 ])
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,3 +61,9 @@ def test_member_flag_parses():
 
 def test_every_setting_has_help():
     assert all(s.help for s in SETTINGS)
+
+
+def test_the_config_has_exactly_the_declared_settings():
+    config = build_config({"node_id": "n1"})
+    assert [f.name for f in attrs.fields(type(config))] == [s.name for s in SETTINGS]
+    assert config.http_max_connections == 1024 and config.member("n1").http == "127.0.0.1:8000"

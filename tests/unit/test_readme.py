@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynamod.config import SETTINGS
+from dynamod.config import SETTINGS, settings_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -13,6 +13,11 @@ def test_every_setting_is_documented():
     text = README.read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in text]
     assert not missing, f"settings missing from README: {missing}"
+
+
+def test_the_configuration_table_is_the_one_derived_from_the_settings():
+    assert settings_table() in README.read_text(), \
+        "README's configuration table differs from dynamod.config.settings_table(): paste its output"
 
 
 def test_readme_shows_the_two_commands():
