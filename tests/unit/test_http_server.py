@@ -477,3 +477,80 @@ def test_a_pipeline_answered_within_one_turn_stops_once_the_send_buffer_fills():
     transport.paused_producer = False
     transport.producer.resumeProducing()
     assert len(answered) == 2
+
+
+def test_a_close_that_never_drains_is_aborted_after_the_idle_timeout():
+    protocol, transport, server = connect(Recorder(), idle_timeout=5.0)
+    protocol.dataReceived(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert transport.disconnecting and not transport.disconnected  # waits for a client that never reads
+    server.clock.advance(7)
+    assert transport.disconnected and server.closed == ["unread_answers"]
+
+
+def test_trailers_count_against_the_head_limit_and_never_replace_headers():
+    handler = Recorder()
+    protocol, transport, _ = connect(handler)
+    protocol.dataReceived(b"PUT /k HTTP/1.1\r\nX-Context: real\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"1\r\nx\r\n0\r\nX-Context: forged\r\n\r\n")
+    assert handler.requests[0].headers[b"x-context"] == b"real"
+    protocol.dataReceived(b"PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+    fed = 0
+    while not closed(transport) and fed < 4 * 1024 * 1024:
+        protocol.dataReceived(b"x" * 4096)
+        fed += 4096
+    assert statuses(transport) == [200, 431] and fed <= MAX_HEAD_BYTES + 2 * FEED_SLICE + 4096
+
+
+def test_a_client_waiting_for_100_continue_is_not_timed_out():
+    handler = Recorder(hold=True)
+    protocol, transport, server = connect(handler, header_timeout=10.0)
+    protocol.dataReceived(GET + b"PUT /k HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    server.clock.advance(12)  # the answer ahead takes long; the 100 is held back meanwhile
+    handler.release(0)
+    assert statuses(transport) == [200, 100]
+    server.clock.advance(5)  # the body's time starts with the 100
+    protocol.dataReceived(b"abcd")
+    handler.release(1)
+    assert statuses(transport) == [200, 100, 200]
+
+
+def test_nothing_is_written_after_an_early_refusal_in_the_same_read():
+    handler = Recorder()
+    protocol, transport, _ = connect(handler, max_body=10)
+    protocol.dataReceived(b"PUT /k HTTP/1.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\nxxxxxxxxxxx"
+                          b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+    assert statuses(transport) == [413] and handler.requests == [] and transport.write_closed
+
+
+def test_an_endless_body_is_refused_once_far_past_the_limit(monkeypatch):
+    from dynamod.api import server as http_server
+
+    monkeypatch.setattr(http_server, "MAX_DROPPED_BODY", 10_000)
+    handler = Recorder()
+    protocol, transport, _ = connect(handler, max_body=100)
+    protocol.dataReceived(b"PUT /k HTTP/1.1\r\nContent-Length: 101\r\n\r\n" + b"x" * 101)  # slightly over: kept
+    assert statuses(transport) == [200] and handler.requests[0].body_too_large and not closed(transport)
+    protocol.dataReceived(b"PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(20):
+        protocol.dataReceived(b"400\r\n" + b"x" * 1024 + b"\r\n")
+    assert statuses(transport) == [200, 413] and closed(transport) and len(handler.requests) == 1
+
+
+def test_a_refusal_answered_in_turn_lingers_for_the_input_after_it():
+    handler = Recorder(hold=True)
+    protocol, transport, _ = connect(handler)
+    protocol.dataReceived(GET + b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nExpect: teapot\r\n\r\nx" + GET)
+    handler.release(0)
+    assert statuses(transport) == [200, 417] and transport.write_closed and not transport.disconnecting
+
+
+def test_input_held_while_reading_paused_is_not_taken_for_late():
+    handler = Recorder(hold=True)
+    protocol, transport, server = connect(handler, max_pipelined=2, header_timeout=10.0)
+    protocol.dataReceived(GET * 4 + b"GET /partial HTTP/1.1\r\nX-A: ")
+    assert transport.producerState == "paused"
+    server.clock.advance(30)
+    for index in range(4):
+        handler.release(index)
+    server.clock.advance(1)
+    assert statuses(transport) == [200] * 4 and not closed(transport)

@@ -27,20 +27,32 @@ from urllib.parse import parse_qs
 import attrs
 import httptools
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dynamod.net.writes import Coalescer, DirectWriter
+from dynamod.security.identity import Principal
+from dynamod.security.tls import peer_principal
 
 #: Request line plus headers larger than this are refused (431) and the connection closed.
 MAX_HEAD_BYTES = 64 * 1024
 
 #: Bytes handed to llhttp at a time, so a full pipeline queue stops parsing within this much input
-#: and a head without line ends is caught within this much past the head limit.
+#: and a line without its end is caught within this much past the head limit.
 FEED_SLICE = 8 * 1024
+
+#: Bytes of a body past ``max_body`` that are read and dropped before the request is refused
+#: (a client that sends a slightly larger value keeps its connection; an endless body does not).
+MAX_DROPPED_BODY = 64 * 1024 * 1024
 
 #: Seconds between checks of every connection's deadlines (one timer per server, not per request).
 SWEEP_INTERVAL = 1.0
@@ -90,6 +102,8 @@ class HttpRequest:
     headers: dict[bytes, bytes]
     body: bytes
     body_too_large: bool = False
+    #: whom the connection's client certificate names (TLS only; None: no certificate)
+    client: Principal | None = None
 
     def arguments(self) -> dict[str, list[str]]:
         """The query string, parsed."""
@@ -143,7 +157,7 @@ def _refusal(status: int, reason: str) -> HttpResponse:
     return HttpResponse.json(status, {"error": reason})
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class HttpProtocol(Protocol):
     """One client connection."""
 
@@ -170,16 +184,17 @@ class HttpProtocol(Protocol):
         self._write_paused_at = 0.0
         self._in_message = False      # a request has begun and not yet completed
         self._in_head = True          # the next input bytes belong to a request head
-        self._head_fed = 0            # bytes fed while a head was incomplete
+        self._unproductive = 0        # bytes fed since the parser last delivered anything
         self._message_started = 0.0
         self._last_read = 0.0
         self._idle_since = clock.seconds()
         self._continue_owed = False   # a 100 Continue is due when this request's turn comes
-        self._answered_early = False  # the current request was answered from its head (413, 417)
         self._lingering = False       # refused: only reading (and dropping) until the client closes
-        self._linger_started = 0.0
+        self._closing_since = 0.0     # when _close ran (a close that never completes is aborted)
+        self._aborted = False
         self._dropped = 0
         self._unsent = 0              # answer bytes written since the last send_now
+        self._client: Principal | None = None  # the client certificate's principal (TLS)
         self._dispatching = False     # inside _dispatch (a Deferred firing now is answered by _next)
         self._start_message()
 
@@ -206,6 +221,10 @@ class HttpProtocol(Protocol):
             return
         self.transport.registerProducer(_WriteBackPressure(self), True)
 
+    def handshakeCompleted(self) -> None:
+        """TLS: note whom the client's certificate names (requests arrive only after this)."""
+        self._client = peer_principal(self.transport)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = self._reading_done = True
         if self._server is not None:
@@ -231,17 +250,18 @@ class HttpProtocol(Protocol):
 
     def _close(self, linger: bool = False) -> None:
         """Close once what is written is sent; with ``linger``, close only the sending side and
-        drop input until the client closes, or for ``LINGER_SECONDS`` (input may follow a refusal)."""
+        drop input until the client closes, or for ``LINGER_SECONDS`` (input may follow a refusal).
+        TLS has no half-close under it (its close goes with the data), so there it closes outright."""
         if self._closed:
             return
         self._closed = self._reading_done = True
+        self._closing_since = self._clock.seconds()
         self._writer.send_now(self.transport)
         self.transport.unregisterProducer()
-        if not linger:
+        if not linger or ISSLTransport.providedBy(self.transport):
             self.transport.loseConnection()
             return
         self._lingering = True
-        self._linger_started = self._clock.seconds()
         self._unparsed = b""
         if self._read_paused:
             self._read_paused = False
@@ -281,18 +301,20 @@ class HttpProtocol(Protocol):
                 self._refuse(400, "protocol upgrades are not supported")
                 return
             except httptools.HttpParserError as exc:
-                # llhttp wraps exceptions raised in callbacks, so the head limit is noted in a count
+                # llhttp wraps exceptions raised in callbacks: what stopped it is noted in state
+                if self._reading_done:
+                    return  # a callback refused or closed; parsing stopped there
                 if self._head_bytes > self._limits.max_head:
                     self._refuse_head()
                 else:
                     self._refuse(400, f"malformed HTTP request: {exc}")
                 return
-            if self._in_head and self._in_message:
-                # llhttp keeps a header line until its end: count what it holds, not only whole lines
-                self._head_fed += len(piece)
-                if self._head_fed > self._limits.max_head:
-                    self._refuse_head()
-                    return
+            # llhttp keeps a header (or trailer) line until its end: whatever it has not handed
+            # over yet counts against the head limit, not only whole lines
+            self._unproductive += len(piece)
+            if self._in_message and self._unproductive > self._limits.max_head + FEED_SLICE:
+                self._refuse_head()
+                return
             if self._backlogged() and not self._reading_done:
                 self._unparsed = bytes(view[offset:])
                 self._read_paused = True
@@ -307,6 +329,8 @@ class HttpProtocol(Protocol):
             return
         self._read_paused = False
         self.transport.resumeProducing()
+        # Input held (here or in the kernel) while this side did not read is not late input.
+        self._last_read = self._message_started = self._clock.seconds()
         held, self._unparsed = self._unparsed, b""
         if held:
             self._feed(held)
@@ -328,28 +352,27 @@ class HttpProtocol(Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Close or refuse this connection if it has waited past a limit."""
-        if self._lingering:
-            if now - self._linger_started >= LINGER_SECONDS:
-                self.transport.loseConnection()
+        limits = self._limits
+        if self._aborted:
             return
         if self._closed:
+            if self._lingering and now - self._closing_since >= LINGER_SECONDS:
+                self._lingering = False
+                self.transport.loseConnection()
+            elif now - self._closing_since >= limits.idle_timeout:
+                self._abort("unread_answers")  # the close waits for answers a client never reads
             return
-        limits = self._limits
         if self._write_paused:
             if now - self._write_paused_at >= limits.idle_timeout:
-                self._observe("unread_answers")
-                self._closed = self._reading_done = True
-                self.transport.abortConnection()
+                self._abort("unread_answers")
             return
         if self._in_message and not self._read_paused:
-            if self._answered_early:
-                if now - self._last_read >= limits.header_timeout:
-                    self._close()
-            elif self._in_head:
+            if self._in_head:
                 if now - self._message_started >= limits.header_timeout:
                     self._observe("header_timeout")
                     self._refuse(408, f"request head not complete within {limits.header_timeout:g} s")
-            elif now - self._last_read >= limits.header_timeout:
+            elif not self._continue_owed and now - self._last_read >= limits.header_timeout:
+                # (while a 100 Continue is owed the client rightly waits for it)
                 self._observe("body_timeout")
                 self._refuse(408, f"request body paused for {limits.header_timeout:g} s")
             return
@@ -357,26 +380,41 @@ class HttpProtocol(Protocol):
             self._observe("idle")
             self._close()
 
+    def _abort(self, reason: str) -> None:
+        self._observe(reason)
+        self._aborted = self._closed = self._reading_done = True
+        self.transport.abortConnection()
+
     def _observe(self, reason: str) -> None:
         if self._server is not None:
             self._server.observe(reason)
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def _progress(self) -> None:
+        """Every callback: the parser delivered something; stop it if the input was refused
+        meanwhile (llhttp goes on through the rest of the piece otherwise)."""
+        if self._reading_done:
+            raise _StopParsing()
+        self._unproductive = 0
+
     def on_message_begin(self) -> None:
+        self._progress()
         self._start_message()
         self._in_message = True
         self._in_head = True
-        self._head_fed = 0
         self._message_started = self._last_read
 
     def on_url(self, url: bytes) -> None:
+        self._progress()
         self._url += url
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
+        self._progress()
         self._count_head(len(name) + len(value))
+        if self._in_head:  # a trailer after a chunked body counts, but never replaces a header
+            self._headers[name.lower()] = value
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -384,8 +422,8 @@ class HttpProtocol(Protocol):
             raise _HeadTooLarge()
 
     def on_headers_complete(self) -> None:
+        self._progress()
         self._in_head = False
-        self._head_fed = 0
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body:
             self._too_large = True
@@ -406,38 +444,45 @@ class HttpProtocol(Protocol):
             self._canned = early  # answered in its turn; the client sends the body after its timeout
             return
         # Answered from the head, so the client need not send the body; if it does, it is dropped.
-        self._answered_early = True
         self._write(early.encode(keep_alive=False))
+        self._in_message = False
+        self._close(linger=True)
+        raise _StopParsing()
 
     def _send_continue_if_due(self) -> None:
-        if self._continue_owed and not (self._busy or self._queue):
+        if self._continue_owed and not (self._busy or self._queue or self._closed):
             self._continue_owed = False
+            self._last_read = self._clock.seconds()  # the body's time starts now
             self._write(_CONTINUE)
 
+    def on_chunk_header(self) -> None:
+        self._progress()
+
+    def on_chunk_complete(self) -> None:
+        self._progress()
+
     def on_body(self, body: bytes) -> None:
+        self._progress()
         self._continue_owed = False  # the client did not wait for it
-        if self._too_large or self._answered_early:
-            return
         self._received += len(body)
-        if self._received > self._limits.max_body:
+        if self._too_large or self._received > self._limits.max_body:
             self._too_large = True
             self._body = []
+            if self._received > self._limits.max_body + MAX_DROPPED_BODY:
+                self._refuse(413, f"body exceeds {self._limits.max_body} bytes")
+                raise _StopParsing()
             return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._progress()
         self._in_message = False
         self._in_head = True
-        self._head_fed = 0
         self._continue_owed = False
-        if self._answered_early:
-            self._answered_early = False
-            self._close(linger=True)
-            return
         parsed = httptools.parse_url(self._url)
         request = HttpRequest(
             method=self._parser.get_method().decode("ascii"), path=parsed.path, query=parsed.query or b"",
-            headers=self._headers, body=b"".join(self._body), body_too_large=self._too_large)
+            headers=self._headers, body=b"".join(self._body), body_too_large=self._too_large, client=self._client)
         keep_alive = self._parser.should_keep_alive() and self._canned is None
         self._queue.append(_Pending(request, keep_alive, self._canned))
         self._queued_bytes += len(request.body)
@@ -516,7 +561,7 @@ class HttpProtocol(Protocol):
             self._unsent = 0
             self._writer.send_now(self.transport)  # a full buffer pauses us (_pause_answers) here
         if not keep_alive:
-            self._close()
+            self._close(linger=pending.canned is not None)  # input may follow a refused request
 
     # -- write back-pressure (the transport calls these through _WriteBackPressure) ------------
 
@@ -549,6 +594,10 @@ class _WriteBackPressure:
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing an oversized head."""
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback once the input is refused or the connection closed."""
 
 
 class HttpFactory(Factory):
