@@ -53,7 +53,7 @@ class Setting:
         if self.type is bool:
             return f"`{str(self.default).lower()}`"
         if self.type is str or self.type is list:
-            return f"`{self.default}`" if self.type is str else "`[]`"
+            return (f"`{self.default}`" if self.default else '`""` (off)') if self.type is str else "`[]`"
         return str(self.default)
 
 
@@ -131,11 +131,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_max_pipelined", int, 32,
             "requests a client may pipeline behind the one being answered before the node stops reading its "
             "connection (it reads again at half)", POSITIVE),
+    Setting("tls_cert", str, "", "PEM certificate of this node (`dynactl certs issue`); with `tls_key` and "
+            "`tls_ca`, turns on mutual TLS between nodes and HTTPS with authentication on the HTTP port (all "
+            "three or none)"),
+    Setting("tls_key", str, "", "PEM private key of `tls_cert` (keep it mode 0600)"),
+    Setting("tls_ca", str, "", "PEM certificate of the cluster CA (`dynactl certs init`): peers must present a "
+            "node certificate from it, HTTP clients a client certificate from it or a bearer token"),
+    Setting("auth_tokens", str, "", "file of bearer tokens, stored hashed (`dynactl certs token`), accepted on "
+            "the HTTP port besides client certificates; needs TLS"),
+    Setting("metrics_role", str, "reader", "the role `/metrics` needs under TLS: `anonymous`, `reader`, `writer` "
+            "or `admin`", choices=("anonymous", "reader", "writer", "admin")),
     Setting("log_file", str, "-", "JSON-lines log file, `-` for stderr"),
     Setting("log_level", str, "info", "`debug`, `info`, `warn` or `error`", choices=LOG_LEVELS),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+#: The settings that turn TLS on, together.
+TLS_FILES = ("tls_cert", "tls_key", "tls_ca")
 
 
 def settings_table() -> str:
@@ -149,6 +162,13 @@ class _NodeConfigMethods:
     """What a ``NodeConfig`` answers besides its settings."""
 
     members: tuple[Member, ...]
+
+    tls_cert: str
+
+    @property
+    def tls(self) -> bool:
+        """Whether both ports use TLS (and the HTTP port authenticates)."""
+        return bool(self.tls_cert)
 
     @property
     def member_ids(self) -> tuple[str, ...]:
@@ -250,6 +270,13 @@ def build_config(values: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError("max_key_size must be at least max_value_size and at most half of max_frame_size")
     if resolved["key_size_warning"] > resolved["max_key_size"]:
         raise ConfigError("key_size_warning must not exceed max_key_size")
+    tls = [name for name in TLS_FILES if resolved[name]]
+    if tls and len(tls) != len(TLS_FILES):
+        raise ConfigError(f"half a TLS configuration: {', '.join(tls)} set but not "
+                          f"{', '.join(n for n in TLS_FILES if n not in tls)} (all three or none)")
+    if resolved["auth_tokens"] and not tls:
+        raise ConfigError("auth_tokens needs TLS (tls_cert, tls_key, tls_ca): bearer tokens must not travel "
+                          "in plaintext")
     if not all(isinstance(seed, str) for seed in resolved["seeds"]):
         raise ConfigError("seeds must be a list of member ids")
     resolved["seeds"] = tuple(resolved["seeds"])

@@ -44,6 +44,7 @@ from dynamod.core.versions import (
 from dynamod.net.operations import Code, PeerLimits, PeerOperations, PeerRefusal, local_error
 from dynamod.net.peers import PeerClient
 from dynamod.net.protocol import PeerError, PeerUnavailable
+from dynamod.security.identity import Principal
 from dynamod.storage.engine import CorruptRecord, decode_stored
 from dynamod.storage.store import Store
 
@@ -472,10 +473,11 @@ class Coordinator:
 
     # -- peer requests -------------------------------------------------------------------------
 
-    def handle_peer_request(self, op: str, payload: Any) -> Any:
+    def handle_peer_request(self, op: str, payload: Any, caller: Principal | None = None) -> Any:
         """Answer another node's request (the ``PeerProtocol`` handler): checked against the
-        declared operations, then handed to the one registered (``dynamod.net.operations``)."""
-        return self.operations.answer(op, payload)
+        declared operations, then handed to the one registered (``dynamod.net.operations``).
+        ``caller`` is whom the connection's certificate names (None without TLS)."""
+        return self.operations.answer(op, payload, caller)
 
     def _serve_replica_requests(self) -> None:
         register = self.operations.register

@@ -40,7 +40,8 @@ from dynamod.core.membership import (
     state_to_wire,
     with_hint_counts,
 )
-from dynamod.net.operations import BadRequest, Conflict
+from dynamod.net.operations import BadRequest, Conflict, Forbidden
+from dynamod.security.identity import Principal
 
 
 class MembershipError(ValueError):
@@ -181,9 +182,15 @@ class GossipService(TimerService):
         self.adopt(kept)
         return self.state
 
-    def handle_gossip(self, payload: Any) -> dict[str, Any]:
-        """The ``gossip`` peer operation: merge theirs, answer with ours."""
-        return state_to_wire(self.receive(payload, "a peer"))
+    def handle_gossip(self, payload: Any, caller: Principal | None = None) -> dict[str, Any]:
+        """The ``gossip`` peer operation: merge theirs, answer with ours. Over TLS the caller must
+        be a node one of the two states lists (a node just admitted gossips before the others know
+        it): a certificate of the CA alone does not make a stranger a member."""
+        if caller is not None and caller.name not in self.state.members \
+                and caller.name not in {entry[0] for entry in payload["members"]}:
+            self.stats["refused"] += 1
+            raise Forbidden(f"gossip from node {caller.name!r}, which neither state lists")
+        return state_to_wire(self.receive(payload, caller.name if caller is not None else "a peer"))
 
     # -- joins and leaves ----------------------------------------------------------------------
 

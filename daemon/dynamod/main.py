@@ -54,6 +54,7 @@ def cli(config_path: str | None, check_config: bool, **flags: Any) -> None:
             values[name] = [parse_member_flag(m) for m in value] if name == "members" else \
                 list(value) if name == "seeds" else value
         config = build_config(values)
+        check_security_files(config)
     except ConfigError as exc:
         click.echo(f"dynamod: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -65,6 +66,19 @@ def cli(config_path: str | None, check_config: bool, **flags: Any) -> None:
         click.echo(json.dumps(attrs.asdict(config), indent=2))
         return
     run(config)
+
+
+def check_security_files(config: NodeConfig) -> None:
+    """Read the TLS files and the token file now, so a bad one is a usage error (and
+    ``--check-config`` finds it) rather than a failed start."""
+    from dynamod.security.auth import node_authenticator
+    from dynamod.security.tls import node_tls
+
+    try:
+        node_tls(config)
+        node_authenticator(config)
+    except ValueError as exc:  # TlsError, TokenFileError
+        raise ConfigError(str(exc)) from None
 
 
 #: Allocations between young-generation collections (CPython's default is 700).

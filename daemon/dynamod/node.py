@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from dynamod.antientropy import AntiEntropyService
 from dynamod.api.http import Api
@@ -42,6 +43,8 @@ from dynamod.net.operations import PeerLimits
 from dynamod.net.peers import PeerClient, PeerServerFactory
 from dynamod.net.protocol import PeerTimeout
 from dynamod.net.writes import Coalescer
+from dynamod.security.auth import node_authenticator
+from dynamod.security.tls import node_tls
 from dynamod.storage.engine import StorageEngine
 from dynamod.storage.memory import MemoryEngine
 from dynamod.storage.store import Store, run_synchronously
@@ -74,9 +77,27 @@ def open_engine(config: NodeConfig) -> StorageEngine:
     return BerkeleyEngine(config.data_dir, sync=config.sync, cache_mb=config.bdb_cache_mb)
 
 
-def _listen_description(address: str) -> str:
-    host, port = split_host_port(address)
-    return f"tcp:{port}:interface={host}"
+class Listener(service.Service):
+    """A TCP listener, TLS-wrapped when given options, bound when the node starts: a port that
+    cannot be bound fails start-up at once (``listenTCP`` raises)."""
+
+    def __init__(self, reactor: Any, address: str, factory: Any, tls_options: Any = None):
+        self._reactor = reactor
+        self._address = address
+        self._factory = factory if tls_options is None else TLSMemoryBIOFactory(tls_options, False, factory)
+        self._port: Any = None
+
+    def startService(self) -> None:
+        host, port = split_host_port(self._address)
+        self._port = self._reactor.listenTCP(port, self._factory, interface=host)
+        super().startService()
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        port, self._port = self._port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -107,6 +128,8 @@ class Node(service.MultiService):
         self.reactor = reactor
         self.node_id = config.node_id
         self.started_at = time.monotonic()  # uptime must not jump with the wall clock
+        self.tls = node_tls(config)
+        self.auth = node_authenticator(config)
         self.metrics = NodeMetrics()
         self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
                                        timeout=config.request_timeout,
@@ -188,12 +211,11 @@ class Node(service.MultiService):
         self.coordinator.operations.register("cluster_info", lambda _: self.cluster_info())
         self.stored_keys_at_start = self.store.scan()  # builds the hint index and the Merkle trees
         peer_factory = PeerServerFactory(self.coordinator.handle_peer_request, reactor, config.max_frame_size,
-                                         self.writer)
+                                         self.writer, tls=self.tls is not None)
         self.api = Api(self)
-        for address, factory in ((config.peer, peer_factory), (config.http, self.api.factory())):
-            listener = strports.service(_listen_description(address), factory, reactor=reactor)
-            listener._raiseSynchronously = True  # a port in use fails start-up instead of being logged
-            listener.setServiceParent(self)
+        tls = self.tls
+        Listener(reactor, config.peer, peer_factory, tls and tls.peer_server_options()).setServiceParent(self)
+        Listener(reactor, config.http, self.api.factory(), tls and tls.http_server_options()).setServiceParent(self)
 
     def _quiet_for_reaping(self) -> bool:
         """Tombstones go only while no change moves data and every member is up (a member that
@@ -212,7 +234,7 @@ class Node(service.MultiService):
 
     def _new_peer(self, member: MemberEntry) -> PeerClient:
         return PeerClient(member.id, member.peer, self.reactor, handler=self.coordinator.handle_peer_request,
-                          max_frame=self.config.max_frame_size, writer=self.writer)
+                          max_frame=self.config.max_frame_size, writer=self.writer, tls=self.tls)
 
     def _connect_members(self, state: ClusterState) -> None:
         """A peer client per active member (started when the node runs), none for departed ones."""
@@ -286,7 +308,8 @@ class Node(service.MultiService):
         if [m.id for m in self.gossip.state.active()] != [self.node_id]:
             raise MembershipError(f"{self.node_id} is already in a cluster of {len(self.gossip.state.active())} "
                                   "members; it can join another only with an empty data dir")
-        client = PeerClient("seed", seed, self.reactor, max_frame=self.config.max_frame_size)
+        client = PeerClient("seed", seed, self.reactor, max_frame=self.config.max_frame_size, tls=self.tls,
+                            any_node_will_do=True)
         client.start()
         try:
             try:

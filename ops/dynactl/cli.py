@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from dynactl import cli_deploy, cli_host, cli_membership, cli_testbed
+from dynactl import cli_certs, cli_deploy, cli_host, cli_membership, cli_testbed
 from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, show_value
@@ -368,7 +368,8 @@ def local_status(ctx: Context, directory: str) -> None:
                      headers=["node", "http", "peer", "pid", "serving"])
 
 
-for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS, *cli_membership.COMMANDS):
+for _command in (*cli_host.COMMANDS, *cli_testbed.COMMANDS, *cli_deploy.COMMANDS, *cli_membership.COMMANDS,
+                 *cli_certs.COMMANDS):
     cli.add_command(_command)
 for _command in cli_membership.LOCAL_COMMANDS:
     local.add_command(_command)

@@ -30,6 +30,7 @@ from dynamod.net.operations import (
     local_error,
 )
 from dynamod.node import Node
+from dynamod.security.identity import Principal
 from dynamod.storage.store import StorageBroken
 
 LIMITS = PeerLimits(n=3, partitions=16, max_value_size=1024, max_key_size=4096, tree_depth=4)
@@ -109,7 +110,8 @@ class Recording:
     def __init__(self, operations: PeerOperations):
         self.calls: list[tuple[str, object]] = []
         for op in OPERATIONS:
-            operations.register(op.name, lambda arguments, name=op.name: self.calls.append((name, arguments)) or name)
+            operations.register(op.name, lambda arguments, *caller, name=op.name:
+                                self.calls.append((name, arguments)) or name)
 
 
 def served(stopping: bool = False) -> tuple[PeerOperations, Recording]:
@@ -311,3 +313,21 @@ def test_a_forwarded_put_the_replica_refuses_for_size_is_key_too_large_at_the_fo
     failures = []
     network.nodes[outsider].put(key, b"x" * 2000, CausalContext(), 2).addErrback(failures.append)
     assert failures and failures[0].check(KeyTooLarge) and failures[0].value.limit == 1500
+
+
+def test_over_tls_a_peer_speaks_only_for_itself():
+    operations, handlers = served()
+    n2 = Principal("node", "n2")
+    join = ["n9", "127.0.0.1:7009", "127.0.0.1:8009"]
+    refused = refusal_from(operations, "join", join, n2)
+    assert refused.code == Code.FORBIDDEN and "'n9'" in refused.message and "'n2'" in refused.message
+    assert refusal_from(operations, "goodbye", ["n3"], n2).code == Code.FORBIDDEN
+    assert handlers.calls == []
+    assert operations.answer("goodbye", ["n2"], n2) == "goodbye"
+    assert operations.answer("join", ["n2", "127.0.0.1:7002", "127.0.0.1:8002"], n2) == "join"
+
+
+def refusal_from(operations: PeerOperations, op: str, payload: object, caller: Principal) -> PeerRefusal:
+    with pytest.raises(PeerRefusal) as refused:
+        operations.answer(op, payload, caller)
+    return refused.value

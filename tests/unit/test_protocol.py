@@ -25,7 +25,7 @@ from dynamod.net.protocol import (
 )
 
 
-def echo_handler(op, payload):
+def echo_handler(op, payload, caller=None):
     if op == "echo":
         return payload
     if op == "later":
@@ -344,7 +344,7 @@ def test_a_connection_that_serves_nothing_answers_unknown_operation():
 
 def test_an_answer_msgpack_cannot_carry_is_answered_internal_and_logged_once():
     clock = Clock()
-    server = PeerProtocol(lambda op, payload: object(), clock)
+    server = PeerProtocol(lambda op, payload, caller: object(), clock)
     client = PeerProtocol(None, clock)
     _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
     answer = client.call("anything", None, timeout=5)

@@ -196,6 +196,13 @@ class Api:
         """Answer one request (the ``HttpProtocol`` handler)."""
         op, handler = self._route(request)
         started = time.perf_counter()
+        auth = self.node.auth
+        if auth is not None:
+            refusal = auth.refusal(op, request.client, request.headers.get(b"authorization"))
+            if refusal is not None:
+                challenge = (("WWW-Authenticate", 'Bearer realm="dynamod"'),) if refusal.status == 401 else ()
+                return self._observe(HttpResponse.json(refusal.status, {"error": refusal.reason}, challenge),
+                                     op, started)
         try:
             result = handler(request)
         except Exception:  # noqa: BLE001 - mapped to a JSON error below

@@ -35,6 +35,7 @@ from dynamod.core.keys import MAX_KEY_BYTES, key_problem
 from dynamod.core.membership import MalformedState, state_from_wire
 from dynamod.core.merkle import DEFAULT_DEPTH
 from dynamod.core.sizes import KeyTooLarge
+from dynamod.security.identity import Principal
 from dynamod.storage.engine import EnvironmentFailed
 from dynamod.storage.store import StorageBroken
 
@@ -51,6 +52,7 @@ class Code(enum.StrEnum):
     KEY_TOO_LARGE = "key_too_large"
     CONFLICT = "conflict"
     UNAVAILABLE = "unavailable"
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
 
 
@@ -66,6 +68,8 @@ CODES: Mapping[Code, tuple[str, LogLevel]] = {
                     "ring version, an unknown member, the state of another cluster", LogLevel.info),
     Code.UNAVAILABLE: ("this node cannot serve it now: its storage failed, or a node it needed did not answer",
                        LogLevel.info),
+    Code.FORBIDDEN: ("the caller's certificate names another node than the one the request speaks for, or "
+                     "one this cluster does not know", LogLevel.warn),
     Code.INTERNAL: ("a bug at the answering node, logged there with its traceback", LogLevel.error),
 }
 
@@ -115,6 +119,10 @@ class Conflict(PeerRefusal):
 
 class Unavailable(PeerRefusal):
     code = Code.UNAVAILABLE
+
+
+class Forbidden(PeerRefusal):
+    code = Code.FORBIDDEN
 
 
 class PeerError(Exception):
@@ -521,13 +529,19 @@ class TreeNodes(Schema):
 @attrs.frozen
 class Operation:
     """One peer operation: its payload's schema, whether a stopping node refuses it, the codes
-    its handler may answer besides those every operation may (``COMMON_CODES``), and what it does."""
+    its handler may answer besides those every operation may (``COMMON_CODES``), and what it does.
+
+    Over TLS a peer speaks only for itself: ``speaks_for`` is the index of the argument naming
+    the node the request is from (it must be the one the caller's certificate names), and a
+    handler that judges the caller itself (gossip) is declared ``takes_caller`` and gets it."""
 
     name: str
     schema: Schema
     refused_while_stopping: bool
     codes: tuple[Code, ...]
     doc: str
+    speaks_for: int | None = None
+    takes_caller: bool = False
 
 
 #: Any operation may be refused for these.
@@ -558,16 +572,17 @@ OPERATIONS: tuple[Operation, ...] = (
               "anti-entropy: [key, stored record] of every key in the given leaves of a partition"),
     Operation("hints_for", Text(), False, (),
               "keys held here as hints for the named node (the warnings of a replace or remove plan)"),
-    Operation("goodbye", Fields((("node", Text()),)), False, (Code.CONFLICT,),
-              "the named peer is stopping: take it for down until it answers again"),
-    Operation("gossip", ClusterStateWire(), False, (Code.CONFLICT,),
-              "merge the sender's cluster state; answers this node's"),
+    Operation("goodbye", Fields((("node", Text()),)), False, (Code.CONFLICT, Code.FORBIDDEN),
+              "the named peer is stopping: take it for down until it answers again", speaks_for=0),
+    Operation("gossip", ClusterStateWire(), False, (Code.CONFLICT, Code.FORBIDDEN),
+              "merge the sender's cluster state; answers this node's (over TLS, only from a node that one "
+              "of the two states lists)", takes_caller=True),
     Operation("join",
               Fields((("id", Text()), ("peer", Address()), ("http", Address())),
                      optional=(("options", Options((("replace", Text()), ("dry_run", Bool())))),)),
-              False, (Code.CONFLICT,),
+              False, (Code.CONFLICT, Code.FORBIDDEN),
               "at a seed: admit the sender (or replace a dead member with it); answers the new state, "
-              "or {state, plan} when options are given"),
+              "or {state, plan} when options are given", speaks_for=0),
     Operation("cluster_info", Nil(), False, (),
               "what a joining node checks first: cluster name, n, partitions, mode, members"),
     Operation("reap", Fields((_KEY, ("digest", Bytes(DIGEST_BYTES, DIGEST_BYTES)))), False, (Code.UNAVAILABLE,),
@@ -593,8 +608,8 @@ def describe_operations(operations: Sequence[Operation] = OPERATIONS) -> str:
 
 
 #: ``handler(arguments) -> answer or Deferred``; ``arguments`` is the payload as checked (and
-#: decoded) by the operation's schema.
-Handler = Callable[[Any], Any]
+#: decoded) by the operation's schema (``handler(arguments, caller)`` for ``takes_caller``).
+Handler = Callable[..., Any]
 
 
 class PeerOperations:
@@ -621,9 +636,10 @@ class PeerOperations:
         """Declared operations no handler was registered for."""
         return [name for name in self._declared if name not in self._handlers]
 
-    def answer(self, op: str, payload: Any) -> Any:
+    def answer(self, op: str, payload: Any, caller: Principal | None = None) -> Any:
         """Answer one request (the ``PeerProtocol`` handler): the handler's answer, or a Deferred
-        of it; raises (or fails with) a ``PeerRefusal``."""
+        of it; raises (or fails with) a ``PeerRefusal``. ``caller`` is whom the connection's
+        certificate names (None without TLS)."""
         operation, handler = self._declared.get(op), self._handlers.get(op)
         if operation is None or handler is None:
             raise self._refused(op, UnknownOperation(f"unknown peer operation {op[:64]!r}"))
@@ -635,8 +651,11 @@ class PeerOperations:
             raise self._refused(op, BadRequest(f"{op}: {exc}")) from None
         except Exception:  # noqa: BLE001 - a schema that does not turn bad input into Malformed: a bug
             raise self._failed(op, Failure()) from None
+        if caller is not None and operation.speaks_for is not None and arguments[operation.speaks_for] != caller.name:
+            raise self._refused(op, Forbidden(f"{op} for {str(arguments[operation.speaks_for])[:64]!r} from a "
+                                              f"connection whose certificate names {caller.name!r}"))
         try:
-            answer = handler(arguments)
+            answer = handler(arguments, caller) if operation.takes_caller else handler(arguments)
         except Exception:  # noqa: BLE001 - typed, or logged as the bug it is
             raise self._failed(op, Failure()) from None
         if isinstance(answer, defer.Deferred):

@@ -5,6 +5,10 @@ reconnects with exponential backoff. A call made while the peer is known unreach
 (so a quorum learns of the failure without waiting for its deadline); the service keeps retrying
 in the background and calls succeed again as soon as the peer answers. Observers (the failure
 detector) hear of every connection opened, lost or refused as it happens.
+
+With TLS (``TlsMaterial`` given) both ends present node certificates of the cluster CA: the
+listener accepts any node of the CA (what each request may claim is judged per operation), a
+client accepts only the node it meant to reach (or, for a join's seed, any node).
 """
 
 from __future__ import annotations
@@ -14,13 +18,32 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
 
 from dynamod.core.addresses import split_host_port
-from dynamod.net.protocol import DEFAULT_MAX_FRAME, SILENT, PeerProtocol, PeerUnavailable, RequestHandler
+from dynamod.net.protocol import DEFAULT_MAX_FRAME, SILENT, IdentityCheck, PeerProtocol, PeerUnavailable, RequestHandler
 from dynamod.net.writes import Coalescer
+from dynamod.security.identity import Principal
+from dynamod.security.tls import TlsMaterial
+
+
+def any_node(principal: Principal | None) -> str | None:
+    """Accept a peer whose certificate names a node (a client certificate, or none, is refused)."""
+    if principal is None or not principal.is_node:
+        return "its certificate names no node (a client certificate, or none)"
+    return None
+
+
+def node_named(node_id: str) -> IdentityCheck:
+    """Accept only the node ``node_id``."""
+    def check(principal: Principal | None) -> str | None:
+        problem = any_node(principal)
+        if problem is None and principal.name != node_id:
+            problem = f"its certificate names node {principal.name!r}, not {node_id!r}"
+        return problem
+    return check
 
 
 class PeerServerFactory(Factory):
@@ -29,14 +52,15 @@ class PeerServerFactory(Factory):
     noisy = False
 
     def __init__(self, handler: RequestHandler, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME,
-                 writer: Coalescer | None = None):
+                 writer: Coalescer | None = None, tls: bool = False):
         self.handler = handler
         self.clock = clock
         self.max_frame = max_frame
         self.writer = writer
+        self.identity_check = any_node if tls else None
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
-        protocol = PeerProtocol(self.handler, self.clock, self.max_frame, self.writer)
+        protocol = PeerProtocol(self.handler, self.clock, self.max_frame, self.writer, self.identity_check)
         protocol.factory = self
         return protocol
 
@@ -66,7 +90,8 @@ class _ClientFactory(Factory):
         self.client = client
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
-        protocol = PeerProtocol(self.client.handler, self.client.clock, self.client.max_frame, self.client.writer)
+        client = self.client
+        protocol = PeerProtocol(client.handler, client.clock, client.max_frame, client.writer, client.identity_check)
         protocol.on_connected = self.client._connected
         protocol.on_disconnected = self.client._disconnected
         protocol.factory = self
@@ -78,7 +103,8 @@ class PeerClient:
 
     def __init__(self, peer_id: str, address: str, reactor: IReactorTCP, *, clock: IReactorTime | None = None,
                  handler: RequestHandler | None = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 max_backoff: float = 1.0, writer: Coalescer | None = None):
+                 max_backoff: float = 1.0, writer: Coalescer | None = None, tls: TlsMaterial | None = None,
+                 any_node_will_do: bool = False):
         self.peer_id = peer_id
         self.address = address
         self.clock = clock or reactor
@@ -89,7 +115,12 @@ class PeerClient:
         self.last_error: str | None = None
         self._observers: list[tuple[Callable[[], None], Callable[[str], None]]] = []
         host, port = split_host_port(address)
-        endpoint = _ObservedEndpoint(TCP4ClientEndpoint(reactor, host, port, timeout=2), self)
+        self.identity_check: IdentityCheck | None = None
+        tcp: Any = TCP4ClientEndpoint(reactor, host, port, timeout=2)
+        if tls is not None:
+            tcp = wrapClientTLS(tls.peer_client_options(), tcp)
+            self.identity_check = any_node if any_node_will_do else node_named(peer_id)
+        endpoint = _ObservedEndpoint(tcp, self)
         self.service = ClientService(
             endpoint, _ClientFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=max_backoff, factor=2.0),
@@ -120,6 +151,9 @@ class PeerClient:
             opened()
 
     def _disconnected(self, protocol: PeerProtocol) -> None:
+        if self.protocol is not protocol and protocol.lost_reason and protocol.lost_reason.startswith("refused"):
+            self.last_error = protocol.lost_reason  # the handshake named someone else
+            self._tell_lost(self.last_error)
         if self.protocol is protocol:
             self.protocol = None
             self.last_error = self.last_error or "connection lost"

@@ -6,7 +6,9 @@ trips/s between two processes, against ~25k for twisted.web, and AMP caps values
 * ``[0, id, op, payload]`` a request, ``[1, id, value]`` its answer, ``[2, id, [code, message]]``
   a refusal (``dynamod.net.operations``: the codes, and the operations with their schemas).
 
-Either side of a connection may send requests. A frame that does not decode, or one over the frame
+Either side of a connection may send requests. Over TLS (``identity_check`` given) the connection
+counts as made only once the handshake is done and the other side's certificate names whom this
+side accepts; each request is then answered knowing its ``caller``. A frame that does not decode, or one over the frame
 limit, closes that connection (logged once); the node keeps serving everything else.
 
 Frames are received in linear time: the pieces of a frame that spans reads are kept as they
@@ -24,10 +26,11 @@ from typing import Any
 
 import msgpack
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dynamod.net.operations import (
     Code,
@@ -38,6 +41,8 @@ from dynamod.net.operations import (
     error_payload,
 )
 from dynamod.net.writes import Coalescer, DirectWriter
+from dynamod.security.identity import Principal
+from dynamod.security.tls import peer_principal
 
 __all__ = ["DEFAULT_MAX_FRAME", "ERROR", "REQUEST", "RESPONSE", "SILENT", "FrameError", "PeerError",
            "PeerProtocol", "PeerTimeout", "PeerUnavailable", "RequestHandler", "decode_frame", "encode_frame"]
@@ -59,9 +64,13 @@ class FrameError(ValueError):
     """A frame that is not one of the three message shapes."""
 
 
-#: ``handler(op, payload) -> value or Deferred``; raising a ``PeerRefusal`` answers the request
+#: ``handler(op, payload, caller) -> value or Deferred``; ``caller`` is the principal the other
+#: side's certificate names (None without TLS). Raising a ``PeerRefusal`` answers the request
 #: with its code, anything else with ``internal`` (logged here with its traceback).
-RequestHandler = Callable[[str, Any], Any]
+RequestHandler = Callable[[str, Any, Principal | None], Any]
+
+#: ``identity_check(principal) -> None if accepted, else why not`` (TLS connections only).
+IdentityCheck = Callable[[Principal | None], str | None]
 
 
 def encode_frame(message: list) -> bytes:
@@ -86,14 +95,18 @@ def decode_frame(frame: bytes) -> list:
     return message
 
 
+@implementer(IHandshakeListener)
 class PeerProtocol(Protocol):
     """One peer connection: answers requests with ``handler`` and matches responses to calls."""
 
     log = Logger()
 
     def __init__(self, handler: RequestHandler | None, clock: IReactorTime, max_frame: int = DEFAULT_MAX_FRAME,
-                 writer: Coalescer | DirectWriter | None = None):
+                 writer: Coalescer | DirectWriter | None = None, identity_check: IdentityCheck | None = None):
         self.handler = handler
+        self.identity_check = identity_check
+        #: Whom the other side's certificate names, once the TLS handshake accepted it.
+        self.caller: Principal | None = None
         self.clock = clock
         self.writer = writer or DirectWriter()
         #: The largest frame taken; a longer one closes the connection.
@@ -123,6 +136,22 @@ class PeerProtocol(Protocol):
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        if self.identity_check is None and self.on_connected:
+            self.on_connected(self)
+
+    def handshakeCompleted(self) -> None:
+        """TLS only: accept the other side if its certificate names whom this side expects."""
+        if self.identity_check is None:
+            return
+        principal = peer_principal(self.transport)
+        problem = self.identity_check(principal)
+        if problem is not None:
+            self.log.warn("refused peer connection {peer}: {problem}", peer=str(self.transport.getPeer()),
+                          problem=problem)
+            self.lost_reason = f"refused: {problem}"
+            self._close()
+            return
+        self.caller = principal
         if self.on_connected:
             self.on_connected(self)
 
@@ -273,12 +302,14 @@ class PeerProtocol(Protocol):
             waiter.errback(PeerError.from_wire(message[2]))
 
     def _answer(self, request_id: int, op: str, payload: Any) -> None:
+        if self.identity_check is not None and self.caller is None:
+            return  # not accepted (yet): nothing is answered before the identity is known
         if self.handler is None:
             self.sendString(encode_frame([ERROR, request_id, [str(Code.UNKNOWN_OPERATION),
                                                               "this side of the connection serves no requests"]]))
             return
         try:
-            result = self.handler(op, payload)
+            result = self.handler(op, payload, self.caller)
         except Exception:  # noqa: BLE001 - answered as an error
             self._reply_error(Failure(), request_id, op)
             return

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime
 
 
 def write_through(transport: Any, data: bytes) -> None:
-    """Send ``data`` now if the transport has nothing queued, else queue it behind the rest."""
-    sock = getattr(transport, "socket", None)
+    """Send ``data`` now if the transport has nothing queued, else queue it behind the rest.
+    Only a plain TCP connection is written to directly: a TLS transport forwards attribute
+    lookups (``socket`` among them) to the TCP connection under it, whose socket carries the
+    encrypted stream."""
+    sock = transport.socket if isinstance(transport, tcp.Connection) else None
     if (sock is None or getattr(transport, "dataBuffer", b"x") or getattr(transport, "_tempDataBuffer", True)
             or not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True)):
         transport.write(data)

@@ -1,0 +1,1 @@
+"""Transport security and authentication: certificate identities, TLS contexts, HTTP roles."""
