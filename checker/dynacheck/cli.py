@@ -108,6 +108,9 @@ def cli() -> None:
 @click.option("--max-context-entries", type=click.IntRange(1, 10000),
               help="the nodes' bound on a causal context for this run (default: the node's, 64): below the actors "
                    "a key sees (each coordinator, and each restart of one, is a new actor), truncation is under test")
+@click.option("--tls", is_flag=True,
+              help="a secured cluster: mutual TLS between the nodes, the checker over HTTPS with an admin client "
+                   "certificate (--local, --testbed: made here; --nodes-file: its \"tls\" object names them)")
 @click.option("--store", default="store", show_default=True, help="the store directory")
 @click.option("--name", help="test name in the store (default: WORKLOAD-MODE-NEMESES)")
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -115,7 +118,7 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
         nemesis: str, time_limit: float, concurrency: int, rate: float, keys: int, mode: str, replicas: int,
         read_quorum: int, write_quorum: int, seed: int | None, nemesis_interval: float, nemesis_duration: float,
         convergence_timeout: float, quiet_margin: float, store: str, name: str | None, output: str,
-        max_context_entries: int | None = None, spares: int | None = None) -> None:
+        max_context_entries: int | None = None, spares: int | None = None, tls: bool = False) -> None:
     """Run one test against a cluster and print the verdict and the run's store path."""
     from dynacheck.runner import Options, run_test
     targets = [flag for flag, value in (("--local", local), ("--testbed", testbed), ("--nodes-file", nodes_file))
@@ -141,17 +144,37 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
                                "did not see, by design")
     if nodes_file and not Path(nodes_file).is_file():
         raise click.UsageError(f"--nodes-file {nodes_file}: no such file")
+    if nodes_file:
+        _check_nodes_file_tls(nodes_file, tls)
     options = Options(workload=workload, nemesis=faults, time_limit=time_limit, concurrency=concurrency, rate=rate,
                       keys=keys, mode=mode, n=replicas, r=read_quorum, w=write_quorum,
                       seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
                       nemesis_interval=nemesis_interval, nemesis_duration=nemesis_duration,
                       convergence_timeout=convergence_timeout, quiet_margin=quiet_margin, local=local, testbed=testbed,
                       testbed_dir=testbed_dir, nodes_file=nodes_file, store=store, name=name,
-                      max_context_entries=max_context_entries,
+                      max_context_entries=max_context_entries, tls=tls,
                       spares=spares if spares is not None else DEFAULT_SPARES * ("membership" in faults))
     signal.signal(signal.SIGTERM, _interrupt)  # heal and tear down on SIGTERM as on Ctrl-C
     run_dir, results, code = run_test(options)
     _report(run_dir, results, code, output)
+
+
+def _check_nodes_file_tls(nodes_file: str, tls: bool) -> None:
+    """A nodes file says how to reach secured nodes exactly when the run is secured (--tls)."""
+    from dynactl.credentials import HOST_CREDENTIALS_VAR, host_credentials, nodes_file_credentials
+    from dynactl.inventory import InventoryError, load_hosts
+    from dynamod.client import CredentialsError
+
+    try:
+        named = nodes_file_credentials(nodes_file) or host_credentials(load_hosts(nodes_file)[0])
+    except (InventoryError, CredentialsError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if tls and named is None:
+        raise click.UsageError(f'--tls: {nodes_file} does not say how to reach the secured nodes: give it a "tls" '
+                               f'object {{"ca", "cert", "key", "token"}} (nodes.json) or the {HOST_CREDENTIALS_VAR} '
+                               "variable (inventory)")
+    if named is not None and not tls:
+        raise click.UsageError(f"{nodes_file} names TLS credentials: its cluster is secured, run with --tls")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynacheck.history import FAIL, INFO, OK, Op
-from dynamod.client import ClientError, DynamoClient, GetResult, NodeUnavailable, QuorumError
+from dynamod.client import ClientError, Credentials, DynamoClient, GetResult, NodeUnavailable, QuorumError
 from dynamod.core.encoding import DecodeError, decode_context
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -99,11 +99,13 @@ class Client:
     thread's current node; when that node refuses the connection (nothing was done) the op is
     tried on the next node, and after a failure or an unknown outcome the thread moves on to the
     next node for its later ops, so the cluster stays under load through every fault. An op that
-    names its ``node`` (the final reads) goes there only."""
+    names its ``node`` (the final reads) goes there only. A secured cluster is reached with
+    ``credentials``."""
 
     def __init__(self, addresses: dict[str, str], default_node: str, timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                 failover: bool = True):
+                 failover: bool = True, credentials: Credentials | None = None):
         self.addresses, self.timeout, self.failover = addresses, timeout, failover
+        self.credentials = credentials
         self.nodes = list(addresses)
         self.current = self.nodes.index(default_node) if default_node in self.nodes else 0
         self.default_node = default_node
@@ -111,7 +113,8 @@ class Client:
 
     def _client(self, node: str) -> DynamoClient:
         if node not in self.connections:
-            self.connections[node] = DynamoClient(self.addresses[node], timeout=self.timeout)
+            self.connections[node] = DynamoClient(self.addresses[node], timeout=self.timeout,
+                                                  credentials=self.credentials)
         return self.connections[node]
 
     @property

@@ -11,6 +11,10 @@ is installed but not started, with itself as its only member in node.toml (``dyn
 and ansible ``join.yml`` do the same), so that once started it is alone and can join. The member
 list changes during the run (``admit``, ``depart``, ``retire``); everything that acts on "the
 nodes" (faults, heal, polls, final reads) acts on the current members.
+
+A secured run (``--tls``) reaches the nodes with the credentials its hosts carry
+(``dynactl.credentials``): for ``--local`` and ``--testbed``, whose hosts share this machine's file
+system, a CA and certificates are made here (``secure_hosts``); a nodes file names them itself.
 """
 
 from __future__ import annotations
@@ -28,17 +32,23 @@ from typing import Any
 
 import attrs
 
+from dynactl.certs import CertsError
+from dynactl.credentials import host_credentials, make_authority, node_tls_settings, with_credentials
 from dynactl.deploy import install, render_node_toml, service_command, wait_deployed
 from dynactl.inventory import Host
 from dynactl.local import port_is_free
 from dynactl.remote import HostResult, Hosts, LocalHosts
-from dynamod.client import DynamoClient
+from dynamod.client import Credentials, DynamoClient
 
 #: Node settings for checker runs: faults are noticed and repaired in seconds, not minutes. An
 #: exchange every 0.1 s lets anti-entropy sweep a 3-node, 16-partition cluster's 32 replica pairs
 #: in ~3 s, so a lost disk is known refilled soon enough for the next one.
 TEST_NODE_CONFIG = {"request_timeout": 1.0, "handoff_interval": 0.5, "anti_entropy_interval": 0.1,
                     "heartbeat_interval": 0.5, "gossip_interval": 0.5, "transfer_interval": 0.5}
+
+#: The checker's client certificate in a CA it makes (admin: the membership nemesis joins and removes
+#: nodes, the replica monitor reads /admin/replica).
+CHECKER_CLIENT = "dynacheck"
 
 
 class DbError(Exception):
@@ -125,10 +135,16 @@ class Cluster:
         """node id -> HOST:PORT of its HTTP API."""
         return {host.name: host.http for host in self.hosts}
 
+    @property
+    def credentials(self) -> Credentials | None:
+        """How the checker reaches the nodes: the credentials the hosts carry (None: plain HTTP)."""
+        return host_credentials(self.roster[0]) if self.roster else None
+
     @contextlib.contextmanager
     def clients(self, timeout: float) -> Iterator[dict[str, DynamoClient]]:
         """An HTTP client per node (node id -> client), closed on leaving the block."""
-        clients = {node: DynamoClient(address, timeout=timeout) for node, address in self.addresses().items()}
+        clients = {node: DynamoClient(address, timeout=timeout, credentials=self.credentials)
+                   for node, address in self.addresses().items()}
         try:
             yield clients
         finally:
@@ -270,11 +286,31 @@ def local_hosts(count: int, directory: Path) -> list[Host]:
     return hosts
 
 
+def secure_hosts(hosts: list[Host], directory: Path) -> list[Host]:
+    """``hosts`` secured with a CA and certificates made in ``directory`` (for nodes that read them
+    from this machine's file system): each node's config names its own certificate (for the host
+    it is reached at), its key and the CA, and each host carries the checker's admin credentials."""
+    try:
+        credentials = make_authority(directory, "dynacheck", CHECKER_CLIENT)
+        secured = []
+        for host in hosts:
+            tls = node_tls_settings(directory, host.name, [host.http, host.peer])
+            config = {**(host.var("dynamod_extra_config") or {}), **tls}
+            secured.append(with_credentials(attrs.evolve(host, vars={**host.vars, "dynamod_extra_config": config}),
+                                            credentials))
+    except CertsError as exc:
+        raise DbError(f"making the certificates in {directory}: {exc}") from None
+    return secured
+
+
 def local_cluster(count: int, settings: dict[str, Any], faketime: bool, spares: int = 0,
-                  node_config: dict[str, Any] | None = None) -> Cluster:
-    """A --local cluster of ``count`` members and ``spares`` spare nodes in a fresh scratch directory."""
+                  node_config: dict[str, Any] | None = None, tls: bool = False) -> Cluster:
+    """A --local cluster of ``count`` members and ``spares`` spare nodes in a fresh scratch directory
+    (secured with ``tls``: its certificates in the directory's ``certs``)."""
     directory = Path(tempfile.mkdtemp(prefix="dynacheck-local-"))
     hosts = [with_test_settings(host, settings, faketime, node_config)
              for host in local_hosts(count + spares, directory)]
+    if tls:
+        hosts = secure_hosts(hosts, directory / "certs")
     return Cluster(hosts=hosts[:count], spares=hosts[count:], control=LocalHosts(hosts), local_dir=directory,
                    faketime=faketime)

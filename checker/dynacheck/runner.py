@@ -27,7 +27,7 @@ from dynacheck import store
 from dynacheck.checkers import check_all, merge_valid
 from dynacheck.checkers.convergence import ring_owners, round_verdict
 from dynacheck.client import Client, version_entry
-from dynacheck.db import Cluster, local_cluster, with_test_settings
+from dynacheck.db import Cluster, local_cluster, secure_hosts, with_test_settings
 from dynacheck.generator import (
     SECOND,
     ClientOps,
@@ -46,6 +46,7 @@ from dynacheck.nemesis import Fault, make_faults, results_document
 from dynacheck.nemesis.storage import Skipped, release_command
 from dynacheck.progress import Progress
 from dynacheck.workloads import workload
+from dynactl.credentials import host_credentials, nodes_file_credentials, with_credentials
 from dynactl.inventory import load_hosts
 from dynactl.remote import SshHosts
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
@@ -87,6 +88,8 @@ class Options:
     #: The nodes' max_context_entries for this run (None: the node default), so that a key's actors
     #: outnumber it and context truncation runs under test (``--max-context-entries``).
     max_context_entries: int | None = None
+    #: A secured cluster (``--tls``): mutual TLS between the nodes, the checker's clients over HTTPS.
+    tls: bool = False
 
     def test_name(self) -> str:
         faults = "-".join(self.nemesis) or "none"
@@ -98,7 +101,8 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
     settings = {"mode": options.mode, "n": options.n, "r": options.r, "w": options.w, "partitions": 16}
     faketime = "clock" in options.nemesis
     if options.local:
-        return local_cluster(options.local, settings, faketime, options.spares, node_config(options)), None
+        return local_cluster(options.local, settings, faketime, options.spares, node_config(options),
+                             tls=options.tls), None
     created = None
     count = None
     if options.testbed:
@@ -124,6 +128,14 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
     try:
         hosts = [with_test_settings(host, settings, faketime, node_config(options))
                  for host in load_hosts(nodes_file)[:count]]
+        if options.tls and options.testbed:
+            # The testbed's hosts are namespaces of this machine: its file system is theirs.
+            hosts = secure_hosts(hosts, Path(options.testbed_dir) / "certs")
+        elif options.tls:
+            # Hosts elsewhere have their certificates already (Ansible's dynamod_tls); the nodes file
+            # (or an inventory's dynactl_tls) names how the checker reaches them: one set, parsed once.
+            credentials = nodes_file_credentials(nodes_file) or host_credentials(hosts[0])
+            hosts = [with_credentials(host, credentials) for host in hosts]
     except BaseException:
         if created is not None:
             created.down()
@@ -248,7 +260,8 @@ class Test:
         def executor_for(thread: Any) -> Callable[[Op], Op]:
             if thread == NEMESIS:
                 return self._nemesis_op
-            clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
+            clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout,
+                                     credentials=self.cluster.credentials)
             versions[thread] = version
             return lambda op: clients[thread](op)
 
@@ -264,7 +277,8 @@ class Test:
                 ids = list(members)
                 start = old.current_node if old.current_node in members else ids[thread % len(ids)]
                 old.close()
-                clients[thread] = Client(members, start, timeout=self.options.client_timeout)
+                clients[thread] = Client(members, start, timeout=self.options.client_timeout,
+                                         credentials=self.cluster.credentials)
             versions[thread] = now
 
         def record(op: Op) -> Op:

@@ -2,6 +2,11 @@
 
 One keep-alive connection per client object (not thread-safe: give each thread its own client).
 Answers map to results; errors to exceptions that carry the node's JSON reason.
+
+Against a secured cluster (nodes with ``tls_cert``, ``tls_key``, ``tls_ca``) a client is given
+``Credentials``: it speaks HTTPS, verifies the node's certificate against the cluster CA (host
+names included: a node certificate lists the hosts it is reached at) and authenticates with a
+client certificate of that CA, a bearer token, or both.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import base64
 import http.client
 import json
 import select
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -38,7 +44,102 @@ class QuorumError(ClientError):
 
 
 class NodeUnavailable(Exception):
-    """The node could not be reached, or the connection broke before an answer."""
+    """The node could not be reached, or the connection broke before an answer (a TLS handshake
+    that failed included: the message says why)."""
+
+
+class CredentialsError(ValueError):
+    """Credentials that cannot be used (a missing or unreadable file, a key that does not match its
+    certificate); the message names the file."""
+
+
+def _check_text(value: Any, name: str) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise CredentialsError(f"the TLS credential {name!r} must be a non-empty string, not {value!r}")
+
+
+@attrs.frozen
+class Credentials:
+    """How to reach the HTTP API of a secured cluster: the cluster CA that signed the nodes'
+    certificates, and a client certificate (with its key) and/or a bearer token to authenticate.
+
+    The ``ssl.SSLContext`` is made on first use and kept, so that every connection of a process
+    shares it (its TLS session cache too) and the files are read once."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    token: str | None = None
+    #: Holds the context once made (a list: the instance itself is frozen).
+    _made_context: list[ssl.SSLContext] = attrs.field(factory=list, init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("ca", "cert", "key", "token"):
+            _check_text(getattr(self, name), name)
+        if self.ca is None:
+            raise CredentialsError("TLS credentials need the cluster CA (ca)")
+        if (self.cert is None) != (self.key is None):
+            raise CredentialsError("a client certificate needs its key and a key its certificate (cert and key)")
+
+    @classmethod
+    def from_json(cls, document: Any, source: str = "credentials") -> Credentials:
+        """Credentials from ``{"ca", "cert"?, "key"?, "token"?}``; CredentialsError naming ``source``."""
+        if not isinstance(document, dict):
+            raise CredentialsError(f'{source}: expected an object {{"ca", "cert", "key", "token"}}, not {document!r}')
+        unknown = sorted(set(document) - {"ca", "cert", "key", "token"})
+        if unknown:
+            raise CredentialsError(f"{source}: unknown field(s) {', '.join(unknown)} (ca, cert, key, token)")
+        try:
+            return cls(ca=document.get("ca"), cert=document.get("cert"), key=document.get("key"),
+                       token=document.get("token"))
+        except CredentialsError as exc:
+            raise CredentialsError(f"{source}: {exc}") from None
+
+    def as_json(self) -> dict[str, str]:
+        """The fields that are set, as ``from_json`` reads them."""
+        fields = {"ca": self.ca, "cert": self.cert, "key": self.key, "token": self.token}
+        return {name: value for name, value in fields.items() if value is not None}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client TLS context (made once): the CA verifies the node and its host name, the
+        client certificate is presented when there is one. CredentialsError when a file is unusable."""
+        if not self._made_context:
+            self._made_context.append(self._make_context())
+        return self._made_context[0]
+
+    def _make_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+        except OSError as exc:  # ssl.SSLError included: not a PEM certificate
+            raise CredentialsError(f"cannot use the CA file {self.ca}: {_reason(exc)}") from None
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except OSError as exc:  # ssl.SSLError included: not PEM, or a key of another certificate
+                raise CredentialsError(f"cannot use the client certificate {self.cert} with the key {self.key}: "
+                                       f"{_reason(exc)}") from None
+        return context
+
+    def headers(self) -> dict[str, str]:
+        """The headers every request carries: the bearer token's."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def _reason(exc: OSError) -> str:
+    """An OS or TLS error's reason, without the errno or the OpenSSL source location."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why a request got no answer, for people: a TLS failure says what went wrong in the handshake."""
+    if isinstance(exc, ssl.SSLError):
+        plain = " (does the node serve plain HTTP, without TLS?)" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS: {_reason(exc)}{plain}"
+    return str(exc) or type(exc).__name__
 
 
 @attrs.frozen
@@ -74,7 +175,8 @@ def key_path(prefix: str, key: bytes | str) -> str:
 
 #: Methods safe to send again when a kept-alive connection turns out to be closed.
 IDEMPOTENT = frozenset({"GET", "HEAD"})
-#: How a connection the node closed before this request shows itself.
+#: How a connection the node closed before this request shows itself (over TLS too: an end of the
+#: stream without the close-notify alert reads as one, not as an error).
 STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
@@ -92,15 +194,24 @@ def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
 
 
 class DynamoClient:
-    """Talks to one node at ``host:port``."""
+    """Talks to one node at ``host:port``: over HTTPS with ``credentials``, else plain HTTP.
+    ValueError (CredentialsError) for a bad address or unusable credentials."""
 
-    def __init__(self, address: str, timeout: float = 10.0):
+    def __init__(self, address: str, timeout: float = 10.0, credentials: Credentials | None = None):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT, got {address!r}")
         self.address = address
+        self.credentials = credentials
         self._host, self._port, self._timeout = host, int(port), timeout
+        self._tls = credentials.ssl_context() if credentials is not None else None
+        self._auth_headers = credentials.headers() if credentials is not None else {}
         self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._tls is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
     def close(self) -> None:
         """Drop the connection."""
@@ -126,14 +237,14 @@ class DynamoClient:
         if self._connection is not None and _closed_by_peer(self._connection):
             self.close()  # nothing was sent on it: a write is safe on a fresh one
         if self._connection is None:
-            self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._connection = self._connect()
         try:
-            self._connection.request(method, path, body=body, headers=headers or {})
+            self._connection.request(method, path, body=body, headers={**(headers or {}), **self._auth_headers})
             response = self._connection.getresponse()
             payload = response.read()
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             self.close()
-            raise NodeUnavailable(f"{self.address}: {exc or type(exc).__name__}") from exc
+            raise NodeUnavailable(f"{self.address}: {describe_failure(exc)}") from exc
         return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
 
     @staticmethod

@@ -1,7 +1,9 @@
 """``dynactl``: the operator's command line (CONTRACT.md).
 
 Key-value commands talk to any node (``--node``, ``$DYNACTL_NODE``, else the first node of
-``.dynamo/local/cluster.json``); ``local`` manages clusters of processes on this machine.
+``.dynamo/local/cluster.json``); ``local`` manages clusters of processes on this machine. A secured
+cluster is reached with ``--ca/--cert/--key/--token`` (or ``$DYNACTL_CA`` ...), a secured local one
+with the credentials its cluster.json names (``dynactl.context``).
 Exit codes: 0 success, 1 the answer is "no" (not found, quorum not met), 2 usage or input error,
 3 internal error (node unreachable, unexpected failure).
 """
@@ -19,7 +21,7 @@ from dynactl import cli_certs, cli_deploy, cli_host, cli_membership, cli_testbed
 from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE, show_value
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.client import ClientError, NodeUnavailable
 from dynamod.polling import wait_until
 
 
@@ -27,10 +29,17 @@ from dynamod.polling import wait_until
 @click.option("--node", metavar="HOST:PORT", help="node to talk to [default: $DYNACTL_NODE or the local cluster]")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table for people, json for scripts (one document on stdout)")
+@click.option("--ca", metavar="FILE", help="secured cluster: the cluster CA's certificate, to verify the nodes "
+                                           "[default: $DYNACTL_CA, else a secured local cluster's]")
+@click.option("--cert", metavar="FILE", help="client certificate (dynactl certs client) [default: $DYNACTL_CERT]")
+@click.option("--key", metavar="FILE", help="the client certificate's key [default: $DYNACTL_KEY]")
+@click.option("--token", metavar="TOKEN", help="bearer token (dynactl certs token); prefer $DYNACTL_TOKEN, which "
+                                               "other users cannot read in the process list")
 @click.pass_context
-def cli(ctx: click.Context, node: str | None, fmt: str) -> None:
+def cli(ctx: click.Context, node: str | None, fmt: str, ca: str | None, cert: str | None, key: str | None,
+        token: str | None) -> None:
     """Operate a dynamod cluster."""
-    ctx.obj = Context(node, fmt)
+    ctx.obj = Context(node, fmt, {"ca": ca, "cert": cert, "key": key, "token": token})
 
 
 _client_call = cli_membership.client_call
@@ -189,7 +198,8 @@ def join(ctx: Context, seed: str, dry_run: bool) -> None:
     """Join the node (--node) to the cluster of SEED, any member's HTTP or peer address. The node
     claims its share of partitions; their data follows in the background (see: dynactl transfers)."""
     client = ctx.client()
-    document = _client_call(ctx, lambda: client.join(_seed_peer_address(seed), dry_run=dry_run))
+    seed_peer = _seed_peer_address(seed, ctx.credentials_for(seed))
+    document = _client_call(ctx, lambda: client.join(seed_peer, dry_run=dry_run))
     if dry_run:
         ctx.out.document(document, text=cli_membership.plan_text(document["plan"]))
         return
@@ -267,15 +277,17 @@ def _local_errors(ctx: Context, action: Any) -> Any:
               help="node i listens on BASE+i (HTTP) and BASE-1000+i (peer)")
 @click.option("--sync/--no-sync", default=True, show_default=True, help="fsync every commit")
 @click.option("--engine", type=click.Choice(["bdb", "memory"]), default="bdb", show_default=True)
+@click.option("--tls", is_flag=True, help="secured: make a CA and certificates in DIR/certs; mutual TLS between the "
+                                          "nodes, HTTPS with authentication (dynactl uses DIR/certs/clients/dynactl)")
 @pass_context
 def local_up(ctx: Context, count: int, directory: str, n: int, r: int, w: int, partitions: int, mode: str,
-             base_port: int, sync: bool, engine: str) -> None:
+             base_port: int, sync: bool, engine: str, tls: bool) -> None:
     """Start a local cluster and wait until every node answers."""
     if not (1 <= r <= n and 1 <= w <= n):
         ctx.out.fail(EXIT_USAGE, f"--r and --w must be between 1 and --n ({n})")
     cluster = LocalCluster(directory)
     settings = {"n": n, "r": r, "w": w, "partitions": partitions, "mode": mode, "sync": sync, "engine": engine}
-    _local_errors(ctx, lambda: cluster.create(count, base_port=base_port, settings=settings))
+    _local_errors(ctx, lambda: cluster.create(count, base_port=base_port, settings=settings, tls=tls))
     for node in cluster.nodes:
         cluster.start(node)
     try:
@@ -336,7 +348,7 @@ def local_add(ctx: Context, directory: str) -> None:
     except (LocalClusterError, StopIteration) as exc:
         cluster.stop(node)
         ctx.out.fail(EXIT_INTERNAL, f"{exc or 'no running node to join'}; {node.id} was stopped")
-    joined = _client_call(ctx, lambda: DynamoClient(node.http).join(seed.peer))
+    joined = _client_call(ctx, lambda: ctx.client(node.http, cluster=cluster).join(seed.peer))
     _local_errors(ctx, lambda: cluster.wait_until_serving(cluster.nodes))
     ctx.out.document({**joined, "http": node.http, "peer": node.peer},
                      text=f"{node.id} http://{node.http} joined through {seed.id}; it claims "
@@ -361,8 +373,9 @@ def local_status(ctx: Context, directory: str) -> None:
     rows = []
     for node in cluster.nodes:
         running = cluster.running(node)
+        serving = running and answers_status(node.http, credentials=ctx.credentials_for(node.http, cluster))
         rows.append({"id": node.id, "http": node.http, "peer": node.peer, "pid": node.pid if running else None,
-                     "running": running, "serving": running and answers_status(node.http)})
+                     "running": running, "serving": serving})
     ctx.out.document({"nodes": rows, **cluster.settings},
                      table=[[r["id"], r["http"], r["peer"], r["pid"] or "-", r["serving"]] for r in rows],
                      headers=["node", "http", "peer", "pid", "serving"])

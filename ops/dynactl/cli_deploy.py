@@ -10,12 +10,14 @@ from typing import Any
 import click
 
 from dynactl.context import Context, pass_context
+from dynactl.credentials import host_credentials, nodes_file_credentials, with_credentials
 from dynactl.deploy import DeployError, deploy, rolling_restart, service_command, wait_deployed
 from dynactl.inventory import Host, InventoryError, load_hosts, select
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE
 from dynactl.package import DEFAULT_WHEELHOUSE, PackageError, build_wheelhouse
 from dynactl.remote import HostResult, SshHosts
 from dynactl.testbed import DEFAULT_DIR as TESTBED_DIR
+from dynamod.client import CredentialsError
 
 DEFAULT_INVENTORY = f"{TESTBED_DIR}/inventory.ini"
 
@@ -27,12 +29,17 @@ def _inventory_option(command: Any) -> Any:
 
 
 def _hosts(ctx: Context, inventory: str | None, names: tuple[str, ...] = ()) -> tuple[list[Host], list[Host]]:
-    """(the chosen hosts, every node host of the inventory)."""
+    """(the chosen hosts, every node host of the inventory), carrying the credentials their nodes'
+    health is checked with: dynactl's own (--ca ...), else the nodes file's "tls", else the hosts'
+    dynactl_tls variable."""
     path = inventory or os.environ.get("DYNACTL_INVENTORY") or DEFAULT_INVENTORY
     try:
-        everyone = load_hosts(path)
+        hosts = load_hosts(path)
+        credentials = ctx.given_credentials() or nodes_file_credentials(path)
+        # Each host holds the parsed credentials, so that its health checks share one TLS context.
+        everyone = [with_credentials(host, ctx.usable(credentials or host_credentials(host))) for host in hosts]
         return select(everyone, names), everyone
-    except InventoryError as exc:
+    except (InventoryError, CredentialsError) as exc:
         ctx.out.fail(EXIT_USAGE, str(exc))
 
 

@@ -20,7 +20,7 @@ from dynactl.context import Context, pass_context
 from dynactl.local import DEFAULT_DIR, LocalCluster, LocalClusterError, fetch_status
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE
 from dynamod import polling
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable, QuorumError
+from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable, QuorumError
 
 #: Seconds between polls of --wait.
 POLL_SECONDS = 0.5
@@ -41,9 +41,9 @@ def client_call(ctx: Context, action: Callable[[], Any]) -> Any:
         ctx.out.fail(EXIT_INTERNAL, f"node unreachable: {exc}")
 
 
-def seed_peer_address(seed: str) -> str:
+def seed_peer_address(seed: str, credentials: Credentials | None) -> str:
     """A member's peer address from its HTTP or peer address (HTTP is what operators know)."""
-    status = fetch_status(seed)
+    status = fetch_status(seed, credentials=credentials)
     if status is None:
         return seed
     for member in status.get("members", []):
@@ -111,7 +111,8 @@ def members_done(asked: DynamoClient) -> tuple[bool, str]:
     for member in status["members"]:
         if member["status"] == "down":
             continue
-        document = DynamoClient(member["http"], timeout=5).transfers()
+        # The members are of the asked node's cluster: its credentials reach them all.
+        document = DynamoClient(member["http"], timeout=5, credentials=asked.credentials).transfers()
         settled = settled and document["settled"]
         pending += document["outbound"]["pending_keys"]
         total += document["fill"]["gained"]
@@ -122,8 +123,9 @@ def members_done(asked: DynamoClient) -> tuple[bool, str]:
 
 def do_replace(ctx: Context, new: DynamoClient, seed: str, dead: str, dry_run: bool, force: bool, wait: bool,
                timeout: float) -> dict[str, Any]:
-    """Plan, check and run a replacement of ``dead`` by the node behind ``new``."""
-    seed_peer = seed_peer_address(seed)
+    """Plan, check and run a replacement of ``dead`` by the node behind ``new`` (``seed``, a member of
+    the cluster it joins, is reached with the same credentials)."""
+    seed_peer = seed_peer_address(seed, new.credentials)
     plan = client_call(ctx, lambda: new.join(seed_peer, replace=dead, dry_run=True))["plan"]
     if dry_run:
         return {"dry_run": True, "plan": plan}
@@ -183,11 +185,7 @@ def replace(ctx: Context, dead: str, new: str, dry_run: bool, force: bool, wait:
     """Replace the dead member DEAD by the fresh node at NEW_HOST:PORT (HTTP; started alone, empty
     data dir): it takes over exactly DEAD's partitions and is filled from the surviving replicas.
     --node is any live member (the seed)."""
-    try:
-        new_client = DynamoClient(new)
-    except ValueError as exc:
-        ctx.out.fail(EXIT_USAGE, str(exc))
-    show(ctx, do_replace(ctx, new_client, ctx.node_address(), dead, dry_run, force, wait, timeout))
+    show(ctx, do_replace(ctx, ctx.client(new), ctx.node_address(), dead, dry_run, force, wait, timeout))
 
 
 @click.command()
@@ -213,7 +211,7 @@ def _local_cluster(ctx: Context, directory: str) -> LocalCluster:
 def _running_member(ctx: Context, cluster: LocalCluster, dead: str) -> Any:
     for node in cluster.nodes:
         if node.id != dead and cluster.running(node):
-            status = fetch_status(node.http)
+            status = fetch_status(node.http, credentials=ctx.credentials_for(node.http, cluster))
             if status and any(m["id"] == node.id for m in status.get("members", [])) and len(status["members"]) > 1:
                 return node
     ctx.out.fail(EXIT_USAGE, "no running member of the local cluster to ask")
@@ -235,17 +233,21 @@ def local_replace(ctx: Context, dead: str, directory: str, dry_run: bool, force:
     except LocalClusterError as exc:
         ctx.out.fail(EXIT_USAGE, str(exc))
     seed = _running_member(ctx, cluster, dead)
-    node = cluster.add_node()
+    try:
+        node = cluster.add_node()
+    except LocalClusterError as exc:
+        ctx.out.fail(EXIT_USAGE, str(exc))
     try:
         cluster.start(node)
         cluster.wait_until_serving([node])
     except LocalClusterError as exc:
         cluster.stop(node)
         ctx.out.fail(EXIT_INTERNAL, f"{exc}; {node.id} was stopped")
+    new = ctx.client(node.http, cluster=cluster)
     try:
-        document = do_replace(ctx, DynamoClient(node.http), seed.http, dead, dry_run, force, wait, timeout)
+        document = do_replace(ctx, new, seed.http, dead, dry_run, force, wait, timeout)
     except SystemExit:
-        status = fetch_status(node.http)
+        status = fetch_status(node.http, credentials=new.credentials)
         if status is None or [m["id"] for m in status.get("members", [])] == [node.id]:
             cluster.stop(node)  # refused: the fresh node never joined
             cluster.discard(node)
@@ -267,7 +269,7 @@ def local_remove(ctx: Context, dead: str, directory: str, dry_run: bool, force: 
     """Remove the dead local node DEAD through a running member."""
     cluster = _local_cluster(ctx, directory)
     seed = _running_member(ctx, cluster, dead)
-    show(ctx, do_remove(ctx, DynamoClient(seed.http), dead, dry_run, force, wait, timeout))
+    show(ctx, do_remove(ctx, ctx.client(seed.http, cluster=cluster), dead, dry_run, force, wait, timeout))
 
 
 LOCAL_COMMANDS = (local_replace, local_remove)

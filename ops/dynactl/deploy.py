@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dynactl.credentials import host_credentials
 from dynactl.inventory import Host
 from dynactl.package import DISTRIBUTION, WHEEL_PREFIX
 from dynactl.remote import HostError, HostResult, Hosts
@@ -180,7 +181,7 @@ def wait_deployed(hosts: list[Host], everyone: list[Host], deadline_seconds: flo
 def cluster_health(host: Host, expected: list[str]) -> tuple[bool, str]:
     """Is the node on ``host`` serving, seeing every ``expected`` member up, with no transfer
     pending? Returns (healthy, what is missing)."""
-    client = DynamoClient(host.http, timeout=3.0)
+    client = DynamoClient(host.http, timeout=3.0, credentials=host_credentials(host))
     try:
         status = client.status()
         transfers = client.transfers()

@@ -3,6 +3,10 @@
 Each node gets ``DIR/<id>/node.toml``, ``DIR/<id>/data`` and ``DIR/<id>/dynamod.log``. Processes are
 started in their own session so they outlive the dynactl that started them, and only processes
 whose command line names this cluster's config are ever signalled.
+
+A secured cluster (``create(..., tls=True)``) has a certs directory ``DIR/certs`` (``dynactl certs``
+layout): a CA, a certificate per node for 127.0.0.1, and the admin client certificate ``dynactl``
+that cluster.json's ``"tls"`` object names, so that every dynactl command reaches its nodes.
 """
 
 from __future__ import annotations
@@ -10,17 +14,24 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from dynactl import process
+from dynactl.certs import CertsError
+from dynactl.credentials import make_authority, node_tls_settings
+from dynamod.client import ClientError, Credentials, CredentialsError, DynamoClient, NodeUnavailable
 from dynamod.polling import wait_until
 
 DEFAULT_DIR = ".dynamo/local"
 START_DEADLINE_SECONDS = 30.0
+#: Where a secured local cluster keeps its CA, certificates and keys, under its directory.
+CERTS_DIR = "certs"
+#: The client certificate dynactl uses against a secured local cluster (admin: it runs everything).
+ADMIN_CLIENT = "dynactl"
+LOCAL_CA_NAME = "dynamo-local"
 
 
 class LocalClusterError(Exception):
@@ -70,18 +81,36 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def fetch_status(http: str, timeout: float = 1.0) -> dict[str, Any] | None:
-    """The node's /admin/status document, or None when it does not answer."""
+def _status_answer(http: str, timeout: float, credentials: Credentials | None) -> dict[str, Any] | ClientError | None:
+    """The node's /admin/status document, the refusal it answered, or None when it did not answer."""
     try:
-        with urllib.request.urlopen(f"http://{http}/admin/status", timeout=timeout) as response:
-            return json.loads(response.read()) if response.status == 200 else None
-    except (OSError, ValueError):
+        client = DynamoClient(http, timeout=timeout, credentials=credentials)
+    except CredentialsError:
+        raise  # unusable credentials are no node's silence
+    except ValueError:  # not HOST:PORT: nothing there can answer
         return None
+    try:
+        return client.status()
+    except ClientError as refusal:
+        return refusal
+    except NodeUnavailable:
+        return None
+    finally:
+        client.close()
 
 
-def answers_status(http: str, timeout: float = 1.0) -> bool:
-    """True when the node answers GET /admin/status."""
-    return fetch_status(http, timeout) is not None
+def fetch_status(http: str, timeout: float = 1.0, credentials: Credentials | None = None) -> dict[str, Any] | None:
+    """The node's /admin/status document, or None when it does not answer it (or refuses the
+    ``credentials``: a secured node needs an admin's)."""
+    answer = _status_answer(http, timeout, credentials)
+    return answer if isinstance(answer, dict) else None
+
+
+def answers_status(http: str, timeout: float = 1.0, credentials: Credentials | None = None) -> bool:
+    """True when the node serves its HTTP API: it answers GET /admin/status, with the document or,
+    under TLS, with a 401 or 403 to a caller without admin credentials (a refusal is an answer)."""
+    answer = _status_answer(http, timeout, credentials)
+    return isinstance(answer, dict) or (isinstance(answer, ClientError) and answer.status in (401, 403))
 
 
 class LocalCluster:
@@ -92,6 +121,8 @@ class LocalCluster:
         self.path = self.directory / "cluster.json"
         self.nodes: list[LocalNode] = []
         self.settings: dict[str, Any] = {}
+        #: dynactl's credentials for a secured cluster (cluster.json's "tls"), None when plain.
+        self.tls: Credentials | None = None
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -104,8 +135,20 @@ class LocalCluster:
         except ValueError as exc:
             raise LocalClusterError(f"{self.path} is not valid JSON: {exc}") from exc
         self.nodes = [LocalNode(**node) for node in data["nodes"]]
-        self.settings = {k: v for k, v in data.items() if k != "nodes"}
+        self.settings = {k: v for k, v in data.items() if k not in ("nodes", "tls")}
+        try:
+            self.tls = Credentials.from_json(data["tls"], f"{self.path}: tls") if "tls" in data else None
+        except CredentialsError as exc:
+            raise LocalClusterError(str(exc)) from None
         return self
+
+    def credentials(self) -> Credentials | None:
+        """How to reach this cluster's nodes: its admin client certificate and CA (None: plain HTTP)."""
+        return self.tls
+
+    def client(self, node: LocalNode, timeout: float = 10.0) -> DynamoClient:
+        """A client of ``node``'s HTTP API, with this cluster's credentials."""
+        return DynamoClient(node.http, timeout=timeout, credentials=self.tls)
 
     def save(self) -> None:
         """Write cluster.json atomically."""
@@ -128,8 +171,9 @@ class LocalCluster:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def create(self, count: int, *, base_port: int, settings: dict[str, Any]) -> None:
-        """Lay out ``count`` nodes (configs, dirs) without starting them."""
+    def create(self, count: int, *, base_port: int, settings: dict[str, Any], tls: bool = False) -> None:
+        """Lay out ``count`` nodes (configs, dirs) without starting them; with ``tls``, secured:
+        mutual TLS between them, HTTPS with authentication (see the module's doc)."""
         if self.path.exists():
             self.load()
             alive = [n.id for n in self.nodes if self.running(n)]
@@ -153,10 +197,34 @@ class LocalCluster:
                 peer=f"127.0.0.1:{peer_ports[index - 1]}", pid=None,
                 data_dir=str(node_dir / "data"), log=str(node_dir / "dynamod.log"),
                 config=str(node_dir / "node.toml")))
+        self.tls = self._make_authority() if tls else None
         for node in self.nodes:
             Path(node.config).parent.mkdir(parents=True, exist_ok=True)
-            Path(node.config).write_text(node_toml(node, self.nodes, self.settings))
+            Path(node.config).write_text(node_toml(node, self.nodes, self._node_settings(node)))
         self.save()
+
+    # -- certificates (secured clusters) ---------------------------------------------------------
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.directory / CERTS_DIR
+
+    def _make_authority(self) -> Credentials:
+        """The cluster's CA and dynactl's admin client certificate (credentials.make_authority)."""
+        try:
+            return make_authority(self.certs_dir, LOCAL_CA_NAME, ADMIN_CLIENT)
+        except CertsError as exc:
+            raise LocalClusterError(f"cannot make the certificates in {self.certs_dir}: {exc}") from None
+
+    def _node_settings(self, node: LocalNode) -> dict[str, Any]:
+        """The settings of ``node``'s config: the cluster's, and when secured its own certificate
+        (issued now, for the host it is reached at) with its key and the CA."""
+        if self.tls is None:
+            return self.settings
+        try:
+            return {**self.settings, **node_tls_settings(self.certs_dir, node.id, [node.http, node.peer])}
+        except CertsError as exc:
+            raise LocalClusterError(f"cannot issue the certificate of {node.id}: {exc}") from None
 
     def add_node(self) -> LocalNode:
         """Lay out one more node on the next free ports, configured alone (it joins afterwards)."""
@@ -170,7 +238,7 @@ class LocalCluster:
                          data_dir=str(node_dir / "data"), log=str(node_dir / "dynamod.log"),
                          config=str(node_dir / "node.toml"))
         node_dir.mkdir(parents=True, exist_ok=True)
-        Path(node.config).write_text(node_toml(node, [node], self.settings))
+        Path(node.config).write_text(node_toml(node, [node], self._node_settings(node)))
         self.nodes.append(node)
         self.save()
         return node
@@ -211,7 +279,7 @@ class LocalCluster:
 
     def _not_ready(self, nodes: list[LocalNode]) -> list[str]:
         running = {n.id for n in self.nodes if self.running(n)}
-        statuses = {n.id: fetch_status(n.http) for n in self.nodes if n.id in running}
+        statuses = {n.id: fetch_status(n.http, credentials=self.tls) for n in self.nodes if n.id in running}
         # A view of a node that started just now counts only if it was formed after the start.
         uptimes = {n.id: statuses[n.id]["uptime"] for n in nodes if statuses.get(n.id)}
         problems = [f"{n.id} does not answer" for n in nodes if n.id in running and statuses.get(n.id) is None]
@@ -248,6 +316,9 @@ class LocalCluster:
         return how
 
     def contract_document(self) -> dict[str, Any]:
-        """cluster.json's content as CONTRACT describes it."""
-        return {"nodes": [node.as_json() for node in self.nodes], **self.settings}
+        """cluster.json's content as CONTRACT describes it (and a secured cluster's "tls")."""
+        document = {"nodes": [node.as_json() for node in self.nodes], **self.settings}
+        if self.tls is not None:
+            document["tls"] = self.tls.as_json()
+        return document
 

@@ -4,7 +4,8 @@ This runs *on* a node's host (Fabric, Ansible and the checker call it over SSH).
 with systemd and carrying the ``dynamod`` unit it drives systemctl; elsewhere (containers, the
 testbed's namespaces) it is the supervisor itself: the node runs in its own session, its PID in a
 pidfile next to the config, stdout/stderr appended to ``stderr.log`` beside the node's log file.
-A start waits until the node answers ``/admin/status``.
+A start waits until the node answers ``/admin/status`` (a secured node over HTTPS, verified against
+its CA; its refusal of a caller without credentials is an answer too: the host holds none).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import attrs
 
 from dynactl import process
-from dynactl.local import fetch_status
+from dynactl.local import answers_status
+from dynamod.client import Credentials
 from dynamod.config import ConfigError, build_config, load_toml
 from dynamod.polling import wait_until
 
@@ -61,6 +63,19 @@ class Service:
         """Where this node answers HTTP, as reachable from this host."""
         host, _, port = self._settings().http.rpartition(":")
         return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+    def probe_credentials(self) -> Credentials | None:
+        """How this host checks that its node answers: under TLS, verifying the node against the
+        cluster CA (HTTPS), with no client credentials."""
+        settings = self._settings()
+        if not settings.tls:
+            return None
+        # A relative path is the node's: it runs in its config's directory.
+        return Credentials(ca=str(self.config.parent / settings.tls_ca))
+
+    def answers(self) -> bool:
+        """True when the node answers its HTTP API."""
+        return answers_status(self.status_address(), credentials=self.probe_credentials())
 
     def output_path(self) -> Path:
         log_file = self._settings().log_file
@@ -126,8 +141,7 @@ class Service:
         pid = self.pid()
         if pid is None:
             return False, "not running"
-        answering = fetch_status(self.status_address()) is not None
-        return True, f"running pid {pid}{'' if answering else ' (not answering /admin/status)'}"
+        return True, f"running pid {pid}{'' if self.answers() else ' (not answering /admin/status)'}"
 
     def _environment(self) -> dict[str, str]:
         environment = dict(os.environ)
@@ -152,16 +166,18 @@ class Service:
         return become_user
 
     def _wait_serving(self, node_id: str, wait: float) -> None:
-        address = self.status_address()
+        address, credentials = self.status_address(), self.probe_credentials()
 
         def serving() -> bool:
             if self.pid() is None:
                 raise ServiceError(f"{node_id} exited during start-up; last lines of {self.output_path()}:\n"
                                    + _tail(self.output_path()))
-            return fetch_status(address) is not None
+            return answers_status(address, credentials=credentials)
 
         if not wait_until(serving, wait, interval=0.1):
-            raise ServiceError(f"{node_id} runs but does not answer http://{address}/admin/status after {wait:.0f}s")
+            scheme = "https" if credentials is not None else "http"
+            raise ServiceError(f"{node_id} runs but does not answer {scheme}://{address}/admin/status after "
+                               f"{wait:.0f}s")
 
 
 def faketime_environment(timestamp_file: str, preload: str = "") -> dict[str, str]:

@@ -29,7 +29,8 @@ class RunningCluster:
         self.cluster = cluster
 
     def client(self, node_id: str, timeout: float = 10.0) -> DynamoClient:
-        return DynamoClient(self.cluster.node(node_id).http, timeout=timeout)
+        """A client of the node, with the cluster's credentials when it is secured."""
+        return self.cluster.client(self.cluster.node(node_id), timeout=timeout)
 
     def stop(self, node_id: str) -> None:
         self.cluster.stop(self.cluster.node(node_id))
@@ -62,14 +63,15 @@ class RunningCluster:
 
 @pytest.fixture
 def make_cluster(tmp_path):
-    """Start a local cluster: ``make_cluster(nodes=3, **settings)``; everything is stopped after."""
+    """Start a local cluster: ``make_cluster(nodes=3, tls=False, **settings)`` (``tls``: secured, see
+    LocalCluster.create); everything is stopped after."""
     started: list[LocalCluster] = []
 
-    def make(nodes: int = 3, **settings) -> RunningCluster:
+    def make(nodes: int = 3, tls: bool = False, **settings) -> RunningCluster:
         cluster = LocalCluster(str(tmp_path / f"cluster{len(started)}"))
         options = {"n": 3, "r": 2, "w": 2, "partitions": 32, "mode": "vclock", "sync": True,
                    "request_timeout": 2.0, **settings}
-        cluster.create(nodes, base_port=free_base_port(nodes), settings=options)
+        cluster.create(nodes, base_port=free_base_port(nodes), settings=options, tls=tls)
         started.append(cluster)
         for node in cluster.nodes:
             cluster.start(node)

@@ -292,7 +292,7 @@ class MembershipFault(Fault):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _client(self, node: str) -> DynamoClient:
-        return DynamoClient(self.cluster.host(node).http, timeout=self.timeout)
+        return DynamoClient(self.cluster.host(node).http, timeout=self.timeout, credentials=self.cluster.credentials)
 
     def _ask(self, node: str, call: Callable[[DynamoClient], Any]) -> Any:
         client = self._client(node)
