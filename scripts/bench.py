@@ -14,6 +14,10 @@ The peak of dynamod and of etcd is the best of one run at each connection count 
 a closed-loop client with too few connections measures that wait, not the store's capacity (at 48
 connections the dynamod nodes left 10% of the CPU idle). Every run of the sweep is printed.
 
+With ``--tls`` the dynamod cluster is measured again secured (mutual TLS between the nodes,
+HTTPS with a bearer token for wrk), same mix, same connection counts, right after the plain one,
+and the cost is printed as the ratio of the two peaks and p99.9 at each.
+
 Prints ops/s and p50/p99/p99.9 for each, and writes them to ``.dynamo/bench/results.json``.
 """
 
@@ -33,9 +37,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dynactl.certs import add_token
 from dynactl.local import LocalCluster, port_is_free
 from dynamod.client import DynamoClient
 from dynamod.polling import wait_until
+from dynamod.security.identity import Role
 
 HERE = Path(__file__).resolve().parent / "bench"
 VALUE = b"v" * 1024
@@ -70,13 +76,14 @@ def merge_quantiles(runs: list[dict]) -> dict[str, float]:
     return {"p50_ms": quantile(0.50), "p99_ms": quantile(0.99), "p999_ms": quantile(0.999)}
 
 
-def run_wrk(targets: list[str], script: str, args: list[str], duration: int, connections: int) -> dict:
+def run_wrk(targets: list[str], script: str, args: list[str], duration: int, connections: int,
+            scheme: str = "http", token: str = "") -> dict:
     """Run one wrk per target in parallel; returns combined figures."""
-    env = dict(os.environ, BENCH_LUA_DIR=str(HERE))
+    env = dict(os.environ, BENCH_LUA_DIR=str(HERE), BENCH_TOKEN=token)
     per_target = max(1, connections // len(targets))
     processes = [
         subprocess.Popen(["wrk", "-t1", f"-c{per_target}", f"-d{duration}s", "--timeout", "10s",
-                          "-s", str(HERE / script), f"http://{target}/", "--", *args],
+                          "-s", str(HERE / script), f"{scheme}://{target}/", "--", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for target in targets
     ]
@@ -114,27 +121,35 @@ def sweep(name: str, levels: list[int], run) -> dict:
 
 
 def bench_dynamo(workdir: Path, duration: int, levels: list[int], keys: int,
-                 extra: dict) -> tuple[dict, dict]:
-    cluster = LocalCluster(str(workdir / "dynamo"))
+                 extra: dict, tls: bool = False) -> tuple[dict, dict]:
+    name = "dynamod-tls" if tls else "dynamod"
+    directory = workdir / name
+    cluster = LocalCluster(str(directory))
     base = next(b for b in range(18000, 40000, 100)
                 if all(port_is_free(b + i) and port_is_free(b - 1000 + i) for i in range(1, 4)))
-    cluster.create(3, base_port=base, settings={"n": 3, "r": 2, "w": 2, "partitions": 64, "sync": True,
-                                                  "mode": "vclock", "log_level": "warn", **extra})
+    settings = {"n": 3, "r": 2, "w": 2, "partitions": 64, "sync": True, "mode": "vclock", "log_level": "warn",
+                **extra}
+    if tls:  # wrk has no client certificates: it authenticates with a writer's bearer token
+        settings["auth_tokens"] = str(directory / "certs" / "tokens")
+    cluster.create(3, base_port=base, settings=settings, tls=tls)
+    token = add_token(directory / "certs", "bench", Role.WRITER) if tls else ""
     try:
         for node in cluster.nodes:
             cluster.start(node)
         cluster.wait_until_serving(cluster.nodes)
         targets = [node.http for node in cluster.nodes]
+        scheme = "https" if tls else "http"
 
         def put_one(i: int) -> None:
-            DynamoClient(targets[i % 3]).put(f"pre-{i}", VALUE)
+            DynamoClient(targets[i % 3], credentials=cluster.credentials()).put(f"pre-{i}", VALUE)
 
         preload(put_one, keys)
-        peak = sweep("dynamod", levels, lambda connections: run_wrk(
-            targets, "dynamo.lua", [str(keys), f"peak{connections}"], duration, connections))
+        peak = sweep(name, levels, lambda connections: run_wrk(
+            targets, "dynamo.lua", [str(keys), f"peak{connections}"], duration, connections, scheme, token))
         # Half of peak: each connection pauses so the offered rate is about peak / 2.
         pause_ms = max(1, round(1000 * peak["connections"] / (peak["ops_per_s"] / 2)))
-        half = run_wrk(targets, "dynamo.lua", [str(keys), "half", str(pause_ms)], duration, peak["connections"])
+        half = run_wrk(targets, "dynamo.lua", [str(keys), "half", str(pause_ms)], duration, peak["connections"],
+                       scheme, token)
         half["offered_ops_per_s"] = peak["ops_per_s"] / 2
         return peak, half
     finally:
@@ -231,6 +246,8 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=2000, help="preloaded keys read by GETs")
     parser.add_argument("--skip-etcd", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true", help="measure dynamod only")
+    parser.add_argument("--tls", action="store_true",
+                        help="also measure the cluster secured (mutual TLS, HTTPS with a bearer token)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra node setting (TOML value), e.g. --set read_threads=0")
     args = parser.parse_args()
@@ -253,6 +270,10 @@ def main() -> int:
         extra = tomllib.loads("\n".join(args.set))
         results["dynamod"], results["dynamod_half_peak"] = bench_dynamo(workdir, args.duration, levels,
                                                                         args.keys, extra)
+        if args.tls:
+            print("dynamod secured: mutual TLS between nodes, HTTPS with a bearer token ...", flush=True)
+            results["dynamod_tls"], results["dynamod_tls_half_peak"] = bench_dynamo(
+                workdir, args.duration, levels, args.keys, extra, tls=True)
         if not args.skip_baselines:
             print("twisted.web trivial GET ...", flush=True)
             results["twisted_web_trivial"] = bench_twisted(args.duration, levels[0])
@@ -268,6 +289,12 @@ def main() -> int:
             continue
         print(f"{name:<24}{figures['connections']:>6}{figures['ops_per_s']:>10.0f}{figures['p50_ms']:>10.2f}"
               f"{figures['p99_ms']:>10.2f}{figures['p999_ms']:>10.2f}{figures['errors']:>8}")
+    if results.get("dynamod_tls"):
+        plain, secured = results["dynamod"], results["dynamod_tls"]
+        print(f"\nTLS cost: peak {secured['ops_per_s']:.0f} vs {plain['ops_per_s']:.0f} ops/s "
+              f"({secured['ops_per_s'] / plain['ops_per_s']:.2f}x), p99.9 {secured['p999_ms']:.1f} vs "
+              f"{plain['p999_ms']:.1f} ms; at half of peak p99.9 {results['dynamod_tls_half_peak']['p999_ms']:.1f} "
+              f"vs {results['dynamod_half_peak']['p999_ms']:.1f} ms")
     if results.get("etcd"):
         print(f"\ndynamod / etcd throughput: {results['dynamod']['ops_per_s'] / results['etcd']['ops_per_s']:.2f}x")
     output = Path(".dynamo/bench/results.json")
