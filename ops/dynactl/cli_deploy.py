@@ -11,7 +11,14 @@ import click
 
 from dynactl.context import Context, pass_context
 from dynactl.credentials import host_credentials, nodes_file_credentials, with_credentials
-from dynactl.deploy import DeployError, deploy, rolling_restart, service_command, wait_deployed
+from dynactl.deploy import (
+    DeployError,
+    controller_credentials,
+    deploy,
+    rolling_restart,
+    service_command,
+    wait_deployed,
+)
 from dynactl.inventory import Host, InventoryError, load_hosts, select
 from dynactl.output import EXIT_INTERNAL, EXIT_NO, EXIT_USAGE
 from dynactl.package import DEFAULT_WHEELHOUSE, PackageError, build_wheelhouse
@@ -37,9 +44,10 @@ def _hosts(ctx: Context, inventory: str | None, names: tuple[str, ...] = ()) -> 
         hosts = load_hosts(path)
         credentials = ctx.given_credentials() or nodes_file_credentials(path)
         # Each host holds the parsed credentials, so that its health checks share one TLS context.
-        everyone = [with_credentials(host, ctx.usable(credentials or host_credentials(host))) for host in hosts]
+        everyone = [with_credentials(host, ctx.usable(credentials or host_credentials(host)
+                                                      or controller_credentials(host))) for host in hosts]
         return select(everyone, names), everyone
-    except (InventoryError, CredentialsError) as exc:
+    except (InventoryError, CredentialsError, DeployError) as exc:
         ctx.out.fail(EXIT_USAGE, str(exc))
 
 

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dynactl import certs
 from dynactl.credentials import host_credentials
 from dynactl.inventory import Host
 from dynactl.package import DISTRIBUTION, WHEEL_PREFIX
 from dynactl.remote import HostError, HostResult, Hosts
-from dynamod.client import ClientError, DynamoClient, NodeUnavailable
+from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable
 from dynamod.polling import wait_until
+from dynamod.security.identity import Role
 
 HEALTH_DEADLINE_SECONDS = 120.0
 
@@ -63,6 +65,7 @@ def render_node_toml(host: Host, members: list[Host]) -> str:
         "partitions": int(host.var("dynamod_partitions")),
         "mode": str(host.var("dynamod_mode")),
         "sync": bool(host.var("dynamod_sync")),
+        **tls_settings(host),
         **dict(sorted((host.var("dynamod_extra_config") or {}).items())),
     }
     lines = ["# Written by dynactl deploy.", *(f"{key} = {toml_value(value)}" for key, value in settings.items())]
@@ -70,6 +73,91 @@ def render_node_toml(host: Host, members: list[Host]) -> str:
         lines += ["", "[[members]]", f"id = {toml_value(member.name)}", f"peer = {toml_value(member.peer)}",
                   f"http = {toml_value(member.http)}"]
     return "\n".join(lines) + "\n"
+
+
+def uses_tls(host: Host) -> bool:
+    """``dynamod_tls`` (the role's variable; an INI inventory gives it as text)."""
+    value = host.var("dynamod_tls")
+    return value.strip().lower() in ("true", "yes", "1") if isinstance(value, str) else bool(value)
+
+
+def tls_home(host: Host) -> str:
+    """Where a host keeps its node's TLS files (the role's ``dynamod_tls_home``)."""
+    return f"{host.home}/tls"
+
+
+def tls_settings(host: Host) -> dict[str, str]:
+    """node.toml's TLS settings for ``host`` (none unless ``dynamod_tls``), as the role writes them."""
+    if not uses_tls(host):
+        return {}
+    home = tls_home(host)
+    settings = {"tls_cert": f"{home}/node.pem", "tls_key": f"{home}/node.key", "tls_ca": f"{home}/ca.pem"}
+    if host.var("dynamod_auth_tokens_file"):
+        settings["auth_tokens"] = f"{home}/tokens"
+    return settings
+
+
+def tls_files(host: Host) -> list[tuple[Path, str, str]]:
+    """(file on the controller, path on the host, mode) of the node's TLS files, issuing what is
+    missing from the CA in ``dynamod_tls_dir`` (made when missing, like the role does): the node's
+    certificate names its address. ``ca.key`` stays on the controller."""
+    directory = Path(str(host.var("dynamod_tls_dir")))
+    try:
+        if not (directory / certs.CA_CERT).exists():
+            certs.init_ca(directory)
+        node_cert = directory / "nodes" / f"{host.name}.pem"
+        if not node_cert.exists():
+            certs.issue_node(directory, host.name, [str(host.var("dynamod_address") or host.address)])
+    except certs.CertsError as exc:
+        raise DeployError(f"certificates in {directory}: {exc}") from None
+    home = tls_home(host)
+    files = [(directory / certs.CA_CERT, f"{home}/ca.pem", "0644"), (node_cert, f"{home}/node.pem", "0644"),
+             (directory / "nodes" / f"{host.name}.key", f"{home}/node.key", "0600")]
+    if host.var("dynamod_auth_tokens_file"):
+        files.append((Path(str(host.var("dynamod_auth_tokens_file"))), f"{home}/tokens", "0600"))
+    return files
+
+
+#: The admin client certificate dynactl deploy checks a TLS host's health with (controller only).
+DEPLOY_CLIENT = "dynactl-deploy"
+
+
+def controller_credentials(host: Host) -> Credentials | None:
+    """For a ``dynamod_tls`` host: an admin client certificate of ``dynamod_tls_dir`` (issued when
+    missing) and the CA, which the health checks use; None for a plain host."""
+    if not uses_tls(host):
+        return None
+    directory = Path(str(host.var("dynamod_tls_dir")))
+    client = directory / "clients" / f"{DEPLOY_CLIENT}.pem"
+    try:
+        if not (directory / certs.CA_CERT).exists():
+            certs.init_ca(directory)
+        if not client.exists():
+            certs.issue_client(directory, DEPLOY_CLIENT, Role.ADMIN)
+    except certs.CertsError as exc:
+        raise DeployError(f"certificates in {directory}: {exc}") from None
+    return Credentials(ca=str(directory / certs.CA_CERT), cert=str(client),
+                       key=str(directory / "clients" / f"{DEPLOY_CLIENT}.key"))
+
+
+def install_tls(connection: Any, host: Host) -> bool:
+    """Put the node's TLS files on ``host`` (keys 0600, the service user's); True if any changed."""
+    run = lambda command: connection.run(command, hide=True, warn=True, in_stream=False)  # noqa: E731
+    home = shlex.quote(tls_home(host))
+    _check(run(f"mkdir -p {home} && chmod 0755 {home}"), "creating the TLS directory")
+    changed = False
+    for local, remote, mode in tls_files(host):
+        target = shlex.quote(remote)
+        present = run(f"sha256sum -- {target} 2>/dev/null").stdout.partition(" ")[0]
+        if present != _sha256(local):
+            # umask 077 first: a key is never readable by others, not even while it is written.
+            _check(run(f"umask 077 && : > {target}"), f"preparing {remote}")
+            connection.put(str(local), remote)
+            changed = True
+        owner = host.var("dynamod_user") if mode == "0600" else None
+        _check(run(f"chmod {mode} {target}" + (f" && chown {shlex.quote(str(owner))} {target}" if owner else "")),
+               f"mode of {remote}")
+    return changed
 
 
 def service_command(host: Host, action: str, wait: float = 60.0) -> str:
@@ -133,6 +221,8 @@ def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: li
         _check(run(f"{pip} {project_wheel} && {pip} --force-reinstall --no-deps {project_wheel}", timeout=600),
                "pip install")
         changes.append(f"installed {DISTRIBUTION}")
+    if uses_tls(host) and install_tls(connection, host):
+        changes.append("TLS files")
     config = render_node_toml(host, members)
     current = run(f"cat {shlex.quote(host.config_path)}").stdout
     if current != config:

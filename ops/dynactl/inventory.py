@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "dynamod_http_port": 8000, "dynamod_peer_port": 7000, "dynamod_user": None, "dynamod_faketime_file": None,
     "dynamod_n": 3, "dynamod_r": 2, "dynamod_w": 2, "dynamod_partitions": 64, "dynamod_mode": "vclock",
     "dynamod_sync": True, "dynamod_log_level": "info", "dynamod_extra_config": {},
+    "dynamod_tls": False, "dynamod_tls_dir": ".dynamo/certs", "dynamod_auth_tokens_file": "",
     "ansible_user": "root", "ansible_port": 22,
     "ansible_python_interpreter": "/usr/bin/python3",
 }
