@@ -47,7 +47,7 @@ from dynacheck.nemesis.storage import Skipped, release_command
 from dynacheck.progress import Progress
 from dynacheck.workloads import workload
 from dynactl.credentials import host_credentials, nodes_file_credentials, with_credentials
-from dynactl.inventory import load_hosts
+from dynactl.inventory import Host, load_hosts
 from dynactl.remote import SshHosts
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
 from dynamod.config import SETTINGS_BY_NAME
@@ -135,7 +135,7 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
             # Hosts elsewhere have their certificates already (Ansible's dynamod_tls); the nodes file
             # (or an inventory's dynactl_tls) names how the checker reaches them: one set, parsed once.
             credentials = nodes_file_credentials(nodes_file) or host_credentials(hosts[0])
-            hosts = [with_credentials(host, credentials) for host in hosts]
+            hosts = [with_credentials(secured_config(host), credentials) for host in hosts]
     except BaseException:
         if created is not None:
             created.down()
@@ -146,6 +146,14 @@ def build_cluster(options: Options, progress: Callable[[str], None]) -> tuple[Cl
             created.down()
         raise ValueError(f"{len(hosts)} hosts leave no member beside {options.spares} spares")
     return Cluster(hosts=hosts[:members], spares=hosts[members:], control=SshHosts(hosts), faketime=faketime), created
+
+
+def secured_config(host: Host) -> Host:
+    """A host whose node.toml (rewritten by the run) names the TLS files Ansible or dynactl deploy
+    put under its home (``dynamod_tls``), unless its extra config names TLS files itself."""
+    if "tls_cert" in (host.var("dynamod_extra_config") or {}):
+        return host
+    return attrs.evolve(host, vars={**host.vars, "dynamod_tls": True})
 
 
 def build_wheelhouse_for(cluster: Cluster) -> dict | None:
