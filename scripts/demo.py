@@ -7,7 +7,9 @@ must be invalid). This reproduces Jepsen's 2013 finding on Riak on our own daemo
 
 As root the runs use testbed hosts (network namespaces reached over SSH) with partitions and clock
 skew; otherwise a local cluster with clock skew and crashes (a partition needs hosts with their own
-addresses). Exit 0 when both verdicts come out as the design predicts.
+addresses). ``DEMO_TLS=1`` runs both against a secured cluster (mutual TLS between the nodes,
+the checker's clients over HTTPS with a client certificate, all made for the run). Exit 0 when both
+verdicts come out as the design predicts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BIN = Path(sys.executable).parent
 TIME_LIMIT = os.environ.get("DEMO_TIME_LIMIT", "45")
 SEED = os.environ.get("DEMO_SEED", "6")  # the fault schedule replays; DEMO_SEED=... tries another
 TESTBED_DIR = ".dynamo/demo-testbed"
+TLS = os.environ.get("DEMO_TLS", "") not in ("", "0")
 
 
 def can_use_testbed() -> bool:
@@ -32,8 +35,10 @@ def can_use_testbed() -> bool:
 
 
 def check(mode: str, target: list[str], nemesis: str) -> dict:
-    print(f"\n== cart workload, {mode} mode, nemesis {nemesis}, {TIME_LIMIT}s ==", flush=True)
-    finished = subprocess.run([str(BIN / "dynacheck"), "run", *target, "--workload", "cart", "--mode", mode,
+    print(f"\n== cart workload, {mode} mode, nemesis {nemesis}, {TIME_LIMIT}s{', secured (TLS)' if TLS else ''} ==",
+          flush=True)
+    finished = subprocess.run([str(BIN / "dynacheck"), "run", *target, *(["--tls"] if TLS else []),
+                               "--workload", "cart", "--mode", mode,
                                "--nemesis", nemesis, "--time-limit", TIME_LIMIT, "--rate", "40", "--keys", "5",
                                "--nemesis-interval", "4", "--nemesis-duration", "6", "--seed", SEED, "--store", "store",
                                "--format", "json"], stdout=subprocess.PIPE, text=True, check=False)
