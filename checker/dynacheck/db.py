@@ -290,6 +290,7 @@ def secure_hosts(hosts: list[Host], directory: Path) -> list[Host]:
     """``hosts`` secured with a CA and certificates made in ``directory`` (for nodes that read them
     from this machine's file system): each node's config names its own certificate (for the host
     it is reached at), its key and the CA, and each host carries the checker's admin credentials."""
+    directory = directory.resolve()  # the nodes' configs name these files: from any directory
     try:
         credentials = make_authority(directory, "dynacheck", CHECKER_CLIENT)
         secured = []

@@ -20,7 +20,7 @@ import attrs
 
 from dynactl import process
 from dynactl.local import answers_status
-from dynamod.client import Credentials
+from dynamod.client import Credentials, CredentialsError
 from dynamod.config import ConfigError, build_config, load_toml
 from dynamod.polling import wait_until
 
@@ -71,7 +71,12 @@ class Service:
         if not settings.tls:
             return None
         # A relative path is the node's: it runs in its config's directory.
-        return Credentials(ca=str(self.config.parent / settings.tls_ca))
+        credentials = Credentials(ca=str(self.config.parent / settings.tls_ca))
+        try:
+            credentials.ssl_context()
+        except CredentialsError as exc:
+            raise ServiceError(f"{settings.node_id}: {exc} (tls_ca in {self.config})") from None
+        return credentials
 
     def answers(self) -> bool:
         """True when the node answers its HTTP API."""

@@ -6,6 +6,7 @@ dynacheck's --tls checks of a nodes file."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -129,6 +130,7 @@ def test_a_host_checks_its_secured_node_against_the_ca_its_config_names(tmp_path
     config = tmp_path / "node.toml"
     config.write_text('node_id = "n1"\nhttp = "127.0.0.1:8001"\npeer = "127.0.0.1:7001"\n'
                       'tls_cert = "tls/node.pem"\ntls_key = "tls/node.key"\ntls_ca = "tls/ca.pem"\n')
+    certs.init_ca(tmp_path / "tls", "test")
     # Relative paths are the node's, which runs in its config's directory.
     assert Service.from_config(str(config)).probe_credentials() == Credentials(ca=str(tmp_path / "tls" / "ca.pem"))
     config.write_text('node_id = "n1"\nhttp = "127.0.0.1:8001"\npeer = "127.0.0.1:7001"\n')
@@ -143,3 +145,24 @@ def test_deploy_hosts_carry_the_nodes_files_credentials_unless_dynactl_is_given_
     assert host_credentials(everyone[0]) == authority
     _, everyone = deploy_hosts(Context(None, "table", {"ca": authority.ca, "token": "t"}), path)
     assert host_credentials(everyone[0]) == Credentials(ca=authority.ca, token="t")
+
+
+def test_secured_hosts_name_their_files_by_absolute_paths(tmp_path, monkeypatch):
+    """A relative certs directory (--testbed-dir .dynamo/demo-testbed) must not reach the nodes'
+    configs: a node reads them from its own directory."""
+    from dynacheck.db import secure_hosts
+
+    monkeypatch.chdir(tmp_path)
+    [host] = secure_hosts([Host(name="h1", address="10.0.0.1")], Path("relative") / "certs")
+    config = host.var("dynamod_extra_config")
+    assert all(Path(config[name]).is_absolute() and Path(config[name]).is_file()
+               for name in ("tls_cert", "tls_key", "tls_ca"))
+
+
+def test_a_missing_ca_is_a_service_error_not_a_crash(tmp_path):
+    from dynactl.service import Service, ServiceError
+
+    config = tmp_path / "node.toml"
+    config.write_text('node_id = "n1"\ntls_cert = "a.pem"\ntls_key = "a.key"\ntls_ca = "missing-ca.pem"\n')
+    with pytest.raises(ServiceError, match="missing-ca.pem"):
+        Service.from_config(str(config)).probe_credentials()
