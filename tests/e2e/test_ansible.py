@@ -1,7 +1,10 @@
-"""ansible/site.yml and rolling_restart.yml on testbed hosts, over real SSH."""
+"""ansible/site.yml and rolling_restart.yml on testbed hosts, over real SSH; then the same cluster
+secured by site.yml with dynamod_tls (mutual TLS between nodes, HTTPS with authentication), a
+second run that changes nothing, and a dynacheck --nodes-file --tls run against it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -9,7 +12,7 @@ import time
 import pytest
 
 from dynactl.inventory import load_hosts
-from dynamod.client import DynamoClient
+from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable
 
 from .conftest import BIN, REPO, Writer, make_testbed, missing_writes
 
@@ -71,3 +74,61 @@ def test_rolling_restart_playbook_loses_no_acknowledged_write(bed, provisioned):
     elapsed = time.monotonic() - started
     uptimes = {h.name: DynamoClient(h.http).status()["uptime"] for h in hosts}
     assert all(uptime < elapsed for uptime in uptimes.values()), f"not every node restarted: {uptimes}"
+
+
+@pytest.fixture(scope="module")
+def secured(bed, provisioned):
+    """The provisioned cluster secured: the testbed's inventory with dynamod_tls (the CA on the
+    controller in the testbed dir, the hosts naming the controller's admin certificate for dynactl
+    and dynacheck), site.yml run again over the same hosts (their software is in place: only the
+    TLS files and node.toml change, and each node restarts). Last in this module: the plain tests
+    above run first."""
+    certs = bed.directory / "certs"
+    admin = Credentials(ca=str(certs / "ca.pem"), cert=str(certs / "clients" / "ansible.pem"),
+                        key=str(certs / "clients" / "ansible.key"))
+    inventory = bed.directory / "inventory-tls.ini"
+    inventory.write_text((bed.directory / "inventory.ini").read_text()
+                         + f"\n[dynamod:vars]\ndynamod_tls=true\ndynamod_tls_dir={certs}\n"
+                         + f"dynactl_tls='{json.dumps(admin.as_json())}'\n")
+    result, recap = playbook_with(bed, inventory, "site.yml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return inventory, admin, recap
+
+
+def playbook_with(bed, inventory, name: str):
+    original = bed.directory / "inventory.ini"
+    saved = original.read_text()
+    original.write_text(inventory.read_text())  # playbook() runs against the testbed's inventory.ini
+    try:
+        return playbook(bed, name)
+    finally:
+        original.write_text(saved)
+
+
+def test_site_with_tls_makes_a_secured_cluster_and_a_second_run_changes_nothing(bed, secured):
+    inventory, admin, _ = secured
+    hosts = load_hosts(str(inventory))
+    DynamoClient(hosts[0].http, credentials=admin).put("secured", b"by ansible")
+    assert DynamoClient(hosts[1].http, credentials=admin).get("secured").siblings == [b"by ansible"]
+    with pytest.raises(NodeUnavailable):
+        DynamoClient(hosts[0].http, timeout=3).status()  # plaintext: no HTTP answer
+    with pytest.raises(ClientError) as refused:
+        DynamoClient(hosts[0].http, credentials=Credentials(ca=admin.ca)).status()
+    assert refused.value.status == 401
+    key = bed.host_dir("h1") / "opt" / "tls" / "node.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and not (bed.host_dir("h1") / "opt" / "tls" / "ca.key").exists()
+    result, recap = playbook_with(bed, inventory, "site.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert all(counts["changed"] == 0 for counts in recap.values()), recap
+
+
+def test_a_short_dynacheck_run_against_the_secured_cluster_is_valid(bed, secured, tmp_path):
+    inventory, _, _ = secured
+    finished = subprocess.run(
+        [str(BIN / "dynacheck"), "run", "--nodes-file", str(inventory), "--tls", "--workload", "register",
+         "--nemesis", "none", "--time-limit", "5", "--store", str(tmp_path), "--format", "json"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads(finished.stdout)
+    assert json.loads((tmp_path / "latest" / "test.json").read_text())["tls"] is True
+    assert report["checkers"]["convergence"]["valid"] is True
