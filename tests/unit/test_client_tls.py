@@ -5,11 +5,9 @@ close), and TLS failures are NodeUnavailable with the reason. Credentials' JSON 
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,48 +15,7 @@ import pytest
 from dynactl import certs
 from dynamod.client import Credentials, CredentialsError, DynamoClient, NodeUnavailable
 from dynamod.security.identity import Role
-
-
-class Node(BaseHTTPRequestHandler):
-    """Answers a GET with an empty read and a PUT with 204, noting each request's connection, client
-    certificate and token; ``close_after_answer`` closes the connection after answering,
-    ``drop_second`` closes it without an answer on a connection's second request."""
-
-    protocol_version = "HTTP/1.1"
-    seen: list[dict] = []
-    close_after_answer = False
-    drop_second = False
-
-    def setup(self) -> None:
-        super().setup()
-        self.served = 0
-
-    def _answer(self, status: int, body: bytes) -> None:
-        peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-        uris = [value for kind, value in (peer or {}).get("subjectAltName", ()) if kind == "URI"]
-        self.served += 1
-        dropped = self.drop_second and self.served == 2
-        self.seen.append({"method": self.command + (" dropped" if dropped else ""),
-                          "connection": self.client_address[1], "client": uris,
-                          "authorization": self.headers.get("Authorization")})
-        if dropped:
-            self.close_connection = True
-            return
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = self.close_after_answer
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
-        self._answer(404, json.dumps({"siblings": [], "context": ""}).encode())
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self._answer(204, b"")
-
-    def log_message(self, *args: object) -> None:
-        pass
+from tests.fake_node import FakeNode, FakeNodeServer
 
 
 @pytest.fixture
@@ -70,19 +27,9 @@ def authority(tmp_path) -> Path:
     return directory
 
 
-class Server(ThreadingHTTPServer):
-    """Notes when it has closed a connection."""
-
-    closed = threading.Event()
-
-    def shutdown_request(self, request: object) -> None:
-        super().shutdown_request(request)
-        self.closed.set()
-
-
 def serve(authority: Path, tls: bool = True) -> Iterator[str]:
-    Node.seen, Node.close_after_answer, Node.drop_second, Server.closed = [], False, False, threading.Event()
-    httpd = Server(("127.0.0.1", 0), Node)
+    FakeNode.reset()
+    httpd = FakeNodeServer(("127.0.0.1", 0), FakeNode)
     if tls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(authority / "nodes" / "n1.pem", authority / "nodes" / "n1.key")
@@ -116,32 +63,32 @@ def test_requests_carry_the_client_certificate_and_token_over_one_kept_alive_con
     for _ in range(3):
         assert client.get("k").found is False
     client.close()
-    assert [seen["client"] for seen in Node.seen] == [["dynamo:client:writer:app"]] * 3
-    assert {seen["authorization"] for seen in Node.seen} == {"Bearer s3cret"}
-    assert len({seen["connection"] for seen in Node.seen}) == 1
+    assert [seen["client"] for seen in FakeNode.seen] == [["dynamo:client:writer:app"]] * 3
+    assert {seen["authorization"] for seen in FakeNode.seen} == {"Bearer s3cret"}
+    assert len({seen["connection"] for seen in FakeNode.seen}) == 1
 
 
 def test_an_idle_tls_connection_the_node_closed_is_replaced_before_a_write_is_sent(authority, https_node):
-    Node.close_after_answer = True
+    FakeNode.close_after_answer = True
     client = DynamoClient(https_node, timeout=5, credentials=client_credentials(authority))
     client.write("k", b"v")
-    assert Server.closed.wait(5)  # the node has closed the idle connection (close-notify, then FIN)
+    assert FakeNodeServer.closed.wait(5)  # the node has closed the idle connection (close-notify, then FIN)
     client.write("k", b"v")  # would have gone out on the closed connection and come back unknown
-    assert [seen["method"] for seen in Node.seen] == ["PUT", "PUT"]
-    assert len({seen["connection"] for seen in Node.seen}) == 2
+    assert [seen["method"] for seen in FakeNode.seen] == ["PUT", "PUT"]
+    assert len({seen["connection"] for seen in FakeNode.seen}) == 2
 
 
 def test_a_tls_read_whose_connection_closes_before_an_answer_is_sent_again_once(authority, https_node):
-    Node.drop_second = True
+    FakeNode.drop_second = True
     client = DynamoClient(https_node, timeout=5, credentials=client_credentials(authority))
     assert client.get("k").found is False
     assert client.get("k").found is False
-    assert [seen["method"] for seen in Node.seen] == ["GET", "GET dropped", "GET"]
+    assert [seen["method"] for seen in FakeNode.seen] == ["GET", "GET dropped", "GET"]
 
 
 def test_without_a_token_no_authorization_header_is_sent(authority, https_node):
     DynamoClient(https_node, timeout=5, credentials=Credentials(ca=str(authority / certs.CA_CERT))).get("k")
-    assert Node.seen[0]["authorization"] is None and Node.seen[0]["client"] == []
+    assert FakeNode.seen[0]["authorization"] is None and FakeNode.seen[0]["client"] == []
 
 
 def test_a_node_of_another_ca_is_not_accepted(tmp_path, https_node):
