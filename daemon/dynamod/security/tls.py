@@ -33,13 +33,14 @@ class TlsMaterial:
     certificate: x509.Certificate
     authority: x509.Certificate
     principal: Principal
-    _private: ssl.PrivateCertificate
+    #: the key (cryptography's objects throughout: pyOpenSSL deprecates its own in contexts)
+    _key: Any
     _trusted: ssl.Certificate
 
     def peer_server_options(self) -> Any:
         """The peer listener: a certificate from the CA is required."""
-        return ssl.CertificateOptions(privateKey=self._private.privateKey.original,
-                                      certificate=self._private.original,
+        return ssl.CertificateOptions(privateKey=self._key,
+                                      certificate=self.certificate,
                                       trustRoot=ssl.trustRootFromCertificates([self._trusted]))
 
     def peer_client_options(self) -> Any:
@@ -49,8 +50,8 @@ class TlsMaterial:
     def http_server_options(self) -> Any:
         """The HTTP listener: a client certificate is verified when one is sent, not required."""
         # ALPN names HTTP/1.1: without it a client offering h2 (curl) got an internal-error alert.
-        return ssl.CertificateOptions(privateKey=self._private.privateKey.original,
-                                      certificate=self._private.original, verify=True,
+        return ssl.CertificateOptions(privateKey=self._key,
+                                      certificate=self.certificate, verify=True,
                                       caCerts=[self._trusted.original], requireCertificate=False,
                                       acceptableProtocols=[b"http/1.1"])
 
@@ -90,8 +91,7 @@ def load_material(cert_path: str, key_path: str, ca_path: str) -> TlsMaterial:
     principal = principal_of(certificate)
     if principal is None or not principal.is_node:
         raise TlsError(f"the certificate {cert_path} names no node (made by dynactl certs issue?)")
-    private = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    return TlsMaterial(certificate, authority, principal, private, ssl.Certificate.loadPEM(ca_pem))
+    return TlsMaterial(certificate, authority, principal, key, ssl.Certificate.loadPEM(ca_pem))
 
 
 def peer_principal(transport: Any) -> Principal | None:
