@@ -305,6 +305,15 @@ def init_ca(directory: str | Path, cluster_name: str = DEFAULT_CLUSTER, days: in
     return _write_pair(cert_path, key_path, build_ca(key, cluster_name, days, _now()), key, force)
 
 
+def ensure_ca(directory: str | Path, cluster_name: str = DEFAULT_CLUSTER) -> Path:
+    """The CA certificate of ``directory``, the CA made first unless there is one (what it issued
+    stays valid); CertsError when it cannot be made."""
+    cert_path = Path(directory) / CA_CERT
+    if not cert_path.exists():
+        init_ca(directory, cluster_name)
+    return cert_path
+
+
 def load_ca(directory: str | Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA certificate and key in ``directory``; CertsError when there is none or they do not match."""
     root = Path(directory)

@@ -80,10 +80,9 @@ def make_authority(directory: Path, cluster_name: str, client_name: str) -> Cred
     """The CA in ``directory`` (made unless there is one: certificates it issued, and data written
     under them, stay valid) and an admin client certificate ``client_name``, issued afresh; returns
     that client's credentials. CertsError when a file cannot be made."""
-    if not (directory / certs.CA_CERT).exists():
-        certs.init_ca(directory, cluster_name)
+    ca_cert = certs.ensure_ca(directory, cluster_name)
     client = certs.issue_client(directory, client_name, Role.ADMIN, force=True)
-    return Credentials(ca=str(directory / certs.CA_CERT), cert=str(client.certificate_path), key=str(client.key_path))
+    return Credentials(ca=str(ca_cert), cert=str(client.certificate_path), key=str(client.key_path))
 
 
 def node_tls_settings(directory: Path, node_id: str, addresses: list[str]) -> dict[str, Any]:

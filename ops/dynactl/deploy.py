@@ -103,15 +103,14 @@ def tls_files(host: Host) -> list[tuple[Path, str, str]]:
     certificate names its address. ``ca.key`` stays on the controller."""
     directory = Path(str(host.var("dynamod_tls_dir")))
     try:
-        if not (directory / certs.CA_CERT).exists():
-            certs.init_ca(directory)
+        ca_cert = certs.ensure_ca(directory)
         node_cert = directory / "nodes" / f"{host.name}.pem"
         if not node_cert.exists():
             certs.issue_node(directory, host.name, [str(host.var("dynamod_address") or host.address)])
     except certs.CertsError as exc:
         raise DeployError(f"certificates in {directory}: {exc}") from None
     home = tls_home(host)
-    files = [(directory / certs.CA_CERT, f"{home}/ca.pem", "0644"), (node_cert, f"{home}/node.pem", "0644"),
+    files = [(ca_cert, f"{home}/ca.pem", "0644"), (node_cert, f"{home}/node.pem", "0644"),
              (directory / "nodes" / f"{host.name}.key", f"{home}/node.key", "0600")]
     if host.var("dynamod_auth_tokens_file"):
         files.append((Path(str(host.var("dynamod_auth_tokens_file"))), f"{home}/tokens", "0600"))
@@ -130,13 +129,12 @@ def controller_credentials(host: Host) -> Credentials | None:
     directory = Path(str(host.var("dynamod_tls_dir")))
     client = directory / "clients" / f"{DEPLOY_CLIENT}.pem"
     try:
-        if not (directory / certs.CA_CERT).exists():
-            certs.init_ca(directory)
+        ca_cert = certs.ensure_ca(directory)
         if not client.exists():
             certs.issue_client(directory, DEPLOY_CLIENT, Role.ADMIN)
     except certs.CertsError as exc:
         raise DeployError(f"certificates in {directory}: {exc}") from None
-    return Credentials(ca=str(directory / certs.CA_CERT), cert=str(client),
+    return Credentials(ca=str(ca_cert), cert=str(client),
                        key=str(directory / "clients" / f"{DEPLOY_CLIENT}.key"))
 
 

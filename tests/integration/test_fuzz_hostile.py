@@ -132,6 +132,11 @@ def read_frame(stream: Stream) -> list:
     return msgpack.unpackb(stream.take(length), raw=False, strict_map_key=False)
 
 
+def typed_refusal(payload: object) -> bool:
+    """An ERROR frame's payload that names a known code other than ``internal``."""
+    return isinstance(payload, list) and payload[:1] != [] and payload[0] in TYPED_CODES
+
+
 def run_peer_case(address: str, case: PeerCase) -> str | None:
     sock = dial(address)
     stream = Stream(sock)
@@ -149,10 +154,9 @@ def run_peer_case(address: str, case: PeerCase) -> str | None:
             if request_id in case.refused:
                 if kind == RESPONSE:
                     return f"request {request_id} answered with a value, not refused"
-                if not isinstance(payload, list) or payload[:1] == [] or payload[0] not in TYPED_CODES:
+                if not typed_refusal(payload):
                     return f"request {request_id} refused without a typed code: {payload!r:.200}"
-            elif kind != RESPONSE and (not isinstance(payload, list) or payload[:1] == []
-                                       or payload[0] not in TYPED_CODES):
+            elif kind != RESPONSE and not typed_refusal(payload):
                 return f"request {request_id} failed untyped: {payload!r:.200}"
         return None
     except OSError as exc:
