@@ -22,7 +22,8 @@ def write_through(transport: Any, data: bytes) -> None:
     Only a plain TCP connection is written to directly: a TLS transport forwards attribute
     lookups (``socket`` among them) to the TCP connection under it, whose socket carries the
     encrypted stream."""
-    sock = transport.socket if isinstance(transport, tcp.Connection) else None
+    # A lost connection has no socket attribute any more (Twisted deletes it): then write() drops.
+    sock = getattr(transport, "socket", None) if isinstance(transport, tcp.Connection) else None
     if (sock is None or getattr(transport, "dataBuffer", b"x") or getattr(transport, "_tempDataBuffer", True)
             or not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True)):
         transport.write(data)
