@@ -152,7 +152,7 @@ class Cluster:
                 client.close()
 
     def faketime_file(self, host: Host) -> str:
-        return str(host.var("dynamod_faketime_file") or f"{host.home}/faketime")
+        return faketime_file(host)
 
     def run(self, command: Callable[[Host], str], nodes: list[str] | None = None,
             timeout: float | None = 60.0) -> dict[str, HostResult]:
@@ -175,9 +175,7 @@ class Cluster:
         progress("stopping old nodes and wiping their data")
         everyone = [host.name for host in self.roster]
         self.service("stop", everyone)  # stop, not kill: a systemd unit would restart a killed node
-        wiped = self.run(lambda host: "rm -rf {0} {1} && mkdir -p {0} {1} {2}".format(
-            shlex.quote(str(host.var("dynamod_data_dir"))), shlex.quote(str(host.var("dynamod_log_dir"))),
-            shlex.quote(str(Path(self.faketime_file(host)).parent))), everyone)
+        wiped = self.run(wipe_command, everyone)
         self.require(wiped, "wiping data")
         if self.faketime:
             self.require(self.set_clock_offsets({node: 0.0 for node in everyone}), "resetting the clock files")
@@ -254,6 +252,24 @@ class Cluster:
         failed = [result.line() for result in results.values() if not result.ok]
         if failed:
             raise DbError(f"{step} failed: " + "; ".join(failed))
+
+
+def wipe_command(host: Host) -> str:
+    """Empty the node's data and log directories, recreated with the ownership the role gives them
+    (the service user's, 0750), so that the node, running as that user, can write them and Ansible
+    finds them as it left them."""
+    data, logs = shlex.quote(str(host.var("dynamod_data_dir"))), shlex.quote(str(host.var("dynamod_log_dir")))
+    command = f"rm -rf {data} {logs} && mkdir -p {data} {logs} {shlex.quote(str(Path(faketime_file(host)).parent))}"
+    user = host.var("dynamod_user")
+    if user:
+        owner = shlex.quote(f"{user}:{host.var('dynamod_group') or user}")
+        command += f" && chown {owner} {data} {logs} && chmod 0750 {data} {logs}"
+    return command
+
+
+def faketime_file(host: Host) -> str:
+    """Where ``host``'s node reads its clock offset (the clock nemesis writes it)."""
+    return str(host.var("dynamod_faketime_file") or f"{host.home}/faketime")
 
 
 def with_test_settings(host: Host, settings: dict[str, Any], faketime: bool,

@@ -71,14 +71,16 @@ def _report(ctx: Context, results: dict[str, HostResult], action: str) -> None:
 @pass_context
 def deploy_command(ctx: Context, inventory: str | None, wheelhouse: str, names: tuple[str, ...]) -> None:
     """Install the project from this checkout on the hosts (offline, from built wheels), write each
-    node.toml and start the nodes; nodes whose software or config changed are restarted."""
+    node.toml and start the nodes; running nodes whose software or config changed are restarted one
+    at a time, each once the cluster is healthy."""
     hosts, everyone = _hosts(ctx, inventory, names)
     try:
         built = build_wheelhouse(wheelhouse)
     except PackageError as exc:
         ctx.out.fail(EXIT_INTERNAL, str(exc))
     with SshHosts(everyone) as control:
-        results = deploy(control, hosts, built, everyone)
+        results = deploy(control, hosts, built, everyone,
+                         progress=lambda line: click.echo(f"restart: {line}", err=True))
     deployed = [h for h in hosts if results[h.name].ok]
     unhealthy = wait_deployed(deployed, everyone, progress=lambda line: click.echo(f"waiting: {line}", err=True))
     for name, why in unhealthy.items():

@@ -229,27 +229,57 @@ def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: li
             draft.flush()
             connection.put(draft.name, host.config_path)
         changes.append("wrote node.toml")
+    # Always, not only after an upload: the upload keeps the draft's mode (0600, NamedTemporaryFile's),
+    # and a node.toml an earlier deploy left so is unreadable by the service user the node runs as.
+    _check(run(config_mode_command(host)), "mode of node.toml")
     return ", ".join(changes) if changes else "unchanged"
 
 
+def config_mode_command(host: Host) -> str:
+    """The shell command giving node.toml the role's ownership: root, group of the service user,
+    0640 (the node reads it; nobody else needs to); 0644 when the node runs as the SSH user."""
+    path = shlex.quote(host.config_path)
+    user = host.var("dynamod_user")
+    if not user:
+        return f"chmod 0644 {path}"
+    group = shlex.quote(str(host.var("dynamod_group") or user))
+    return f"chown root:{group} {path} && chmod 0640 {path}"
+
+
 def deploy(hosts_control: Hosts, hosts: list[Host], wheelhouse: dict[str, Any],
-           inventory_hosts: list[Host] | None = None) -> dict[str, HostResult]:
-    """Install and configure every host in parallel, then (re)start each node: a node whose
-    software or config changed is restarted, one that does not run is started."""
+           inventory_hosts: list[Host] | None = None,
+           progress: Callable[[str], None] = lambda message: None) -> dict[str, HostResult]:
+    """Install and configure every host in parallel, then start each node that does not run (in
+    parallel) and restart, one at a time, each running node whose software or config changed:
+    restarting them together would take the whole cluster down at once. Before and after each
+    restart the cluster must be healthy from that node's view (as ``rolling_restart``); the first
+    restart that fails stops the rest, which are reported as not restarted."""
     everyone = inventory_hosts or hosts
     installed = hosts_control.each(lambda c, h: install(c, h, wheelhouse, founders(h, everyone)), hosts)
     ready = [h for h in hosts if installed[h.name].ok]
+    status = hosts_control.each(
+        lambda c, h: "running" if c.run(service_command(h, "status"), hide=True, warn=True,
+                                        in_stream=False).exited == 0 else "stopped", ready)
+    changed = [h for h in ready if status[h.name].stdout == "running" and installed[h.name].stdout != "unchanged"]
 
     def start(connection: Any, host: Host) -> HostResult:
-        changed = installed[host.name].stdout != "unchanged"
-        running = connection.run(service_command(host, "status"), hide=True, warn=True, in_stream=False).exited == 0
-        action = "restart" if running and changed else "start"
-        outcome = _check(connection.run(service_command(host, action), hide=True, warn=True, in_stream=False),
-                         f"dynactl service {action}")
+        outcome = _check(connection.run(service_command(host, "start"), hide=True, warn=True, in_stream=False),
+                         "dynactl service start")
         return HostResult(host=host.name, ok=True, stdout=f"{installed[host.name].stdout}; {outcome.stdout.strip()}")
 
-    started = hosts_control.each(start, ready)
-    return {h.name: started.get(h.name, installed[h.name]) for h in hosts}
+    results = hosts_control.each(start, [h for h in ready if h not in changed])
+    for position, host in enumerate(changed):
+        try:
+            _restart_one(hosts_control, host, [m.name for m in founders(host, everyone)], progress,
+                         HEALTH_DEADLINE_SECONDS)
+        except DeployError as exc:
+            results[host.name] = HostResult(host=host.name, ok=False, error=str(exc))
+            for skipped in changed[position + 1:]:
+                results[skipped.name] = HostResult(host=skipped.name, ok=False,
+                                                   error=f"not restarted: {host.name} did not come back")
+            break
+        results[host.name] = HostResult(host=host.name, ok=True, stdout=f"{installed[host.name].stdout}; restarted")
+    return {h.name: results.get(h.name, installed[h.name]) for h in hosts}
 
 
 def wait_deployed(hosts: list[Host], everyone: list[Host], deadline_seconds: float = HEALTH_DEADLINE_SECONDS,

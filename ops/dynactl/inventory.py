@@ -233,6 +233,8 @@ def hosts_from_nodes_document(document: Any, source: str = "nodes.json") -> list
         for key in ("home", "data_dir", "log_dir", "faketime_file", "http_port", "peer_port"):
             if entry.get(key) is not None:
                 variables[f"dynamod_{key}"] = entry[key]
+        if entry.get("service_user") is not None:  # the account the node runs as (the role's dynamod_user)
+            variables["dynamod_user"] = entry["service_user"]
         hosts.append(host_from_vars(str(entry["name"]), variables))
     return hosts
 

@@ -94,26 +94,35 @@ class Service:
     def pid(self) -> int | None:
         """The running node's PID, or None."""
         if self.uses_systemd():
-            shown = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", self.unit],
-                                   capture_output=True, text=True, check=False).stdout.strip()
-            pid = int(shown) if shown.isdigit() and shown != "0" else None
-        else:
-            try:
-                pid = int(self.pidfile.read_text().strip())
-            except (OSError, ValueError):
-                return None
+            return running_main_pid(self.unit_state())
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
         return pid if process.is_dynamod(pid, str(self.config)) else None
 
+    def unit_state(self) -> dict[str, str]:
+        """The unit's ``systemctl show`` properties that say whether the node runs."""
+        shown = subprocess.run(["systemctl", "show", "-p", ",".join(UNIT_PROPERTIES), self.unit],
+                               capture_output=True, text=True, check=False).stdout
+        return parse_show(shown)
+
+    def journal(self, lines: int = 15) -> str:
+        """The last lines the unit's processes wrote (under systemd the journal has them, not a file)."""
+        shown = subprocess.run(["journalctl", "--unit", self.unit, "--lines", str(lines), "--no-pager",
+                                "--output", "cat"], capture_output=True, text=True, check=False)
+        return shown.stdout.strip() or shown.stderr.strip() or "(no output)"
+
     def start(self, wait: float = 30.0) -> str:
-        if self.faketime_file and self.uses_systemd():
-            # The unit does not carry the libfaketime environment: the node would run unskewed, unnoticed.
-            raise ServiceError(f"--faketime is not supported with the systemd unit {self.unit}: "
-                               f"remove {SYSTEMD_UNIT_DIR / (self.unit + '.service')} or run without --faketime")
         running = self.pid()
         if running:
             return f"already running pid {running}"
         settings = self._settings()
         if self.uses_systemd():
+            self._set_faketime_dropin()
+            # A failed start counts against systemd's start rate limit (5 in 10 s by default); a fault
+            # schedule or a rolling restart starts the unit often and on purpose: forget earlier failures.
+            subprocess.run(["systemctl", "reset-failed", self.unit], capture_output=True, check=False)
             _systemctl("start", self.unit)
         else:
             child = process.start_detached(
@@ -123,6 +132,25 @@ class Service:
             process.wait_until_exec(child, str(self.config))
         self._wait_serving(settings.node_id, wait)
         return f"started pid {self.pid()}"
+
+    def _set_faketime_dropin(self) -> None:
+        """Under systemd the unit's environment is the node's: a runtime drop-in (gone at reboot) sets
+        the libfaketime variables when a clock file is given and is removed when none is."""
+        dropin = FAKETIME_DROPIN_DIR / f"{self.unit}.service.d" / "faketime.conf"
+        wanted = None
+        if self.faketime_file:
+            if not Path(FAKETIME_LIBRARY).is_file():
+                raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
+            wanted = faketime_dropin(self.faketime_file)
+        present = dropin.read_text() if dropin.is_file() else None
+        if present == wanted:
+            return
+        if wanted is None:
+            dropin.unlink()
+        else:
+            dropin.parent.mkdir(parents=True, exist_ok=True)
+            dropin.write_text(wanted)
+        _systemctl("daemon-reload")
 
     def stop(self) -> str:
         if self.uses_systemd():
@@ -136,6 +164,14 @@ class Service:
     def signal(self, signum: int, done: str) -> str:
         """kill -9, pause (SIGSTOP), resume (SIGCONT): faults for the checker's nemeses."""
         pid = self.pid()
+        if signum == signal.SIGKILL and self.uses_systemd():
+            if pid is None:
+                return "not running"
+            # A crash that stays down until the next start: Restart=on-failure would bring the node
+            # back within RestartSec, so the stop that follows cancels the restart systemd queued.
+            _systemctl("kill", self.unit, "--signal=SIGKILL", "--kill-whom=main")
+            _systemctl("stop", self.unit)
+            return f"{done} pid {pid} (unit {self.unit} stopped: systemd does not restart it)"
         if signum == signal.SIGKILL:  # kill also waits until the process is gone
             return "not running" if process.kill(pid, str(self.config)) == "not running" else f"{done} pid {pid}"
         if not process.send(pid, str(self.config), signum):
@@ -174,7 +210,15 @@ class Service:
         address, credentials = self.status_address(), self.probe_credentials()
 
         def serving() -> bool:
-            if self.pid() is None:
+            if self.uses_systemd():
+                state = self.unit_state()
+                if unit_start_failed(state):
+                    raise ServiceError(f"{node_id}: unit {self.unit} is {state.get('ActiveState')} "
+                                       f"({state.get('SubState')}, result {state.get('Result')}); last lines of "
+                                       f"its journal:\n{self.journal()}")
+                if running_main_pid(state) is None:
+                    return False  # still activating
+            elif self.pid() is None:
                 raise ServiceError(f"{node_id} exited during start-up; last lines of {self.output_path()}:\n"
                                    + _tail(self.output_path()))
             return answers_status(address, credentials=credentials)
@@ -214,10 +258,45 @@ def faketime_environment(timestamp_file: str, preload: str = "") -> dict[str, st
     }
 
 
-def _systemctl(action: str, unit: str) -> None:
-    result = subprocess.run(["systemctl", action, unit], capture_output=True, text=True, check=False)
+#: What ``systemctl show`` is asked about the unit.
+UNIT_PROPERTIES = ("ActiveState", "SubState", "MainPID", "Result")
+#: Runtime drop-ins live in /run: a reboot forgets a clock skew, as it forgets the faketime file's effect.
+FAKETIME_DROPIN_DIR = Path("/run/systemd/system")
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """``systemctl show -p ...`` output (KEY=VALUE lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def running_main_pid(state: dict[str, str]) -> int | None:
+    """The main PID of a unit that runs (active, or reloading), else None. The PID systemd names is
+    trusted as it is: right after ``systemctl start`` the process has not exec'd yet and its command
+    line reads ``(dynamod)``."""
+    pid = state.get("MainPID", "0")
+    if state.get("ActiveState") in ("active", "reloading") and pid.isdigit() and pid != "0":
+        return int(pid)
+    return None
+
+
+def unit_start_failed(state: dict[str, str]) -> bool:
+    """True once a start has visibly failed: the unit is failed, its process exited and systemd waits
+    to restart it (``auto-restart``), or it went back to inactive."""
+    return (state.get("ActiveState") in ("failed", "inactive")
+            or state.get("SubState") == "auto-restart")
+
+
+def faketime_dropin(timestamp_file: str) -> str:
+    """A unit drop-in that runs the node under libfaketime (``faketime_environment``)."""
+    lines = ["# Written by dynactl service start --faketime; removed by a start without it.", "[Service]"]
+    lines += [f'Environment="{key}={value}"' for key, value in faketime_environment(timestamp_file).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _systemctl(action: str, *arguments: str) -> None:
+    result = subprocess.run(["systemctl", action, *arguments], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise ServiceError(f"systemctl {action} {unit} failed: {result.stderr.strip()}")
+        raise ServiceError(f"systemctl {action} {' '.join(arguments)} failed: {result.stderr.strip()}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -96,9 +96,30 @@ def test_ratios_pool_the_runs_of_each_kind_and_judge_the_aim():
     assert not bench.meets_aim(bench.ratios([run("none", 100, [1.0])]))  # nothing to compare with
 
 
-def test_a_systemd_node_is_not_started_unskewed_when_skew_was_asked(tmp_path, monkeypatch):
-    node = a_service(tmp_path, "/x/clock")
-    monkeypatch.setattr(Service, "uses_systemd", lambda self: True)
-    monkeypatch.setattr(service_module, "_systemctl", lambda *args: pytest.fail("systemctl must not run"))
-    with pytest.raises(ServiceError, match="--faketime is not supported with the systemd unit"):
-        node.start()
+def test_a_systemd_node_gets_its_skew_through_a_runtime_dropin_written_only_when_it_changes(tmp_path, monkeypatch):
+    if not Path(FAKETIME_LIBRARY).is_file():
+        pytest.skip("libfaketime is not installed")
+    reloads = []
+    monkeypatch.setattr(service_module, "FAKETIME_DROPIN_DIR", tmp_path / "run")
+    monkeypatch.setattr(service_module, "_systemctl", lambda *args: reloads.append(args))
+    dropin = tmp_path / "run" / "dynamod.service.d" / "faketime.conf"
+    a_service(tmp_path, "/x/clock")._set_faketime_dropin()
+    text = dropin.read_text()
+    assert f'Environment="LD_PRELOAD={FAKETIME_LIBRARY}"' in text
+    assert 'Environment="FAKETIME_TIMESTAMP_FILE=/x/clock"' in text and text.splitlines()[1] == "[Service]"
+    assert reloads == [("daemon-reload",)]
+    a_service(tmp_path, "/x/clock")._set_faketime_dropin()
+    assert reloads == [("daemon-reload",)]  # unchanged: no reload
+    a_service(tmp_path, None)._set_faketime_dropin()
+    assert not dropin.exists() and reloads == [("daemon-reload",)] * 2  # no skew asked: the node runs unskewed
+
+
+def test_a_unit_counts_as_running_once_active_with_a_main_pid_and_as_failed_when_it_exited():
+    show = service_module.parse_show("ActiveState=active\nSubState=running\nMainPID=412\nResult=success\n")
+    assert service_module.running_main_pid(show) == 412 and not service_module.unit_start_failed(show)
+    activating = {"ActiveState": "activating", "SubState": "start", "MainPID": "0", "Result": "success"}
+    assert service_module.running_main_pid(activating) is None and not service_module.unit_start_failed(activating)
+    for state in ({"ActiveState": "activating", "SubState": "auto-restart", "MainPID": "0"},
+                  {"ActiveState": "failed", "SubState": "failed", "MainPID": "0", "Result": "exit-code"},
+                  {"ActiveState": "inactive", "SubState": "dead", "MainPID": "0"}):
+        assert service_module.running_main_pid(state) is None and service_module.unit_start_failed(state)
