@@ -139,8 +139,7 @@ class Service:
         dropin = FAKETIME_DROPIN_DIR / f"{self.unit}.service.d" / "faketime.conf"
         wanted = None
         if self.faketime_file:
-            if not Path(FAKETIME_LIBRARY).is_file():
-                raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
+            _require_faketime_library()
             wanted = faketime_dropin(self.faketime_file)
         present = dropin.read_text() if dropin.is_file() else None
         if present == wanted:
@@ -187,8 +186,7 @@ class Service:
     def _environment(self) -> dict[str, str]:
         environment = dict(os.environ)
         if self.faketime_file:
-            if not Path(FAKETIME_LIBRARY).is_file():
-                raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
+            _require_faketime_library()
             environment.update(faketime_environment(self.faketime_file, environment.get("LD_PRELOAD", "")))
         return environment
 
@@ -297,6 +295,11 @@ def _systemctl(action: str, *arguments: str) -> None:
     result = subprocess.run(["systemctl", action, *arguments], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ServiceError(f"systemctl {action} {' '.join(arguments)} failed: {result.stderr.strip()}")
+
+
+def _require_faketime_library() -> None:
+    if not Path(FAKETIME_LIBRARY).is_file():
+        raise ServiceError(f"--faketime needs libfaketime ({FAKETIME_LIBRARY}): apt-get install faketime")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
