@@ -3,7 +3,9 @@
 A host's layout is the Ansible role's (``ansible/roles/dynamod``): ``HOME/wheels`` (uploaded from
 the controller's wheelhouse), ``HOME/venv``, ``HOME/node.toml``, data and log directories, and
 ``HOME/venv/bin/dynactl service ...`` to start and stop the node, so hosts provisioned by either
-tool can be driven by both.
+tool can be driven by both. A host booted with systemd also gets the role's unit (one template,
+``templates/dynamod.service.j2``, for both tools), installed and enabled, so its node comes back
+after a reboot.
 """
 
 from __future__ import annotations
@@ -13,19 +15,31 @@ import json
 import shlex
 import tempfile
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from dynactl import certs
 from dynactl.credentials import host_credentials
 from dynactl.inventory import Host
 from dynactl.package import DISTRIBUTION, WHEEL_PREFIX
 from dynactl.remote import HostError, HostResult, Hosts
+from dynactl.service import SYSTEMD_UNIT_DIR
 from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable
 from dynamod.polling import wait_until
 from dynamod.security.identity import Role
 
 HEALTH_DEADLINE_SECONDS = 120.0
+#: The unit's template: deploy renders it, and the Ansible role's templates/ links to it.
+UNIT_TEMPLATE = resources.files("dynactl") / "templates" / "dynamod.service.j2"
+UNIT = "dynamod"
+UNIT_PATH = str(SYSTEMD_UNIT_DIR / f"{UNIT}.service")
+#: What the unit's first line says (the role writes its ``ansible_managed`` there).
+UNIT_MANAGED = "Managed by dynactl deploy (the Ansible role dynamod's template): local changes are overwritten"
+#: The role's defaults for what the inventory's defaults do not name.
+SERVICE_DEFAULTS: dict[str, Any] = {"dynamod_service_manager": "auto", "dynamod_service_enabled": True}
 
 
 class DeployError(HostError):
@@ -75,10 +89,17 @@ def render_node_toml(host: Host, members: list[Host]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def uses_tls(host: Host) -> bool:
-    """``dynamod_tls`` (the role's variable; an INI inventory gives it as text)."""
-    value = host.var("dynamod_tls")
+def _flag(host: Host, name: str) -> bool:
+    """A boolean variable of the role (an INI inventory may give it as text)."""
+    value = host.var(name)
+    if value is None:
+        value = SERVICE_DEFAULTS.get(name, False)
     return value.strip().lower() in ("true", "yes", "1") if isinstance(value, str) else bool(value)
+
+
+def uses_tls(host: Host) -> bool:
+    """``dynamod_tls``, the role's variable."""
+    return _flag(host, "dynamod_tls")
 
 
 def tls_home(host: Host) -> str:
@@ -140,7 +161,7 @@ def controller_credentials(host: Host) -> Credentials | None:
 
 def install_tls(connection: Any, host: Host) -> bool:
     """Put the node's TLS files on ``host`` (keys 0600, the service user's); True if any changed."""
-    run = lambda command: connection.run(command, hide=True, warn=True, in_stream=False)  # noqa: E731
+    run = _runner(connection)
     home = shlex.quote(tls_home(host))
     _check(run(f"mkdir -p {home} && chmod 0755 {home}"), "creating the TLS directory")
     changed = False
@@ -172,20 +193,38 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _runner(connection: Any) -> Callable[..., Any]:
+    """``connection.run`` as every step calls it: output captured, a failure returned, not raised."""
+    return lambda command, **kw: connection.run(command, hide=True, warn=True, in_stream=False, **kw)
+
+
+def _upload_text(connection: Any, text: str, remote: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=Path(remote).suffix) as draft:
+        draft.write(text)
+        draft.flush()
+        connection.put(draft.name, remote)
+
+
+def _last_line(result: Any) -> str:
+    return (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+
+
 def _check(result: Any, step: str) -> Any:
     if result.exited != 0:
-        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-        raise DeployError(f"{step} failed (exit {result.exited}): {last}")
+        raise DeployError(f"{step} failed (exit {result.exited}): {_last_line(result)}")
     return result
 
 
 def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: list[Host]) -> str:
-    """Put the wheels, the venv, the project and node.toml on one host; returns what changed."""
-    run = lambda command, **kw: connection.run(command, hide=True, warn=True, in_stream=False, **kw)  # noqa: E731
+    """Put the wheels, the venv, the project and node.toml on one host, and on a systemd host the
+    service user and the unit (``install_unit``); returns what changed."""
+    run = _runner(connection)
     python = shlex.quote(host.python)
     if run(f"test -x {python}").exited != 0:
         raise DeployError(f"no Python at {host.python} (install python3 and python3-venv, or set "
                           "ansible_python_interpreter)")
+    systemd = wants_unit(run, host)
+    changes = ensure_account(run, host) if systemd else []
     home, wheels = host.home, f"{host.home}/wheels"
     directories = [home, wheels, str(host.var("dynamod_data_dir")), str(host.var("dynamod_log_dir"))]
     _check(run("mkdir -p " + " ".join(map(shlex.quote, directories))), "creating directories")
@@ -197,7 +236,6 @@ def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: li
     for line in listing.stdout.splitlines():
         digest, _, name = line.partition("  ")
         present[name.strip()] = digest
-    changes = []
     local = Path(wheelhouse["dir"])
     uploaded = [wheel for wheel in wheelhouse["wheels"] if present.get(wheel) != _sha256(local / wheel)]
     for wheel in uploaded:
@@ -224,26 +262,130 @@ def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: li
     config = render_node_toml(host, members)
     current = run(f"cat {shlex.quote(host.config_path)}").stdout
     if current != config:
-        with tempfile.NamedTemporaryFile("w", suffix=".toml") as draft:
-            draft.write(config)
-            draft.flush()
-            connection.put(draft.name, host.config_path)
+        _upload_text(connection, config, host.config_path)
         changes.append("wrote node.toml")
     # Always, not only after an upload: the upload keeps the draft's mode (0600, NamedTemporaryFile's),
     # and a node.toml an earlier deploy left so is unreadable by the service user the node runs as.
     _check(run(config_mode_command(host)), "mode of node.toml")
+    if systemd and fallback_runs_node(run, host):
+        changes.append("unit waits until the fallback's node stops")  # switch_to_unit, one host at a time
+    elif systemd:
+        changes += install_unit(connection, host)
     return ", ".join(changes) if changes else "unchanged"
+
+
+def service_account(host: Host) -> tuple[str, str] | None:
+    """(user, group) the node runs as: ``dynamod_user`` and ``dynamod_group`` (default the user's
+    name, as in the role); None when no user is named (the node runs as the SSH user)."""
+    user = host.var("dynamod_user")
+    return (str(user), str(host.var("dynamod_group") or user)) if user else None
 
 
 def config_mode_command(host: Host) -> str:
     """The shell command giving node.toml the role's ownership: root, group of the service user,
     0640 (the node reads it; nobody else needs to); 0644 when the node runs as the SSH user."""
     path = shlex.quote(host.config_path)
-    user = host.var("dynamod_user")
-    if not user:
+    account = service_account(host)
+    if account is None:
         return f"chmod 0644 {path}"
-    group = shlex.quote(str(host.var("dynamod_group") or user))
-    return f"chown root:{group} {path} && chmod 0640 {path}"
+    return f"chown root:{shlex.quote(account[1])} {path} && chmod 0640 {path}"
+
+
+# -- the systemd unit ------------------------------------------------------------------------------
+
+
+def wants_unit(run: Callable[..., Any], host: Host) -> bool:
+    """Does ``host`` get the unit? ``dynamod_service_manager`` as in the role: ``systemd``, ``dynactl``
+    (the fallback), or ``auto``: when the host was booted with systemd (what ``dynactl service``
+    looks for too)."""
+    manager = host.var("dynamod_service_manager") or SERVICE_DEFAULTS["dynamod_service_manager"]
+    if manager not in ("auto", "systemd", "dynactl"):
+        raise DeployError(f"dynamod_service_manager must be auto, systemd or dynactl, not {manager!r}")
+    return manager == "systemd" or (manager == "auto" and run("test -d /run/systemd/system").exited == 0)
+
+
+def render_unit(host: Host) -> str:
+    """The unit of ``host``'s node: the role's template, from the host's variables."""
+    account = service_account(host)
+    variables = {
+        "ansible_managed": UNIT_MANAGED, "inventory_hostname": host.name,
+        "dynamod_user": account[0] if account else None, "dynamod_group": account[1] if account else None,
+        # Where deploy installs them (the Host's layout), which the role's defaults also give.
+        "dynamod_venv": host.venv, "dynamod_config": host.config_path,
+        "dynamod_data_dir": str(host.var("dynamod_data_dir")), "dynamod_log_dir": str(host.var("dynamod_log_dir")),
+    }
+    # Ansible's template module renders with trim_blocks and keeps the trailing newline.
+    environment = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return environment.from_string(UNIT_TEMPLATE.read_text(encoding="utf-8")).render(variables)
+
+
+def same_unit(present: str, wanted: str) -> bool:
+    """True when the installed unit says what ``wanted`` says, but for its first comment line: a
+    unit the role wrote (its ``ansible_managed`` line) is left as it is, since rewriting a comment
+    would restart the node for nothing."""
+    def body(text: str) -> str:
+        first, _, rest = text.partition("\n")
+        return rest if first.startswith("#") else text
+    return body(present) == body(wanted)
+
+
+def ensure_account(run: Callable[..., Any], host: Host) -> list[str]:
+    """Create the service user when it is missing, as the role does (a system user and group, no
+    home, no login shell); an existing account is left alone."""
+    account = service_account(host)
+    if account is None or run(f"getent passwd {shlex.quote(account[0])}").exited == 0:
+        return []
+    user, group = map(shlex.quote, account)
+    _check(run(f"getent group {group} >/dev/null || groupadd --system {group}"), f"creating group {account[1]}")
+    _check(run(f"useradd --system --gid {group} --home-dir /nonexistent --no-create-home "
+               f"--shell /usr/sbin/nologin --comment 'dynamod node' {user}"), f"creating user {account[0]}")
+    return [f"created user {account[0]}"]
+
+
+def install_unit(connection: Any, host: Host) -> list[str]:
+    """Write the unit when it differs (root:root 0644, then ``systemctl daemon-reload``), and enable
+    it or not as ``dynamod_service_enabled`` says (default: enabled, so the node starts at boot).
+    Never starts or stops the node: ``dynactl service`` does, through systemctl once the unit exists."""
+    run = _runner(connection)
+    changes = []
+    path = shlex.quote(UNIT_PATH)
+    unit = render_unit(host)
+    if not same_unit(run(f"cat {path} 2>/dev/null").stdout, unit):
+        _upload_text(connection, unit, UNIT_PATH)
+        _check(run(f"chown root:root {path} && chmod 0644 {path} && systemctl daemon-reload"),
+               "installing the unit (systemctl daemon-reload)")
+        changes.append("installed unit")
+    enabled = run(f"systemctl is-enabled --quiet {UNIT}").exited == 0
+    if _flag(host, "dynamod_service_enabled") != enabled:
+        action = "disable" if enabled else "enable"
+        _check(run(f"systemctl {action} --quiet {UNIT}"), f"systemctl {action} {UNIT}")
+        changes.append(f"{action}d unit")
+    return changes
+
+
+def fallback_runs_node(run: Callable[..., Any], host: Host) -> bool:
+    """True when the unit is still to be installed and the pidfile fallback of ``dynactl service``
+    runs the node: then the unit is written only after that node stopped (``switch_to_unit``), or
+    systemd would start a second node beside it."""
+    return run(f"test -e {shlex.quote(UNIT_PATH)}").exited != 0 and run(service_command(host, "status")).exited == 0
+
+
+def switch_to_unit(connection: Any, host: Host) -> str:
+    """Move a node from the fallback to systemd: stop it with the fallback (which, with no unit
+    file yet, is what ``dynactl service stop`` drives), install the unit, start it with systemd.
+    A failure after the stop undoes the switch: the unit goes and the fallback starts the node again."""
+    run = _runner(connection)
+    _check(run(service_command(host, "stop")), "stopping the node the fallback runs")
+    try:
+        changes = install_unit(connection, host)
+        started = _check(run(service_command(host, "start")), "dynactl service start under systemd")
+    except DeployError as exc:
+        path = shlex.quote(UNIT_PATH)
+        run(f"{service_command(host, 'stop')}; systemctl disable --quiet {UNIT}; rm -f {path}; systemctl daemon-reload")
+        back = run(service_command(host, "start"))
+        raise DeployError(f"{exc}; " + ("the node runs under the fallback again" if back.exited == 0 else
+                                        f"the fallback did not start it either: {_last_line(back)}")) from None
+    return ", ".join([*changes, started.stdout.strip()])
 
 
 def deploy(hosts_control: Hosts, hosts: list[Host], wheelhouse: dict[str, Any],
@@ -253,14 +395,15 @@ def deploy(hosts_control: Hosts, hosts: list[Host], wheelhouse: dict[str, Any],
     parallel) and restart, one at a time, each running node whose software or config changed:
     restarting them together would take the whole cluster down at once. Before and after each
     restart the cluster must be healthy from that node's view (as ``rolling_restart``); the first
-    restart that fails stops the rest, which are reported as not restarted."""
+    restart that fails stops the rest, which are reported as not restarted. A node the fallback runs
+    on a host that gets the unit is switched to systemd in that same one-at-a-time turn
+    (``switch_to_unit``)."""
     everyone = inventory_hosts or hosts
     installed = hosts_control.each(lambda c, h: install(c, h, wheelhouse, founders(h, everyone)), hosts)
     ready = [h for h in hosts if installed[h.name].ok]
-    status = hosts_control.each(
-        lambda c, h: "running" if c.run(service_command(h, "status"), hide=True, warn=True,
-                                        in_stream=False).exited == 0 else "stopped", ready)
-    changed = [h for h in ready if status[h.name].stdout == "running" and installed[h.name].stdout != "unchanged"]
+    status = hosts_control.each(node_state, ready)
+    changed = [h for h in ready if status[h.name].stdout == "fallback"
+               or (status[h.name].stdout == "running" and installed[h.name].stdout != "unchanged")]
 
     def start(connection: Any, host: Host) -> HostResult:
         outcome = _check(connection.run(service_command(host, "start"), hide=True, warn=True, in_stream=False),
@@ -269,17 +412,28 @@ def deploy(hosts_control: Hosts, hosts: list[Host], wheelhouse: dict[str, Any],
 
     results = hosts_control.each(start, [h for h in ready if h not in changed])
     for position, host in enumerate(changed):
+        switch = status[host.name].stdout == "fallback"
         try:
-            _restart_one(hosts_control, host, [m.name for m in founders(host, everyone)], progress,
-                         HEALTH_DEADLINE_SECONDS)
+            done = _restart_one(hosts_control, host, [m.name for m in founders(host, everyone)], progress,
+                                HEALTH_DEADLINE_SECONDS, step=switch_to_unit if switch else None)
         except DeployError as exc:
             results[host.name] = HostResult(host=host.name, ok=False, error=str(exc))
             for skipped in changed[position + 1:]:
                 results[skipped.name] = HostResult(host=skipped.name, ok=False,
                                                    error=f"not restarted: {host.name} did not come back")
             break
-        results[host.name] = HostResult(host=host.name, ok=True, stdout=f"{installed[host.name].stdout}; restarted")
+        outcome = f"switched to the unit: {done}" if switch else "restarted"
+        results[host.name] = HostResult(host=host.name, ok=True, stdout=f"{installed[host.name].stdout}; {outcome}")
     return {h.name: results.get(h.name, installed[h.name]) for h in hosts}
+
+
+def node_state(connection: Any, host: Host) -> str:
+    """``running``, ``stopped``, or ``fallback``: running under the fallback on a host whose unit
+    waits for it to stop (``fallback_runs_node``)."""
+    run = _runner(connection)
+    if wants_unit(run, host) and fallback_runs_node(run, host):
+        return "fallback"
+    return "running" if run(service_command(host, "status")).exited == 0 else "stopped"
 
 
 def wait_deployed(hosts: list[Host], everyone: list[Host], deadline_seconds: float = HEALTH_DEADLINE_SECONDS,
@@ -351,13 +505,17 @@ def rolling_restart(hosts_control: Hosts, hosts: list[Host], everyone: list[Host
 
 
 def _restart_one(hosts_control: Hosts, host: Host, expected: list[str], progress: Callable[[str], None],
-                 deadline_seconds: float) -> None:
+                 deadline_seconds: float, step: Callable[[Any, Host], Any] | None = None) -> str:
+    """Restart ``host``'s node (``dynactl service restart``, or ``step``) between two health waits;
+    returns what the restart said."""
     report = lambda why: progress(f"{host.name}: {why}")  # noqa: E731
     report("waiting for a healthy cluster before the restart")
     wait_healthy(host, expected, deadline_seconds, report)
-    outcome = hosts_control.run(service_command(host, "restart"), [host])[host.name]
+    outcome = (hosts_control.each(step, [host]) if step else
+               hosts_control.run(service_command(host, "restart"), [host]))[host.name]
     if not outcome.ok:
         raise DeployError(f"{host.name}: restart failed: {outcome.error}")
     report(f"{outcome.stdout.strip()}; waiting until it sees every member up and transfers are done")
     wait_healthy(host, expected, deadline_seconds, report)
     report("healthy")
+    return outcome.stdout.strip()

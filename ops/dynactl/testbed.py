@@ -1,9 +1,18 @@
-"""Test hosts on one machine: network namespaces on a bridge, each with its own address and sshd.
+"""Test hosts on one machine, each with its own address and sshd, in one of two kinds.
 
-``up`` makes N hosts ``h1..hN``: a namespace with loopback up, a veth pair whose outer end is on a
-bridge in the root namespace (the bridge holds ``.254`` so this machine reaches every host), its
-own sshd (host key, authorized key and client key generated into DIR) and its own directories for
-the node's home, data, logs and faketime file. It writes ``DIR/inventory.ini`` (Ansible) and
+``up`` makes N hosts ``h1..hN``. Each has a network namespace with loopback up and a veth pair whose
+outer end is on a bridge in the root namespace (the bridge holds ``.254`` so this machine reaches
+every host); SSH keys (host keys, an authorized key, the client key) are generated into DIR.
+
+* ``netns`` (the default, the fastest): the host is the namespace with its own sshd; it shares this
+  machine's file system, so each host gets its own directories for the node's home, data, logs and
+  faketime file under DIR (which the hosts' service user must be able to traverse).
+* ``machine``: the host is a Debian machine booted in the namespace by systemd-nspawn, systemd as
+  PID 1 (``dynactl.machine``), on an overlay of one root file system (``dynactl.rootfs``): its own
+  files, sshd, journal and units, so the role's systemd paths run as on bare metal; the node's
+  paths are the role's defaults.
+
+It writes ``DIR/inventory.ini`` (Ansible) and
 ``DIR/nodes.json`` (CONTRACT). Everything is recorded in ``DIR/testbed.json`` *before* it is made,
 so ``down`` removes exactly what was created, also after a crash half-way. Names derive from DIR,
 so two testbeds in two directories never collide. Root is required.
@@ -19,18 +28,27 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dynactl import process
+from dynactl import machine, process, rootfs
 from dynamod.polling import wait_until
 
 DEFAULT_DIR = ".dynamo/testbed"
 MAX_HOSTS = 200
 SSH_DEADLINE_SECONDS = 15.0
+MACHINE_BOOT_DEADLINE_SECONDS = 60.0  # three boot in ~1.2 s; a loaded box takes longer
+MACHINE_STOP_DEADLINE_SECONDS = 30.0
+KINDS = ("netns", "machine")
+#: Where a machine keeps the node (the role's defaults: the machine is a host of its own).
+MACHINE_PATHS = {"home": "/opt/dynamod", "data_dir": "/var/lib/dynamod", "log_dir": "/var/log/dynamod",
+                 "faketime_file": "/opt/dynamod/faketime/clock"}
 PYTHON_ON_HOSTS = "/usr/bin/python3"  # not the PATH python3: a pyenv shim that fails over SSH
 REQUIRED_TOOLS = {"ip": "iproute2", "sshd": "openssh-server", "ssh-keygen": "openssh-client",
                   "iptables": "iptables"}
+MACHINE_TOOLS = {"systemd-nspawn": "systemd-container", "mmdebstrap": "mmdebstrap"}
 
 
 class TestbedError(Exception):
@@ -49,7 +67,8 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 def _tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        raise TestbedError(f"{name} is missing: apt-get install {REQUIRED_TOOLS[name]}")
+        package = {**REQUIRED_TOOLS, **MACHINE_TOOLS}[name]
+        raise TestbedError(f"{name} is missing: apt-get install {package} (scripts/bootstrap does it as root)")
     return path
 
 
@@ -58,8 +77,9 @@ class Testbed:
 
     __test__ = False
 
-    def __init__(self, directory: str = DEFAULT_DIR):
+    def __init__(self, directory: str = DEFAULT_DIR, rootfs_cache: str = rootfs.DEFAULT_CACHE):
         self.directory = Path(directory).resolve()
+        self.rootfs_cache = rootfs_cache
         self.record_path = self.directory / "testbed.json"
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()
         self.prefix = "dt" + digest[:5]  # interface names must stay within 15 characters
@@ -73,6 +93,13 @@ class Testbed:
 
     def namespace(self, name: str) -> str:
         return f"{self.prefix}-{name}"
+
+    def cgroup(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    @property
+    def kind(self) -> str:
+        return self.record.get("kind", "netns")
 
     def outer_link(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -110,14 +137,26 @@ class Testbed:
 
     # -- up ---------------------------------------------------------------------------------------
 
-    def up(self, count: int) -> list[dict[str, Any]]:
-        """Make (or repair) exactly ``count`` hosts; returns the hosts as nodes.json lists them."""
+    def up(self, count: int, kind: str | None = None,
+           progress: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
+        """Make (or repair) exactly ``count`` hosts of ``kind`` (default: the testbed's, else
+        netns); returns the hosts as nodes.json lists them."""
         _require_root()
         if not 1 <= count <= MAX_HOSTS:
             raise TestbedError(f"--hosts must be between 1 and {MAX_HOSTS}")
-        for tool in REQUIRED_TOOLS:
-            _tool(tool)
         self.load()
+        kind = kind or self.kind
+        if kind not in KINDS:
+            raise TestbedError(f"--kind must be one of {', '.join(KINDS)}")
+        if self.record["hosts"] and kind != self.kind:
+            raise TestbedError(f"the testbed in {self.directory} has {self.kind} hosts: take it down first "
+                               f"(dynactl testbed down --dir {self.directory}) to make {kind} hosts")
+        for tool in [*REQUIRED_TOOLS, *(MACHINE_TOOLS if kind == "machine" else ())]:
+            _tool(tool)
+        if kind == "netns":
+            self._check_traversable()
+        image = self._image(progress) if kind == "machine" else None
+        self.record["kind"] = kind
         self.record.setdefault("subnet", self._free_subnet())
         self._save()
         self._ensure_keys()
@@ -126,14 +165,46 @@ class Testbed:
         for extra in [h["name"] for h in self.record["hosts"] if h["name"] not in names]:
             self._remove_host(extra)
         for index, name in enumerate(names, start=1):
-            self._ensure_host(name, index)
+            self._ensure_host(name, index, image)
         self._write_known_hosts()
         hosts = self.hosts()
         self._write_inventory(hosts)
         (self.directory / "nodes.json").write_text(json.dumps({"hosts": hosts}, indent=2) + "\n")
         for host in hosts:
-            _wait_for_port(host["address"], 22, SSH_DEADLINE_SECONDS)
+            self._wait_for_sshd(host)
         return hosts
+
+    def _image(self, progress: Callable[[str], None]) -> Path:
+        try:
+            return rootfs.ensure_image(self.rootfs_cache, progress)
+        except (rootfs.RootfsError, OSError) as exc:
+            raise TestbedError(f"the machines' root file system: {exc}") from exc
+
+    def _check_traversable(self) -> None:
+        """A netns host's node runs as the service user from DIR/hosts/NAME: every directory above
+        DIR must let others through (a checkout under /root, mode 0700, does not). DIR and what
+        is below it are the testbed's own, made traversable here."""
+        for ancestor in self.directory.parents:
+            try:
+                mode = ancestor.stat().st_mode
+            except FileNotFoundError:
+                continue
+            if not mode & 0o001:
+                raise TestbedError(
+                    f"{ancestor} (mode {mode & 0o777:04o}) is not traversable by other users, so the hosts' "
+                    f"service user could not reach {self.directory}: choose a --dir outside it (for example "
+                    f"/var/tmp/dynamo-testbed), or chmod o+x {ancestor}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(self.directory.stat().st_mode | 0o055)
+
+    def _wait_for_sshd(self, host: dict[str, Any]) -> None:
+        deadline = MACHINE_BOOT_DEADLINE_SECONDS if self.kind == "machine" else SSH_DEADLINE_SECONDS
+        try:
+            _wait_for_port(host["address"], 22, deadline)
+        except TestbedError as exc:
+            log = self.host_dir(host["name"]) / "machine.log"
+            said = log.read_text(errors="replace").strip()[-400:] if log.exists() else ""
+            raise TestbedError(f"{host['name']}: {exc}" + (f"; {log} says: {said}" if said else "")) from exc
 
     def _free_subnet(self) -> str:
         routes = _run("ip", "-4", "route", "show", "table", "all").stdout
@@ -191,12 +262,14 @@ class Testbed:
         self._save()
         _run("iptables", "-w", "-I", *rule)
 
-    def _ensure_host(self, name: str, index: int) -> None:
+    def _ensure_host(self, name: str, index: int, image: Path | None) -> None:
         namespace, outer = self.namespace(name), self.outer_link(name)
         host = self._host_record(name)
         if host is None:
             host = {"name": name, "namespace": namespace, "link": outer, "address": self.address(index),
                     "sshd_pid": None}
+            if image is not None:
+                host.update(image=str(image), cgroup=self.cgroup(name), supervisor_pid=None)
             self.record["hosts"].append(host)
             self._save()
         if namespace not in _namespaces():
@@ -210,17 +283,44 @@ class Testbed:
         _run("ip", "-n", namespace, "link", "set", "lo", "up")
         _run("ip", "-n", namespace, "link", "set", "eth0", "up")
         home = self.host_dir(name)
+        home.mkdir(parents=True, exist_ok=True)
+        host_key = home / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            _run(_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key))
+        if image is not None:
+            self._ensure_machine(host, home)
+            return
+        home.chmod(0o755)
         for sub in ("opt", "data", "logs", "faketime"):
             (home / sub).mkdir(parents=True, exist_ok=True)
+            (home / sub).chmod(0o755)
         self._ensure_sshd(host, home)
+
+    def _ensure_machine(self, host: dict[str, Any], home: Path) -> None:
+        config = home / "machine.json"
+        if _is_ours(host.get("supervisor_pid"), b"dynactl.machine", config):
+            return
+        layers = home / "machine"
+        root = layers / "root"
+        # The image the machine was made from, even when a newer one exists: its upper layer holds
+        # changes against that one.
+        machine.mount_overlay(Path(host["image"]), layers / "upper", layers / "work", root)
+        machine.prepare_root(root, host["name"], (self.directory / "authorized_keys").read_text(),
+                             home / "ssh_host_ed25519_key")
+        config.write_text(json.dumps({"root": str(root), "machine": self.namespace(host["name"]),
+                                      "netns": host["namespace"], "cgroup": host["cgroup"]}) + "\n")
+        with open(home / "machine.log", "ab") as log:
+            supervisor = subprocess.Popen([sys.executable, "-m", "dynactl.machine", str(config)],
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+                                          start_new_session=True)
+        host["supervisor_pid"] = supervisor.pid
+        self._save()
 
     def _ensure_sshd(self, host: dict[str, Any], home: Path) -> None:
         config = home / "sshd_config"
-        if _is_our_sshd(host.get("sshd_pid"), config):
+        if _is_ours(host.get("sshd_pid"), b"sshd", config):
             return
         host_key = home / "ssh_host_ed25519_key"
-        if not host_key.exists():
-            _run(_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", host["name"], "-f", str(host_key))
         pidfile = home / "sshd.pid"
         config.write_text("\n".join([
             f"ListenAddress {host['address']}:22",
@@ -259,18 +359,25 @@ class Testbed:
         result = []
         for host in self.record["hosts"]:
             home = self.host_dir(host["name"])
+            paths = MACHINE_PATHS if self.kind == "machine" else {
+                "home": str(home / "opt"), "data_dir": str(home / "data"), "log_dir": str(home / "logs"),
+                "faketime_file": str(home / "faketime" / "clock")}
             result.append({
                 "name": host["name"], "address": host["address"], "ssh_user": "root", "ssh_key": str(self.key_path),
                 "ssh_port": 22, "known_hosts": str(self.known_hosts), "namespace": host["namespace"],
-                "python": PYTHON_ON_HOSTS, "home": str(home / "opt"), "data_dir": str(home / "data"),
-                "log_dir": str(home / "logs"), "faketime_file": str(home / "faketime" / "clock")})
+                "kind": self.kind, "python": PYTHON_ON_HOSTS, **paths})
         return result
 
     def _write_inventory(self, hosts: list[dict[str, Any]]) -> None:
         lines = ["# Written by `dynactl testbed up`: the test hosts of this machine.", "[dynamod]"]
         for host in hosts:
-            lines.append(f"{host['name']} ansible_host={host['address']} dynamod_home={host['home']} "
-                         f"dynamod_data_dir={host['data_dir']} dynamod_log_dir={host['log_dir']}")
+            line = (f"{host['name']} ansible_host={host['address']} dynamod_home={host['home']} "
+                    f"dynamod_data_dir={host['data_dir']} dynamod_log_dir={host['log_dir']}")
+            if self.kind == "netns":
+                # A namespace shares this machine's /etc and /run: never a systemd unit for it,
+                # even where this machine runs systemd (it would be this machine's unit).
+                line += " dynamod_service_manager=dynactl"
+            lines.append(line)
         lines += ["", "[all:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key_path}",
                   f"ansible_python_interpreter={PYTHON_ON_HOSTS}",
                   f"ansible_ssh_common_args='-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes'"]
@@ -304,9 +411,16 @@ class Testbed:
         removed = []
         namespace, home = self.namespace(name), self.host_dir(name)
         host = self._host_record(name) or {}
-        if _is_our_sshd(host.get("sshd_pid"), home / "sshd_config"):
+        if _is_ours(host.get("sshd_pid"), b"sshd", home / "sshd_config"):
             _end_processes([host["sshd_pid"]])
             removed.append(f"sshd of {name}")
+        supervisor = host.get("supervisor_pid")
+        if _is_ours(supervisor, b"dynactl.machine", home / "machine.json"):
+            # SIGTERM: the supervisor shuts the machine down (its units stop, the node cleanly).
+            _signal(supervisor, signal.SIGTERM)
+            if not wait_until(lambda: not process.alive(supervisor), MACHINE_STOP_DEADLINE_SECONDS, interval=0.1):
+                _signal(supervisor, signal.SIGKILL)
+            removed.append(f"machine {name}")
         if namespace in _namespaces():
             # Whatever runs inside one of our namespaces was started there by us (nodes, checkers).
             pids = [int(p) for p in _run("ip", "netns", "pids", namespace).stdout.split()]
@@ -315,6 +429,12 @@ class Testbed:
                 removed.append(f"{len(pids)} process(es) in {namespace}")
             _run("ip", "netns", "del", namespace)
             removed.append(f"namespace {namespace}")
+        if machine.unmount(home / "machine" / "root"):
+            removed.append(f"overlay of {name}")
+        try:
+            removed += [f"cgroup {path}" for path in machine.remove_cgroups(self.cgroup(name))]
+        except OSError as exc:
+            raise TestbedError(f"cgroups of {name}: {exc} (processes still in it?)") from exc
         if _run("ip", "link", "show", self.outer_link(name), check=False).returncode == 0:
             # Deleting the namespace deletes its end of the veth pair, and with it this end, a moment
             # later: a link that vanished meanwhile is gone as asked.
@@ -338,15 +458,16 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()}
 
 
-def _is_our_sshd(pid: int | None, config: Path) -> bool:
-    if not pid:
+def _is_ours(pid: int | None, program: bytes, config: Path) -> bool:
+    """True when ``pid`` runs ``program`` with our ``config`` (not a reused PID)."""
+    if not process.alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     # sshd rewrites its title ("sshd: /usr/sbin/sshd -f CONFIG [listener] ...") into one string.
-    return b"sshd" in cmdline and str(config).encode() in cmdline
+    return program in cmdline and str(config).encode() in cmdline
 
 
 def _end_processes(pids: list[int], grace: float = 5.0) -> None:

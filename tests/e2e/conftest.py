@@ -7,6 +7,7 @@ skipped with the reason.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dynactl.package import build_wheelhouse
-from dynactl.testbed import REQUIRED_TOOLS, Testbed
+from dynactl.testbed import MACHINE_TOOLS, REQUIRED_TOOLS, Testbed
 from dynamod.client import DynamoClient
 
 BIN = Path(sys.executable).parent
@@ -32,15 +33,23 @@ def require_testbed() -> None:
             pytest.skip(f"{tool} is missing (apt-get install {package}; scripts/bootstrap does it as root)")
 
 
-def make_testbed(tmp_path_factory: pytest.TempPathFactory, hosts: int, name: str):
-    """Yield an up testbed of ``hosts`` hosts; always taken down and deleted afterwards. Its
-    directory is world-traversable (pytest's own are not): nodes may run as an unprivileged user."""
+def require_machines() -> None:
     require_testbed()
+    for tool, package in MACHINE_TOOLS.items():
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is missing (apt-get install {package}; scripts/bootstrap does it as root)")
+
+
+def make_testbed(tmp_path_factory: pytest.TempPathFactory, hosts: int, name: str, kind: str = "netns"):
+    """Yield an up testbed of ``hosts`` hosts of ``kind``; always taken down and deleted afterwards.
+    Its directory is world-traversable (pytest's own are not): nodes may run as an unprivileged
+    user. Machines boot from the checkout's cached root file system (the bootstrap builds it)."""
+    require_machines() if kind == "machine" else require_testbed()
     directory = Path(tempfile.mkdtemp(prefix=f"dynamo-e2e-{name}-", dir="/tmp"))
     directory.chmod(0o755)
-    bed = Testbed(str(directory))
+    bed = Testbed(str(directory), rootfs_cache=str(REPO / ".dynamo" / "rootfs"))
     try:
-        bed.up(hosts)
+        bed.up(hosts, kind)
         yield bed
     finally:
         bed.down()
@@ -52,6 +61,20 @@ def wheelhouse() -> dict:
     """The project's wheels for offline installs on the hosts (built once per run)."""
     require_testbed()
     return build_wheelhouse(REPO / ".dynamo" / "wheelhouse", REPO)
+
+
+def playbook(bed: Testbed, name: str, *extra: str,
+             inventory: Path | None = None) -> tuple[subprocess.CompletedProcess, dict[str, dict[str, int]]]:
+    """Run one playbook against the testbed (its inventory.ini unless ``inventory``); returns the
+    run and its PLAY RECAP per host."""
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory or bed.directory / "inventory.ini"),
+         str(REPO / "ansible" / name), *extra], capture_output=True, text=True, timeout=900, cwd=REPO / "ansible",
+        check=False)
+    recap = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", result.stdout, re.MULTILINE):
+        recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+    return result, recap
 
 
 def dynactl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ second run that changes nothing, and a dynacheck --nodes-file --tls run against 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 
@@ -14,7 +13,7 @@ import pytest
 from dynactl.inventory import load_hosts
 from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable
 
-from .conftest import BIN, REPO, Writer, make_testbed, missing_writes
+from .conftest import BIN, REPO, Writer, make_testbed, missing_writes, playbook
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +21,6 @@ def bed(tmp_path_factory):
     if not (BIN / "ansible-playbook").exists():
         pytest.skip("ansible-playbook is not installed (pip install -e '.[dev]')")
     yield from make_testbed(tmp_path_factory, 3, "ansible")
-
-
-def playbook(bed, name: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict[str, dict[str, int]]]:
-    """Run one playbook against the testbed; returns the run and its PLAY RECAP per host."""
-    result = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(bed.directory / "inventory.ini"), str(REPO / "ansible" / name),
-         *extra], capture_output=True, text=True, timeout=900, cwd=REPO / "ansible", check=False)
-    recap = {}
-    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", result.stdout, re.MULTILINE):
-        recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-    return result, recap
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +78,9 @@ def secured(bed, provisioned):
     inventory.write_text((bed.directory / "inventory.ini").read_text()
                          + f"\n[dynamod:vars]\ndynamod_tls=true\ndynamod_tls_dir={certs}\n"
                          + f"dynactl_tls='{json.dumps(admin.as_json())}'\n")
-    result, recap = playbook_with(bed, inventory, "site.yml")
+    result, recap = playbook(bed, "site.yml", inventory=inventory)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return inventory, admin, recap
-
-
-def playbook_with(bed, inventory, name: str):
-    original = bed.directory / "inventory.ini"
-    saved = original.read_text()
-    original.write_text(inventory.read_text())  # playbook() runs against the testbed's inventory.ini
-    try:
-        return playbook(bed, name)
-    finally:
-        original.write_text(saved)
 
 
 def test_site_with_tls_makes_a_secured_cluster_and_a_second_run_changes_nothing(bed, secured):
@@ -117,7 +95,7 @@ def test_site_with_tls_makes_a_secured_cluster_and_a_second_run_changes_nothing(
     assert refused.value.status == 401
     key = bed.host_dir("h1") / "opt" / "tls" / "node.key"
     assert oct(key.stat().st_mode & 0o777) == "0o600" and not (bed.host_dir("h1") / "opt" / "tls" / "ca.key").exists()
-    result, recap = playbook_with(bed, inventory, "site.yml")
+    result, recap = playbook(bed, "site.yml", inventory=inventory)
     assert result.returncode == 0, result.stdout[-3000:]
     assert all(counts["changed"] == 0 for counts in recap.values()), recap
 
