@@ -38,7 +38,7 @@ from dynactl.deploy import install, render_node_toml, service_command, wait_depl
 from dynactl.inventory import Host
 from dynactl.local import port_is_free
 from dynactl.remote import HostResult, Hosts, LocalHosts
-from dynamod.client import Credentials, DynamoClient
+from dynamod.client import ClientError, Credentials, DynamoClient, NodeUnavailable
 
 #: Node settings for checker runs: faults are noticed and repaired in seconds, not minutes. An
 #: exchange every 0.1 s lets anti-entropy sweep a 3-node, 16-partition cluster's 32 replica pairs
@@ -150,6 +150,20 @@ class Cluster:
         finally:
             for client in clients.values():
                 client.close()
+
+    def statuses(self, timeout: float, nodes: list[str] | None = None) -> dict[str, dict[str, Any] | str]:
+        """Each of ``nodes``' (default every member's) ``/admin/status``, or why it did not answer."""
+        answers: dict[str, dict[str, Any] | str] = {}
+        with self.clients(timeout) as clients:
+            for node in self.ids if nodes is None else nodes:
+                if node not in clients:
+                    answers[node] = f"{node} is not a member"
+                    continue
+                try:
+                    answers[node] = clients[node].status()
+                except (ClientError, NodeUnavailable) as exc:
+                    answers[node] = f"{node} did not answer ({exc})"
+        return answers
 
     def faketime_file(self, host: Host) -> str:
         return faketime_file(host)

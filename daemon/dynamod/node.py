@@ -442,6 +442,9 @@ class Node(service.MultiService):
             "version": VERSION,
             "incarnation": self.engine.incarnation,
             "uptime": round(time.monotonic() - self.started_at, 3),
+            # The node's own wall clock (what version timestamps and logs take; skewed under the clock
+            # nemesis), so the checker can see that a clock fault took effect.
+            "wall_clock": round(time.time(), 3),
             "members": [
                 {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
                  "partitions": len(self.ring.partitions_of(m.id)),

@@ -42,6 +42,18 @@ def test_a_local_cart_run_with_kills_pauses_and_clock_skew_is_valid_and_stored(t
     assert [op["index"] for op in ops] == list(range(len(ops)))
     started = {op["f"] for op in ops if op["process"] == "nemesis" and op["f"].startswith("start-")}
     assert started == {"start-kill", "start-pause", "start-clock"}
+    # Each fault was seen to take effect (issue 16): a clock read back at its planned offset, a killed
+    # node still down when its stop came, a paused node silent. A node the nemesis could not look at
+    # (a clock moved while a kill held the node) is null, never a pass.
+    seen = {f: [effect for op in ops if op["process"] == "nemesis" and op["f"] == f and op["type"] != "invoke"
+                for effect in (op["value"] or {}).get("effect", {}).values()]
+            for f in ("start-clock", "stop-kill", "start-pause")}
+    assert all(seen.values()), seen
+    clocks = [effect for effect in seen["start-clock"] if effect["took_effect"] is not None]
+    assert clocks and all(abs(effect["observed"] - effect["planned"]) <= effect["tolerance"] for effect in clocks)
+    assert all(effect["took_effect"] for effect in clocks + seen["stop-kill"] + seen["start-pause"]), seen
+    assert all(effect["stayed_down"] for effect in seen["stop-kill"])
+    assert report["checkers"]["faults"]["no_effect_count"] == 0
     final_reads = [op for op in ops if op.get("final") and op["type"] == "ok"]
     keys = {op["key"] for op in ops if isinstance(op["process"], int)}
     assert {f"cart-{i}" for i in range(5)} <= keys and any("-cold-" in key for key in keys)

@@ -76,6 +76,17 @@ def test_a_node_stamps_writes_with_the_file_offset_and_follows_changes_at_once(s
         assert before + skew - SLACK_MS <= stamped <= after + skew + SLACK_MS, (offset, stamped - before)
 
 
+def test_the_status_document_reports_the_skewed_wall_clock(skewed_node):
+    """What the clock nemesis reads to see that its offset took effect (``dynacheck.nemesis.effect``)."""
+    client, clock, _, _ = skewed_node
+    for offset in (86400.0, -2.5, 0.0):
+        set_offset(clock, offset)
+        before = now_ms()
+        reported = client.status()["wall_clock"] * 1000 - offset * 1000
+        after = now_ms()
+        assert before - SLACK_MS <= reported <= after + SLACK_MS, (offset, reported - before)
+
+
 def test_a_node_logs_in_its_skewed_time(skewed_node):
     _, _, node, (before, after) = skewed_node
     lines = [json.loads(line) for line in Path(node.log).read_text().splitlines() if line.strip()]

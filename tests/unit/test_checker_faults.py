@@ -51,8 +51,8 @@ def test_each_planned_fault_is_reported_as_it_went():
     assert rows[3]["error"] == "n1: Specified qdisc kind is unknown"
     assert (result["planned_count"], result["run_count"], result["ran_count"], result["never_started_count"]) == (
         5, 4, 2, 1)
-    assert result["by_kind"]["disk"] == {"planned": 1, "ran": 0, "skipped": 1, "failed": 0, "unknown": 0,
-                                         "never_started": 0, "unplanned": 0}
+    assert result["by_kind"]["disk"] == {"planned": 1, "ran": 0, "no_effect": 0, "skipped": 1, "failed": 0,
+                                         "unknown": 0, "never_started": 0, "unplanned": 0}
     assert (result["max_start_delay_ms"], result["median_start_delay_ms"]) == (10.0, 4.0)
     json.dumps(result)
 

@@ -8,10 +8,16 @@ histories), every fault of its kind still open. Each start ends in one status:
 
 * ``ran``: its start completed ``ok``;
 * ``skipped``: the nemesis decided at run time not to do it (the completion carries ``skipped``);
+* ``no_effect``: it was seen to have no effect on some node (the op's ``effect`` says, per node it
+  looked at, ``took_effect`` false: a clock that did not move, a killed node something else restarted
+  before the stop, a paused node that answered; ``dynacheck.nemesis.effect``);
 * ``failed``: the start completed ``fail``, or ``info`` with an ``error`` (it did not fully happen);
 * ``unknown``: the start completed ``info`` without an error, or never completed;
 
 and a planned fault no start matched (by ``id``, else the next of its kind in order) ``never_started``.
+Findings about a fault's start may come with its stop (a kill is known to have held only then); a
+stop seen to have no effect itself (a clock not back at 0) is ``stops_without_effect``, and a node
+the nemesis could not look at (``took_effect`` null) is ``unverified``.
 
 A fault is *active* from its start's invoke to the completion of the ``ok`` stop that closed it (the end
 of the history when none did): a stop that failed may have left it in place. Skipped starts and starts
@@ -41,7 +47,7 @@ import attrs
 from dynacheck.history import FAIL, INFO, INVOKE, NEMESIS, OK, Op
 
 SAMPLE = 200
-STATUSES = ("ran", "skipped", "failed", "unknown", "never_started")
+STATUSES = ("ran", "no_effect", "skipped", "failed", "unknown", "never_started")
 
 
 @attrs.define
@@ -60,12 +66,19 @@ class RunFault:
     stopped: int | None = None
     stopped_by: str | None = None
     stop_errors: list[str] = attrs.Factory(list)
+    #: Per node, why the fault was seen to have no effect, could not be looked at, or why its stop
+    #: was seen to have no effect (from the ops' ``effect``).
+    no_effect: dict[str, str] = attrs.Factory(dict)
+    unverified: dict[str, str] = attrs.Factory(dict)
+    stop_no_effect: dict[str, str] = attrs.Factory(dict)
 
     @property
     def status(self) -> str:
-        """ran, skipped, failed or unknown (see the module doc)."""
+        """ran, no_effect, skipped, failed or unknown (see the module doc)."""
         if self.skipped is not None:
             return "skipped"
+        if self.no_effect and self.outcome != FAIL:
+            return "no_effect"
         if self.outcome == OK:
             return "ran"
         if self.outcome == FAIL or (self.outcome == INFO and self.error):
@@ -76,6 +89,25 @@ class RunFault:
     def counts(self) -> bool:
         """True when the fault may have broken something: not skipped, and not certainly failed."""
         return self.skipped is None and self.outcome != FAIL
+
+    def saw(self, value: Any, at_stop: bool) -> None:
+        """Take in what a nemesis op of this fault saw (its value's ``effect``); findings about the
+        start that come with a stop count for the nodes the plan names."""
+        effects = value.get("effect") if isinstance(value, dict) else None
+        planned = self.plan.get("nodes") if isinstance(self.plan, dict) else None
+        for node, seen in (effects.items() if isinstance(effects, dict) else ()):
+            if not isinstance(seen, dict):
+                continue
+            reason = str(seen.get("reason") or "no reason given")
+            if seen.get("effect_of") == "stop":
+                if seen.get("took_effect") is False:
+                    self.stop_no_effect.setdefault(node, reason)
+            elif at_stop and isinstance(planned, list) and node not in planned:
+                continue
+            elif seen.get("took_effect") is False:
+                self.no_effect[node] = reason
+            elif seen.get("took_effect") is None:
+                self.unverified.setdefault(node, reason)
 
     def active_until(self, end: int) -> int:
         """When it stopped possibly being in place: its ok stop's completion, else ``end`` (the history's)."""
@@ -144,9 +176,12 @@ def read_nemesis(history: Iterable[Op]) -> NemesisLog:
             fault.completed, fault.outcome = time, op["type"]
             fault.error = op.get("error")
             fault.skipped = op.get("skipped")
+            fault.saw(op.get("value"), at_stop=False)
             continue
         log.stops.append((f, int(invoke.get("time", 0)), time))
         closed = _closed_by(pending[kind], invoke.get("value"))
+        for fault in closed:
+            fault.saw(op.get("value"), at_stop=True)
         if op["type"] != OK:  # the fault may still be in place: it stays active until a stop succeeds
             for fault in closed:
                 fault.stop_errors.append(str(op.get("error") or op["type"]))
@@ -263,6 +298,9 @@ def _entry(fault: RunFault | None, planned: dict[str, Any] | None) -> dict[str, 
         row["error"] = fault.error
     if fault.stop_errors:
         row["stop_errors"] = fault.stop_errors[:5]
+    for field in ("no_effect", "unverified", "stop_no_effect"):
+        if getattr(fault, field):
+            row[field] = getattr(fault, field)
     if planned is not None:
         row["start_delay_ms"] = _ms(fault.invoked - planned["start"])
         if fault.stopped is not None:
@@ -299,6 +337,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     warnings = _warnings(test, schedule, rows, unplanned, log)
     delays = sorted(row["start_delay_ms"] for row in rows if row.get("start_delay_ms") is not None)
     counts = {f"{status}_count": sum(row["status"] == status for row in rows) for status in STATUSES}
+    counts.update(unverified_count=sum(bool(row.get("unverified")) for row in rows),
+                  stops_without_effect_count=sum(bool(row.get("stop_no_effect")) for row in rows))
     # Counts first: the web page's one-line summary shows the first few.
     result: dict[str, Any] = {
         "valid": not log.malformed, "warnings": warnings,
@@ -319,6 +359,11 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
         result["membership"] = membership
         warnings.extend(membership.pop("warnings"))
     return result
+
+
+def _seen(row: dict[str, Any], field: str) -> str:
+    """A row's per-node findings of one kind, as ``node: reason`` (the first two)."""
+    return "; ".join(f"{node}: {why}" for node, why in list((row.get(field) or {}).items())[:2])
 
 
 def _action(plan: Any) -> str:
@@ -358,7 +403,7 @@ def _warnings(test: dict[str, Any], schedule: list[dict[str, Any]] | None, rows:
               unplanned: list[RunFault], log: NemesisLog) -> list[str]:
     warnings = []
     if schedule:
-        missed = [row for row in rows[:len(schedule)] if row["status"] != "ran"]
+        missed = [row for row in rows[:len(schedule)] if row["status"] not in ("ran", "no_effect")]
         if missed:
             how = defaultdict(int)
             for row in missed:
@@ -368,8 +413,18 @@ def _warnings(test: dict[str, Any], schedule: list[dict[str, Any]] | None, rows:
         for kind in sorted({entry["fault"] for entry in schedule}):
             of_kind = [row for row in rows[:len(schedule)] if row["fault"] == kind]
             if of_kind and not any(row["status"] == "ran" for row in of_kind):
-                reasons = sorted({row.get("reason") or row.get("error") or row["status"] for row in of_kind})
-                warnings.append(f"no planned {kind} fault ran, so the run did not test it: " + "; ".join(reasons)[:300])
+                reasons = sorted({row.get("reason") or row.get("error") or _seen(row, "no_effect") or row["status"]
+                                  for row in of_kind})
+                what = "took effect" if any(row["status"] == "no_effect" for row in of_kind) else "ran"
+                warnings.append(f"no planned {kind} fault {what}, so the run did not test it: "
+                                + "; ".join(reasons)[:300])
+    for field, what in (("no_effect", "had no effect on some node, so the run did not test them there"),
+                        ("stop_no_effect", "were stopped without effect on some node (in place until a later stop)"),
+                        ("unverified", "could not be checked on some node")):
+        seen = [row for row in rows if row.get(field)]
+        if seen:
+            shown = "; ".join(f"{row['fault']} (id {row.get('id')}) {_seen(row, field)}" for row in seen[:5])
+            warnings.append(f"{len(seen)} faults {what}: {shown[:600]}")
     if unplanned:
         warnings.append(f"{len(unplanned)} faults ran that the schedule did not plan")
     for kind, ids in log.same_kind_overlaps:

@@ -7,6 +7,9 @@ it for every fault at the end of the test and on interrupt or crash. Faults that
 (kill, pause, disk, power, corrupt) say which in their plan's ``nodes``, so the schedule can keep
 overlapping faults off each other's nodes and a majority up. ``membership`` changes the member list
 (``dynacheck.nemesis.membership``); the other faults only take nodes the plan has made members.
+
+A fault checks that it took effect where it can (``dynacheck.nemesis.effect``): a node where it was
+seen to have none gets a failed result with the reason, so the op is never ``ok`` (``completion``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import random
 from typing import Any
 
 from dynacheck.db import Cluster
+from dynacheck.history import INFO, OK
+from dynacheck.nemesis.effect import Observed, Observer
 from dynactl.remote import HostResult
 
 #: Every fault, those in ``--nemesis all``, and what some need: separate network addresses (hosts),
@@ -37,8 +42,9 @@ class Fault:
     #: True when the plan's ``nodes`` are down (or unreachable as nodes) while the fault lasts.
     takes_nodes = False
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, observer: Observer | None = None):
         self.cluster = cluster
+        self.observer = observer or Observer(cluster)  # how it sees whether it took effect
 
     def prepare(self) -> dict[str, HostResult]:
         """Before the nodes start (e.g. mount what their data dirs live on)."""
@@ -122,3 +128,30 @@ def make_faults(names: tuple[str, ...], cluster: Cluster) -> dict[str, Fault]:
 def results_document(results: dict[str, HostResult]) -> dict[str, str]:
     """Per node: ``ok`` or why not (what goes into the nemesis op's value)."""
     return {node: ("ok" if result.ok else result.error or "failed") for node, result in results.items()}
+
+
+def completion(plan: Any, results: dict[str, HostResult]) -> dict[str, Any]:
+    """A nemesis op's completion fields from its ``results``: ``ok`` only when every node's result is
+    (a command that failed, or a fault seen to have no effect, makes it ``info`` with the reasons);
+    ``value`` holds the plan, each node's outcome and, where the fault was looked at, what was seen."""
+    failed = {node: result.error or "failed" for node, result in results.items() if not result.ok}
+    value: dict[str, Any] = {"plan": plan, "nodes": results_document(results)}
+    effects = {node: result.effect.document() for node, result in results.items()
+               if isinstance(result, Observed) and result.effect is not None}
+    if effects:
+        value["effect"] = effects
+    fields: dict[str, Any] = {"type": INFO if failed else OK, "value": value}
+    if failed:
+        fields["error"] = "; ".join(f"{node}: {why}" for node, why in failed.items())
+    return fields
+
+
+def not_undone(results: dict[str, HostResult]) -> list[str]:
+    """The nodes (as result lines) where a stop did not undo its fault: its command failed, or the
+    stop was seen to have no effect. A finding about the fault's own start (a killed node that
+    something else restarted) is not the stop's failure."""
+    def undone(result: HostResult) -> bool:
+        if isinstance(result, Observed) and result.effect is not None and result.effect.effect_of == "start":
+            return result.action_ok
+        return result.ok
+    return [result.line() for result in results.values() if not undone(result)]

@@ -4,6 +4,11 @@ once (the strobe flips it every 25-100 ms). Only wall time moves (lww timestamps
 timers and timed waits stay on the real monotonic clock, and the node runs as fast as without the
 nemesis (``make bench-nemesis``). How the node is started: ``dynactl.service.faketime_environment``.
 lww mode orders writes by these wall clocks.
+
+Every change is checked (``dynacheck.nemesis.effect``): once the offsets are written (a bump), once
+the strobe ends on its offset, and once a stop reset them, each node's wall clock as its
+``/admin/status`` reports it must have moved as planned, measured from the offset the node showed
+at set-up, every file at ``+0``; a node whose clock did not is that node's failed result.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import random
 import shlex
 from typing import Any
 
+from dynacheck.db import Cluster
 from dynacheck.nemesis import Fault
+from dynacheck.nemesis.effect import ClockSample, Observer, observed
 from dynactl.remote import HostResult
 
 #: Bumps span milliseconds to minutes (log-uniform), either direction.
@@ -25,6 +32,24 @@ class ClockFault(Fault):
     time and an offset many times a second for a while; stopping resets every clock."""
 
     name = "clock"
+
+    def __init__(self, cluster: Cluster, observer: Observer | None = None):
+        super().__init__(cluster, observer)
+        #: The offset each node's file holds (as far as this nemesis wrote it), and each node's clock
+        #: against the checker's at set-up, while every file said +0.
+        self.offsets: dict[str, float] = {}
+        self.baseline: dict[str, ClockSample] = {}
+
+    def setup(self) -> dict[str, HostResult]:
+        results = {}
+        for node, sample in self.observer.baseline(self.cluster.ids).items():
+            if isinstance(sample, str):
+                results[node] = HostResult(host=node, ok=False, error=f"reading its wall clock: {sample}")
+                continue
+            self.baseline[node] = sample
+            results[node] = HostResult(host=node, ok=True, stdout=f"wall clock {sample.offset * 1000:+.1f} ms off the "
+                                                                   f"checker's (±{sample.uncertainty * 1000:.1f} ms)")
+        return results
 
     def plan(self, rng: random.Random) -> dict[str, Any]:
         nodes = self.cluster.ids
@@ -39,7 +64,7 @@ class ClockFault(Fault):
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         if value["mode"] == "bump":
-            return self.cluster.set_clock_offsets(value["offsets"])
+            return self._checked(self.cluster.set_clock_offsets(value["offsets"]), value["offsets"], "start")
         half_period = value["period_ms"] / 2000
 
         def strobe(host) -> str:
@@ -49,7 +74,17 @@ class ClockFault(Fault):
                     f"while [ $(date +%s) -lt $end ]; do printf '%+.3f\\n' {value['delta']} > {clock}; "
                     f"sleep {half_period}; printf '+0\\n' > {clock}; sleep {half_period}; done; "
                     f"printf '%+.3f\\n' {value['delta']} > {clock}")
-        return self.cluster.run(strobe, value["nodes"], timeout=value["duration"] + 30)
+        strobed = self.cluster.run(strobe, value["nodes"], timeout=value["duration"] + 30)
+        return self._checked(strobed, dict.fromkeys(value["nodes"], value["delta"]), "start")
 
     def heal(self) -> dict[str, HostResult]:
-        return self.cluster.set_clock_offsets({node: 0.0 for node in self.cluster.ids})
+        reset = dict.fromkeys(self.cluster.ids, 0.0)
+        return self._checked(self.cluster.set_clock_offsets(reset), reset, "stop")
+
+    def _checked(self, results: dict[str, HostResult], offsets: dict[str, float],
+                 effect_of: str) -> dict[str, HostResult]:
+        """``results`` of writing ``offsets``, with each written node's clock checked against them."""
+        written = {node: offset for node, offset in offsets.items() if node in results and results[node].ok}
+        previous = dict(self.offsets)
+        self.offsets.update(written)
+        return observed(results, self.observer.clocks(written, previous, self.baseline, effect_of))

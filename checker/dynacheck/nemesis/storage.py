@@ -2,7 +2,8 @@
 ``lose-unsynced-writes`` through LazyFS, and its file-corruption nemesis).
 
 Each is a crash: the node is killed (``kill -9``), its storage is damaged while it is down, and
-stopping the fault starts it again on what is left.
+stopping the fault starts it again on what is left, once it has checked that the node stayed down
+(``dynacheck.nemesis.effect``: a node something else restarted was damaged while it ran).
 
 * ``disk``: the data dir is wiped; the node restarts empty, with a new incarnation, and must be
   refilled by anti-entropy.
@@ -30,11 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dynacheck.db import Cluster
-from dynacheck.nemesis import Fault
-from dynacheck.nemesis.process import minority
+from dynacheck.nemesis.effect import Observer
+from dynacheck.nemesis.process import KillsNodes, minority
 from dynactl.inventory import Host
 from dynactl.remote import HostResult
-from dynamod.client import ClientError, NodeUnavailable
 
 #: The Berkeley DB files a corruption may hit, and how.
 CORRUPT_TARGETS = ("records", "meta", "log", "any")
@@ -64,14 +64,7 @@ class DataLoss:
 
     def statuses(self) -> dict[str, dict[str, Any] | str]:
         """Each node's ``/admin/status``, or why it did not answer."""
-        answers: dict[str, dict[str, Any] | str] = {}
-        with self.cluster.clients(self.timeout) as clients:
-            for node, client in clients.items():
-                try:
-                    answers[node] = client.status()
-                except (ClientError, NodeUnavailable) as exc:
-                    answers[node] = f"{node} did not answer ({exc})"
-        return answers
+        return self.cluster.statuses(self.timeout)
 
     def check(self) -> None:
         """Raise ``Skipped`` unless a node may lose its copies now."""
@@ -108,14 +101,13 @@ def not_repaired_because(statuses: dict[str, dict[str, Any] | str], since_loss: 
     return None
 
 
-class CrashFault(Fault):
+class CrashFault(KillsNodes):
     """kill -9 one node, damage its storage while it is down, start it again when the fault stops."""
 
-    takes_nodes = True
     loses_copies = False
 
-    def __init__(self, cluster: Cluster, losses: DataLoss):
-        super().__init__(cluster)
+    def __init__(self, cluster: Cluster, losses: DataLoss, observer: Observer | None = None):
+        super().__init__(cluster, observer)
         self.losses = losses
 
     def plan(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -133,19 +125,12 @@ class CrashFault(Fault):
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         if self.loses_copies:
             self.losses.check()
-        killed = self.cluster.service("kill", value["nodes"])
+        killed = self.kill(value["nodes"])
         down = [node for node, result in killed.items() if result.ok]
         damaged = self.cluster.run(lambda host: self.damage(host, value), down, timeout=120.0) if down else {}
         if self.loses_copies:
             self.losses.lost(value["nodes"])  # even when a step failed: the copies may be gone
         return {**killed, **damaged}
-
-    def stop(self, value: dict[str, Any]) -> dict[str, HostResult]:
-        return self.cluster.service("start", value["nodes"])
-
-    def heal(self) -> dict[str, HostResult]:
-        return self.cluster.service("start")
-
 
 def data_dir(host: Host) -> str:
     return str(host.var("dynamod_data_dir"))
