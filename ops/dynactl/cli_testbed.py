@@ -22,7 +22,7 @@ def _dir_option(command):
 
 
 def _fail(ctx: Context, exc: TestbedError) -> None:
-    usage = ("needs root", "must be between", "must be one of", "take it down first", "not traversable")
+    usage = ("needs root", "must be between", "must be one of", "take it down first")
     ctx.out.fail(EXIT_USAGE if any(words in str(exc) for words in usage) else EXIT_INTERNAL, str(exc))
 
 

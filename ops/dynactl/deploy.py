@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jinja2
 
 from dynactl import certs
@@ -39,7 +40,9 @@ UNIT_PATH = str(SYSTEMD_UNIT_DIR / f"{UNIT}.service")
 #: What the unit's first line says (the role writes its ``ansible_managed`` there).
 UNIT_MANAGED = "Managed by dynactl deploy (the Ansible role dynamod's template): local changes are overwritten"
 #: The role's defaults for what the inventory's defaults do not name.
-SERVICE_DEFAULTS: dict[str, Any] = {"dynamod_service_manager": "auto", "dynamod_service_enabled": True}
+#: ``dynamod_user`` is who a unit runs the node as when the inventory names nobody (``unit_host``).
+SERVICE_DEFAULTS: dict[str, Any] = {"dynamod_service_manager": "auto", "dynamod_service_enabled": True,
+                                    "dynamod_user": "dynamod"}
 
 
 class DeployError(HostError):
@@ -224,6 +227,8 @@ def install(connection: Any, host: Host, wheelhouse: dict[str, Any], members: li
         raise DeployError(f"no Python at {host.python} (install python3 and python3-venv, or set "
                           "ansible_python_interpreter)")
     systemd = wants_unit(run, host)
+    if systemd:
+        host = unit_host(host)
     changes = ensure_account(run, host) if systemd else []
     home, wheels = host.home, f"{host.home}/wheels"
     directories = [home, wheels, str(host.var("dynamod_data_dir")), str(host.var("dynamod_log_dir"))]
@@ -304,9 +309,19 @@ def wants_unit(run: Callable[..., Any], host: Host) -> bool:
     return manager == "systemd" or (manager == "auto" and run("test -d /run/systemd/system").exited == 0)
 
 
+def unit_host(host: Host) -> Host:
+    """``host`` as its unit runs the node: as the role's default user when the inventory names
+    none (an Ansible inventory rarely does: the role's default applies), so deploy over a cluster
+    the role made keeps its unit, its owner and its files. An empty ``dynamod_user`` names no
+    user: the unit then runs the node as root."""
+    if host.var("dynamod_user") is not None:
+        return host
+    return attrs.evolve(host, vars={**host.vars, "dynamod_user": SERVICE_DEFAULTS["dynamod_user"]})
+
+
 def render_unit(host: Host) -> str:
     """The unit of ``host``'s node: the role's template, from the host's variables."""
-    account = service_account(host)
+    account = service_account(unit_host(host))
     variables = {
         "ansible_managed": UNIT_MANAGED, "inventory_hostname": host.name,
         "dynamod_user": account[0] if account else None, "dynamod_group": account[1] if account else None,
@@ -347,6 +362,7 @@ def install_unit(connection: Any, host: Host) -> list[str]:
     it or not as ``dynamod_service_enabled`` says (default: enabled, so the node starts at boot).
     Never starts or stops the node: ``dynactl service`` does, through systemctl once the unit exists."""
     run = _runner(connection)
+    host = unit_host(host)
     changes = []
     path = shlex.quote(UNIT_PATH)
     unit = render_unit(host)

@@ -230,7 +230,7 @@ def hosts_from_nodes_document(document: Any, source: str = "nodes.json") -> list
             variables["ansible_ssh_common_args"] = f"-o UserKnownHostsFile={entry['known_hosts']}"
         if entry.get("python"):
             variables["ansible_python_interpreter"] = entry["python"]
-        for key in ("home", "data_dir", "log_dir", "faketime_file", "http_port", "peer_port"):
+        for key in ("home", "data_dir", "log_dir", "faketime_file", "http_port", "peer_port", "service_manager"):
             if entry.get(key) is not None:
                 variables[f"dynamod_{key}"] = entry[key]
         if entry.get("service_user") is not None:  # the account the node runs as (the role's dynamod_user)

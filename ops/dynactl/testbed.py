@@ -43,6 +43,8 @@ MACHINE_BOOT_DEADLINE_SECONDS = 60.0  # three boot in ~1.2 s; a loaded box takes
 MACHINE_STOP_DEADLINE_SECONDS = 30.0
 KINDS = ("netns", "machine")
 #: Where a machine keeps the node (the role's defaults: the machine is a host of its own).
+#: Where netns hosts' nodes live when the service user cannot reach DIR (``Testbed.node_dir``).
+NODE_ROOT_FALLBACK = Path("/var/tmp")
 MACHINE_PATHS = {"home": "/opt/dynamod", "data_dir": "/var/lib/dynamod", "log_dir": "/var/log/dynamod",
                  "faketime_file": "/opt/dynamod/faketime/clock"}
 PYTHON_ON_HOSTS = "/usr/bin/python3"  # not the PATH python3: a pyenv shim that fails over SSH
@@ -105,7 +107,13 @@ class Testbed:
         return f"{self.prefix}{name}"
 
     def host_dir(self, name: str) -> Path:
+        """The testbed's own files for host ``name`` (keys, sshd config, a machine's layers)."""
         return self.directory / "hosts" / name
+
+    def node_dir(self, name: str) -> Path:
+        """Where a netns host's node lives (home, data, logs, faketime): under DIR when the service
+        user can reach it there, else under ``/var/tmp`` (``_choose_node_root``)."""
+        return Path(self.record.get("node_root") or self.directory / "hosts") / name
 
     @property
     def key_path(self) -> Path:
@@ -154,7 +162,7 @@ class Testbed:
         for tool in [*REQUIRED_TOOLS, *(MACHINE_TOOLS if kind == "machine" else ())]:
             _tool(tool)
         if kind == "netns":
-            self._check_traversable()
+            self._choose_node_root()
         image = self._image(progress) if kind == "machine" else None
         self.record["kind"] = kind
         self.record.setdefault("subnet", self._free_subnet())
@@ -180,22 +188,18 @@ class Testbed:
         except (rootfs.RootfsError, OSError) as exc:
             raise TestbedError(f"the machines' root file system: {exc}") from exc
 
-    def _check_traversable(self) -> None:
-        """A netns host's node runs as the service user from DIR/hosts/NAME: every directory above
-        DIR must let others through (a checkout under /root, mode 0700, does not). DIR and what
-        is below it are the testbed's own, made traversable here."""
-        for ancestor in self.directory.parents:
-            try:
-                mode = ancestor.stat().st_mode
-            except FileNotFoundError:
-                continue
-            if not mode & 0o001:
-                raise TestbedError(
-                    f"{ancestor} (mode {mode & 0o777:04o}) is not traversable by other users, so the hosts' "
-                    f"service user could not reach {self.directory}: choose a --dir outside it (for example "
-                    f"/var/tmp/dynamo-testbed), or chmod o+x {ancestor}")
+    def _choose_node_root(self) -> None:
+        """A netns host's node runs as the service user from its directories, so each one above
+        them must let others through. A DIR below one that does not (a checkout under /root, mode
+        0700) keeps its keys and sshd files, and the nodes get ``/var/tmp/dynactl-<prefix>``
+        instead (recorded; ``down`` removes it). DIR and the nodes' directories are made 0755."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(self.directory.stat().st_mode | 0o055)
+        if "node_root" in self.record:
+            return
+        blocked = [a for a in self.directory.parents if a.exists() and not a.stat().st_mode & 0o001]
+        self.record["node_root"] = str(NODE_ROOT_FALLBACK / f"dynactl-{self.prefix}") if blocked else None
+        self._save()
 
     def _wait_for_sshd(self, host: dict[str, Any]) -> None:
         deadline = MACHINE_BOOT_DEADLINE_SECONDS if self.kind == "machine" else SSH_DEADLINE_SECONDS
@@ -290,10 +294,10 @@ class Testbed:
         if image is not None:
             self._ensure_machine(host, home)
             return
-        home.chmod(0o755)
-        for sub in ("opt", "data", "logs", "faketime"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
-            (home / sub).chmod(0o755)
+        node = self.node_dir(name)
+        for directory in (node.parent, node, *(node / sub for sub in ("opt", "data", "logs", "faketime"))):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
         self._ensure_sshd(host, home)
 
     def _ensure_machine(self, host: dict[str, Any], home: Path) -> None:
@@ -358,10 +362,12 @@ class Testbed:
         """The hosts as nodes.json lists them (CONTRACT fields first, then the testbed's own)."""
         result = []
         for host in self.record["hosts"]:
-            home = self.host_dir(host["name"])
+            home = self.node_dir(host["name"])
+            # A namespace shares this machine's /etc and /run: never a systemd unit for it, even
+            # where this machine runs systemd (it would be this machine's unit).
             paths = MACHINE_PATHS if self.kind == "machine" else {
                 "home": str(home / "opt"), "data_dir": str(home / "data"), "log_dir": str(home / "logs"),
-                "faketime_file": str(home / "faketime" / "clock")}
+                "faketime_file": str(home / "faketime" / "clock"), "service_manager": "dynactl"}
             result.append({
                 "name": host["name"], "address": host["address"], "ssh_user": "root", "ssh_key": str(self.key_path),
                 "ssh_port": 22, "known_hosts": str(self.known_hosts), "namespace": host["namespace"],
@@ -373,10 +379,8 @@ class Testbed:
         for host in hosts:
             line = (f"{host['name']} ansible_host={host['address']} dynamod_home={host['home']} "
                     f"dynamod_data_dir={host['data_dir']} dynamod_log_dir={host['log_dir']}")
-            if self.kind == "netns":
-                # A namespace shares this machine's /etc and /run: never a systemd unit for it,
-                # even where this machine runs systemd (it would be this machine's unit).
-                line += " dynamod_service_manager=dynactl"
+            if host.get("service_manager"):
+                line += f" dynamod_service_manager={host['service_manager']}"
             lines.append(line)
         lines += ["", "[all:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={self.key_path}",
                   f"ansible_python_interpreter={PYTHON_ON_HOSTS}",
@@ -404,6 +408,11 @@ class Testbed:
         if rule and _run("iptables", "-w", "-C", *rule, check=False).returncode == 0:
             _run("iptables", "-w", "-D", *rule)
             removed.append("iptables FORWARD rule")
+        # Found by name, not by the record: a crash may have lost the record, not the directory.
+        outside = NODE_ROOT_FALLBACK / f"dynactl-{self.prefix}"
+        if outside.is_dir():
+            shutil.rmtree(outside)
+            removed.append(f"node directories {outside}")
         self.record_path.unlink(missing_ok=True)
         return removed
 

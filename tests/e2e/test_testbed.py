@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +14,7 @@ from dynactl.inventory import load_hosts
 from dynactl.remote import SshHosts
 from dynactl.testbed import Testbed
 
-from .conftest import dynactl, require_testbed
+from .conftest import REPO, dynactl, require_machines, require_testbed
 
 
 def _leftovers(bed: Testbed, pids: list[int]) -> list[str]:
@@ -29,9 +32,19 @@ def _leftovers(bed: Testbed, pids: list[int]) -> list[str]:
     return left
 
 
-def test_testbed_up_gives_hosts_reachable_over_ssh_and_down_removes_everything(tmp_path):
+@pytest.fixture
+def open_dir():
+    """A directory every user can traverse (pytest's tmp_path is under a 0700 one, which a netns
+    testbed refuses: its nodes run as the service user)."""
+    directory = Path(tempfile.mkdtemp(prefix="dynamo-e2e-testbed-", dir="/tmp"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_testbed_up_gives_hosts_reachable_over_ssh_and_down_removes_everything(open_dir):
     require_testbed()
-    directory = tmp_path / "bed"
+    directory = open_dir / "bed"
     up = dynactl("--format", "json", "testbed", "up", "--hosts", "3", "--dir", str(directory))
     assert up.returncode == 0, up.stderr
     bed = Testbed(str(directory))
@@ -67,10 +80,10 @@ def test_testbed_up_gives_hosts_reachable_over_ssh_and_down_removes_everything(t
     assert _leftovers(bed, pids) == []
 
 
-def test_down_after_a_crash_finds_what_the_lost_record_named(tmp_path):
+def test_down_after_a_crash_finds_what_the_lost_record_named(open_dir):
     """A crashed up can lose testbed.json; names derive from DIR, so down still finds them."""
     require_testbed()
-    directory = tmp_path / "crashed"
+    directory = open_dir / "crashed"
     bed = Testbed(str(directory))
     bed.up(2)
     pids = [h["sshd_pid"] for h in bed.record["hosts"]]
@@ -92,3 +105,35 @@ def test_testbed_refuses_without_root_and_bad_sizes(tmp_path):
         pytest.skip("the venv is not readable by nobody here")
     assert as_nobody.returncode == 2, as_nobody.stderr
     assert "needs root" in as_nobody.stderr
+
+
+def test_machine_testbed_boots_systemd_hosts_over_ssh_is_idempotent_and_down_removes_everything(tmp_path):
+    require_machines()
+    directory = tmp_path / "machines"
+    up = dynactl("--format", "json", "testbed", "up", "--hosts", "2", "--kind", "machine", "--dir", str(directory),
+                 "--rootfs-cache", str(REPO / ".dynamo" / "rootfs"))
+    assert up.returncode == 0, up.stderr
+    bed = Testbed(str(directory))
+    bed.load()
+    supervisors = [h["supervisor_pid"] for h in bed.record["hosts"]]
+    try:
+        assert {h["kind"] for h in json.loads(up.stdout)["hosts"]} == {"machine"}
+        hosts = load_hosts(str(directory / "inventory.ini"))
+        with SshHosts(hosts) as control:
+            results = control.run("ps -p 1 -o comm=; hostname; systemctl is-system-running --wait; iptables -S")
+        for host in hosts:
+            assert results[host.name].ok, results[host.name].line()
+            assert results[host.name].stdout.split()[:3] == ["systemd", host.name, "running"]
+        again = dynactl("testbed", "up", "--hosts", "2", "--dir", str(directory))
+        assert again.returncode == 0, again.stderr
+        bed.load()
+        assert [h["supervisor_pid"] for h in bed.record["hosts"]] == supervisors, "up is idempotent"
+        other = dynactl("testbed", "up", "--hosts", "2", "--kind", "netns", "--dir", str(directory))
+        assert other.returncode == 2 and "take it down first" in other.stderr
+    finally:
+        down = dynactl("testbed", "down", "--dir", str(directory))
+    assert down.returncode == 0, down.stderr
+    assert _leftovers(bed, supervisors) == []
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(directory) not in mounts
+    assert not [p for p in Path("/sys/fs/cgroup").glob(f"*/{bed.prefix}-*")]

@@ -99,11 +99,20 @@ def test_the_unit_deploy_renders_is_the_one_the_role_installs(account, layout):
     assert f"User={account['dynamod_user']}\n" in expected and "Description=dynamod node h1 " in expected
 
 
-def test_without_a_service_user_the_unit_names_none_and_the_node_runs_as_root():
+def test_without_a_service_user_the_unit_runs_the_node_as_the_roles_default_user():
+    """An Ansible inventory rarely names dynamod_user (the role's default applies): deploy over a
+    cluster the role made must keep its unit's user."""
     host = Host(name="h2", address="10.0.0.2", vars=LAYOUT)
     unit = render_unit(host)
+    assert unit == ansible_render(ansible_variables(inventory_hostname="h2", ansible_managed=UNIT_MANAGED, **LAYOUT))
+    assert "User=dynamod\n" in unit and "Group=dynamod\n" in unit
+
+
+def test_an_empty_service_user_names_none_and_the_node_runs_as_root():
+    host = Host(name="h2", address="10.0.0.2", vars={**LAYOUT, "dynamod_user": ""})
+    unit = render_unit(host)
     assert unit == ansible_render(ansible_variables(inventory_hostname="h2", ansible_managed=UNIT_MANAGED,
-                                                    **LAYOUT, dynamod_user=None))
+                                                    **LAYOUT, dynamod_user=""))
     assert "User=" not in unit and "Group=" not in unit
     assert "ExecStart=/srv/dyn/venv/bin/dynamod --config /srv/dyn/node.toml\n" in unit
     assert "ReadWritePaths=/data/dyn /logs/dyn\n" in unit
@@ -328,8 +337,15 @@ def test_the_fallback_chosen_on_a_systemd_host_gets_no_unit(wheelhouse):
         wants_unit(fake.run, a_host(dynamod_service_manager="upstart"))
 
 
-def test_without_a_service_user_no_account_is_made(wheelhouse):
+def test_without_a_service_user_the_roles_default_user_is_made_and_owns_the_data(wheelhouse):
     host, fake = Host(name="h1", address="10.0.0.1"), FakeHost("h1", [])
+    assert "created user dynamod" in install(fake, host, wheelhouse, [host])
+    assert "User=dynamod\n" in fake.files[UNIT_PATH]
+    assert any(command.startswith("chown -R dynamod ") for command in fake.commands)
+
+
+def test_an_empty_service_user_makes_no_account(wheelhouse):
+    host, fake = Host(name="h1", address="10.0.0.1", vars={"dynamod_user": ""}), FakeHost("h1", [])
     assert install(fake, host, wheelhouse, [host]).endswith(", installed unit, enabled unit")
     assert not [command for command in fake.commands
                 if command.split()[0] in ("getent", "useradd") or command.startswith("chown -R")]

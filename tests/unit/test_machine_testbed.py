@@ -3,12 +3,12 @@ machine's cgroups, and the refusal of a testbed directory the service user canno
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-
 from dynactl import machine, rootfs
-from dynactl.testbed import Testbed, TestbedError
+from dynactl.testbed import Testbed
 
 
 def test_the_mirror_is_the_first_non_security_uri_of_deb822_or_one_line_sources():
@@ -50,9 +50,20 @@ def test_the_machines_cgroups_are_in_the_hierarchies_this_box_mounts_and_go_deep
     assert not dirs[0].exists() and machine.remove_cgroups("dt-h1", root=tmp_path) == []
 
 
-def test_a_netns_testbed_under_a_directory_others_cannot_traverse_is_refused_with_the_reason(tmp_path):
+def test_a_netns_testbed_under_a_directory_others_cannot_traverse_puts_its_nodes_where_they_can(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o700)
     locked.chmod(0o700)
-    with pytest.raises(TestbedError, match=r"locked \(mode 0700\) is not traversable"):
-        Testbed(str(locked / "bed"))._check_traversable()
+    bed = Testbed(str(locked / "bed"))
+    bed._choose_node_root()
+    assert bed.node_dir("h1") == Path("/var/tmp") / f"dynactl-{bed.prefix}" / "h1"
+    assert bed.host_dir("h1") == locked / "bed" / "hosts" / "h1"  # keys and sshd files stay in DIR
+    assert (locked / "bed").stat().st_mode & 0o055 == 0o055
+    open_parent = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp and / let everyone through
+    try:
+        open_parent.chmod(0o755)
+        reachable = Testbed(str(open_parent / "bed"))
+        reachable._choose_node_root()
+        assert reachable.node_dir("h1") == open_parent / "bed" / "hosts" / "h1"
+    finally:
+        shutil.rmtree(open_parent)
