@@ -129,6 +129,8 @@ def run(local: int | None, testbed: int | None, testbed_dir: str, nodes_file: st
         local = 3
     if not (read_quorum <= replicas and write_quorum <= replicas):
         raise click.UsageError("--r and --w must not exceed --n")
+    if testbed and tls:
+        _check_testbed_tls(testbed_dir)
     try:
         faults = parse_nemesis(nemesis, local=bool(local), root=os.geteuid() == 0)
     except ValueError as exc:
@@ -175,6 +177,22 @@ def _check_nodes_file_tls(nodes_file: str, tls: bool) -> None:
                                "variable (inventory)")
     if named is not None and not tls:
         raise click.UsageError(f"{nodes_file} names TLS credentials: its cluster is secured, run with --tls")
+
+
+def _check_testbed_tls(testbed_dir: str) -> None:
+    """--tls with --testbed writes the certificates through this machine's file system, which only
+    netns hosts share."""
+    from dynactl.testbed import Testbed, TestbedError
+
+    bed = Testbed(testbed_dir)
+    try:
+        bed.load()
+    except TestbedError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if bed.kind == "machine":
+        raise click.UsageError(f"--tls with --testbed needs netns hosts: the machines in {testbed_dir} do not share "
+                               f"this machine's files; secure them with Ansible (dynamod_tls) and run --nodes-file "
+                               f"{Path(testbed_dir) / 'inventory.ini'} --tls")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -3,10 +3,14 @@ machine's cgroups, and the refusal of a testbed directory the service user canno
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from dynacheck.cli import cli as dynacheck_cli
 from dynactl import machine, rootfs
 from dynactl.testbed import Testbed
 
@@ -67,3 +71,12 @@ def test_a_netns_testbed_under_a_directory_others_cannot_traverse_puts_its_nodes
         assert reachable.node_dir("h1") == open_parent / "bed" / "hosts" / "h1"
     finally:
         shutil.rmtree(open_parent)
+
+
+def test_dynacheck_refuses_tls_on_a_machine_testbed_before_anything_runs(tmp_path):
+    (tmp_path / "testbed.json").write_text(json.dumps({"prefix": "dtx", "kind": "machine", "hosts": []}))
+    result = CliRunner().invoke(dynacheck_cli, ["run", "--testbed", "3", "--testbed-dir", str(tmp_path), "--tls",
+                                                "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2
+    assert "--tls with --testbed needs netns hosts" in result.output and "--nodes-file" in result.output
+    assert not (tmp_path / "store").exists()
