@@ -99,7 +99,7 @@ def run(config: NodeConfig) -> None:
     from twisted.internet import reactor
 
     from dynamod.logs import start_logging
-    from dynamod.node import Node
+    from dynamod.node import Node, StateConflict
 
     # Timers (request timeouts, failure detection, gossip) run on the monotonic clock: a wall
     # clock that jumps (NTP, an operator, the checker's clock nemesis) must not fire every timer at
@@ -109,6 +109,9 @@ def run(config: NodeConfig) -> None:
     start_logging(stream, config.log_level)
     try:
         node = Node(config, reactor)
+    except StateConflict as exc:  # a configuration error: a supervisor's restart cannot help (exit 2)
+        click.echo(f"dynamod: cannot open node {config.node_id}: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         click.echo(f"dynamod: cannot open node {config.node_id}: {exc}", err=True)
         sys.exit(EXIT_INTERNAL)

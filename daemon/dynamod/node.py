@@ -104,6 +104,12 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+class StateConflict(ValueError):
+    """The data directory holds a cluster state this configuration cannot take over (another
+    partition count: another cluster, e.g. a test's): restarting cannot help, the operator must
+    choose (fix the configuration, or empty the data directory to found a new cluster)."""
+
+
 def initial_state(config: NodeConfig, state_file: StateFile | None) -> ClusterState:
     """The stored cluster state, else the one the configured members found."""
     founding = ClusterState.initial([MemberEntry(m.id, m.peer, m.http) for m in config.members], config.partitions)
@@ -112,8 +118,9 @@ def initial_state(config: NodeConfig, state_file: StateFile | None) -> ClusterSt
     try:
         stored = state_file.load(config.partitions)
     except MalformedState as exc:
-        raise ValueError(f"{state_file.path} does not hold a cluster state of {config.partitions} "
-                         f"partitions: {exc}") from exc
+        raise StateConflict(f"{state_file.path} does not hold a cluster state of {config.partitions} "
+                            f"partitions: {exc} (the data directory is another cluster's: set its partitions, "
+                            f"or empty {config.data_dir} to found a new cluster)") from exc
     return stored if stored is not None else founding
 
 

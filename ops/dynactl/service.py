@@ -119,7 +119,7 @@ class Service:
             return f"already running pid {running}"
         settings = self._settings()
         if self.uses_systemd():
-            self._set_faketime_dropin()
+            self._set_faketime_dropin(self.faketime_file)
             # A failed start counts against systemd's start rate limit (5 in 10 s by default); a fault
             # schedule or a rolling restart starts the unit often and on purpose: forget earlier failures.
             subprocess.run(["systemctl", "reset-failed", self.unit], capture_output=True, check=False)
@@ -133,14 +133,14 @@ class Service:
         self._wait_serving(settings.node_id, wait)
         return f"started pid {self.pid()}"
 
-    def _set_faketime_dropin(self) -> None:
+    def _set_faketime_dropin(self, timestamp_file: str | None) -> None:
         """Under systemd the unit's environment is the node's: a runtime drop-in (gone at reboot) sets
         the libfaketime variables when a clock file is given and is removed when none is."""
         dropin = FAKETIME_DROPIN_DIR / f"{self.unit}.service.d" / "faketime.conf"
         wanted = None
-        if self.faketime_file:
+        if timestamp_file:
             _require_faketime_library()
-            wanted = faketime_dropin(self.faketime_file)
+            wanted = faketime_dropin(timestamp_file)
         present = dropin.read_text() if dropin.is_file() else None
         if present == wanted:
             return
@@ -155,6 +155,9 @@ class Service:
         if self.uses_systemd():
             was_running = self.pid() is not None
             _systemctl("stop", self.unit)
+            # The skew belonged to the run that started the node with --faketime: whoever starts the
+            # unit next (systemd at boot, Ansible, systemctl) gets the real clock.
+            self._set_faketime_dropin(None)
             return "stopped" if was_running else "not running"
         how = process.stop(self.pid(), str(self.config))
         self.pidfile.unlink(missing_ok=True)

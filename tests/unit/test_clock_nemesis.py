@@ -103,15 +103,31 @@ def test_a_systemd_node_gets_its_skew_through_a_runtime_dropin_written_only_when
     monkeypatch.setattr(service_module, "FAKETIME_DROPIN_DIR", tmp_path / "run")
     monkeypatch.setattr(service_module, "_systemctl", lambda *args: reloads.append(args))
     dropin = tmp_path / "run" / "dynamod.service.d" / "faketime.conf"
-    a_service(tmp_path, "/x/clock")._set_faketime_dropin()
+    a_service(tmp_path, "/x/clock")._set_faketime_dropin("/x/clock")
     text = dropin.read_text()
     assert f'Environment="LD_PRELOAD={FAKETIME_LIBRARY}"' in text
     assert 'Environment="FAKETIME_TIMESTAMP_FILE=/x/clock"' in text and text.splitlines()[1] == "[Service]"
     assert reloads == [("daemon-reload",)]
-    a_service(tmp_path, "/x/clock")._set_faketime_dropin()
+    a_service(tmp_path, "/x/clock")._set_faketime_dropin("/x/clock")
     assert reloads == [("daemon-reload",)]  # unchanged: no reload
-    a_service(tmp_path, None)._set_faketime_dropin()
+    a_service(tmp_path, None)._set_faketime_dropin(None)
     assert not dropin.exists() and reloads == [("daemon-reload",)] * 2  # no skew asked: the node runs unskewed
+
+
+def test_stopping_a_systemd_node_removes_its_skew_so_the_next_start_by_anyone_runs_on_the_real_clock(tmp_path,
+                                                                                                       monkeypatch):
+    if not Path(FAKETIME_LIBRARY).is_file():
+        pytest.skip("libfaketime is not installed")
+    calls = []
+    monkeypatch.setattr(service_module, "FAKETIME_DROPIN_DIR", tmp_path / "run")
+    monkeypatch.setattr(service_module, "_systemctl", lambda *args: calls.append(args))
+    skewed = a_service(tmp_path, "/x/clock")
+    monkeypatch.setattr(service_module.Service, "uses_systemd", lambda self: True)
+    monkeypatch.setattr(service_module.Service, "pid", lambda self: 42)
+    skewed._set_faketime_dropin("/x/clock")
+    assert skewed.stop() == "stopped"
+    assert not (tmp_path / "run" / "dynamod.service.d" / "faketime.conf").exists()
+    assert calls == [("daemon-reload",), ("stop", skewed.unit), ("daemon-reload",)]
 
 
 def test_a_unit_counts_as_running_once_active_with_a_main_pid_and_as_failed_when_it_exited():
