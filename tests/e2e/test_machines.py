@@ -118,7 +118,9 @@ def test_a_rebooted_machine_brings_its_node_back_with_its_data(bed, hosts, provi
     after = on_hosts([h2], "cat /proc/sys/kernel/random/boot_id; systemctl show dynamod -p InvocationID --value")
     assert after[h2.name].splitlines()[1] != before[h2.name].splitlines()[1], "the unit did not start anew"
     assert DynamoClient(h2.http).get("before the reboot").siblings == [b"kept"]
-    assert all(m["status"] == "up" for m in DynamoClient(hosts[0].http).status()["members"])
+    seen_up = wait_until(lambda: all(m["status"] == "up" for m in DynamoClient(hosts[0].http).status()["members"]),
+                         30, interval=0.2)
+    assert seen_up, DynamoClient(hosts[0].http).status()["members"]
 
 
 def test_a_dynacheck_run_with_kill_clock_and_partition_is_valid_and_its_faults_took_effect(bed, hosts, provisioned,
