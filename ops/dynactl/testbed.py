@@ -42,11 +42,11 @@ SSH_DEADLINE_SECONDS = 15.0
 MACHINE_BOOT_DEADLINE_SECONDS = 60.0  # three boot in ~1.2 s; a loaded box takes longer
 MACHINE_STOP_DEADLINE_SECONDS = 30.0
 KINDS = ("netns", "machine")
-#: Where a machine keeps the node (the role's defaults: the machine is a host of its own).
+#: Where a machine keeps the node and who runs it (the role's defaults: the machine is a host of its own).
 #: Where netns hosts' nodes live when the service user cannot reach DIR (``Testbed.node_dir``).
 NODE_ROOT_FALLBACK = Path("/var/tmp")
 MACHINE_PATHS = {"home": "/opt/dynamod", "data_dir": "/var/lib/dynamod", "log_dir": "/var/log/dynamod",
-                 "faketime_file": "/opt/dynamod/faketime/clock"}
+                 "faketime_file": "/opt/dynamod/faketime/clock", "service_user": "dynamod"}
 PYTHON_ON_HOSTS = "/usr/bin/python3"  # not the PATH python3: a pyenv shim that fails over SSH
 REQUIRED_TOOLS = {"ip": "iproute2", "sshd": "openssh-server", "ssh-keygen": "openssh-client",
                   "iptables": "iptables"}
