@@ -77,6 +77,19 @@ def playbook(bed: Testbed, name: str, *extra: str,
     return result, recap
 
 
+def require_ansible() -> None:
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("ansible-playbook is not installed (pip install -e '.[dev]')")
+
+
+def provision(bed: Testbed) -> dict[str, dict[str, int]]:
+    """site.yml on every host of ``bed`` (it must succeed); returns its PLAY RECAP."""
+    result, recap = playbook(bed, "site.yml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert set(recap) >= {host["name"] for host in bed.record["hosts"]}
+    return recap
+
+
 def dynactl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real dynactl command line."""
     return subprocess.run([str(BIN / "dynactl"), *args], capture_output=True, text=True, timeout=timeout,

@@ -17,13 +17,12 @@ from dynactl.remote import SshHosts
 from dynamod.client import DynamoClient, NodeUnavailable
 from dynamod.polling import wait_until
 
-from .conftest import BIN, REPO, Writer, dynactl, make_testbed, missing_writes, playbook
+from .conftest import BIN, REPO, Writer, dynactl, make_testbed, missing_writes, playbook, provision, require_ansible
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
-    if not (BIN / "ansible-playbook").exists():
-        pytest.skip("ansible-playbook is not installed (pip install -e '.[dev]')")
+    require_ansible()
     yield from make_testbed(tmp_path_factory, 3, "machines", kind="machine")
 
 
@@ -53,10 +52,7 @@ def unit_facts(hosts) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def provisioned(bed, wheelhouse):
-    result, recap = playbook(bed, "site.yml")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert set(recap) >= {"h1", "h2", "h3"}
-    return recap
+    return provision(bed)
 
 
 def test_machines_boot_systemd_and_site_runs_each_node_as_an_enabled_unit_of_the_service_user(bed, hosts,
