@@ -18,7 +18,11 @@ With ``--tls`` the dynamod cluster is measured again secured (mutual TLS between
 HTTPS with a bearer token for wrk), same mix, same connection counts, right after the plain one,
 and the cost is printed as the ratio of the two peaks and p99.9 at each.
 
-Prints ops/s and p50/p99/p99.9 for each, and writes them to ``.dynamo/bench/results.json``.
+Prints ops/s and p50/p99/p99.9 for each, the dynamod nodes' CPU per operation (user + system
+time of the three node processes from /proc, divided by the requests answered), where a request's
+time goes at half of peak (the nodes' ``dynamod_request_stage_seconds`` histograms scraped before
+and after that run: p50/p99/p99.9 per stage, interpolated inside buckets), and writes them to
+``.dynamo/bench/results.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 
 from dynactl.certs import add_token
 from dynactl.local import LocalCluster, port_is_free
+from dynactl.stats import stage_delta, stage_histograms, stage_sum, stage_table
 from dynamod.client import DynamoClient
 from dynamod.polling import wait_until
 from dynamod.security.identity import Role
@@ -102,6 +107,20 @@ def run_wrk(targets: list[str], script: str, args: list[str], duration: int, con
             "connections": per_target * len(targets), **merge_quantiles(runs)}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (``/proc/PID/stat`` fields 14 and 15)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15; 3 is fields[0])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def scrape_stages(clients: list[DynamoClient]):
+    """Every node's stage histograms now."""
+    return [stage_histograms(client.metrics()) for client in clients]
+
+
 def preload(put_one, count: int) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(put_one, range(count)))
@@ -112,8 +131,9 @@ def sweep(name: str, levels: list[int], run) -> dict:
     runs = []
     for connections in levels:
         figures = run(connections)
+        cpu = f" cpu {figures['cpu_us_per_op']:.0f} us/op" if "cpu_us_per_op" in figures else ""
         print(f"  {name:<22}{connections:>5} connections {figures['ops_per_s']:>8.0f} ops/s "
-              f"p50 {figures['p50_ms']:.1f} p99 {figures['p99_ms']:.1f} p99.9 {figures['p999_ms']:.1f} ms",
+              f"p50 {figures['p50_ms']:.1f} p99 {figures['p99_ms']:.1f} p99.9 {figures['p999_ms']:.1f} ms{cpu}",
               flush=True)
         runs.append(figures)
     best = max(runs, key=lambda figures: figures["ops_per_s"])
@@ -144,12 +164,22 @@ def bench_dynamo(workdir: Path, duration: int, levels: list[int], keys: int,
             DynamoClient(targets[i % 3], credentials=cluster.credentials()).put(f"pre-{i}", VALUE)
 
         preload(put_one, keys)
-        peak = sweep(name, levels, lambda connections: run_wrk(
-            targets, "dynamo.lua", [str(keys), f"peak{connections}"], duration, connections, scheme, token))
+        pids = [node.pid for node in cluster.nodes]
+        clients = [DynamoClient(target, credentials=cluster.credentials()) for target in targets]
+
+        def measured(connections: int, args: list[str]) -> dict:
+            """One wrk run, with the nodes' CPU per answered request and their stage histograms."""
+            cpu, stages = cpu_seconds(pids), scrape_stages(clients)
+            figures = run_wrk(targets, "dynamo.lua", [str(keys), *args], duration, connections, scheme, token)
+            figures["cpu_us_per_op"] = 1e6 * (cpu_seconds(pids) - cpu) / max(1, figures["requests"])
+            after = scrape_stages(clients)
+            figures["stages"] = stage_table(stage_sum([stage_delta(b, a) for b, a in zip(stages, after, strict=True)]))
+            return figures
+
+        peak = sweep(name, levels, lambda connections: measured(connections, [f"peak{connections}"]))
         # Half of peak: each connection pauses so the offered rate is about peak / 2.
         pause_ms = max(1, round(1000 * peak["connections"] / (peak["ops_per_s"] / 2)))
-        half = run_wrk(targets, "dynamo.lua", [str(keys), "half", str(pause_ms)], duration, peak["connections"],
-                       scheme, token)
+        half = measured(peak["connections"], ["half", str(pause_ms)])
         half["offered_ops_per_s"] = peak["ops_per_s"] / 2
         return peak, half
     finally:
@@ -283,25 +313,53 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(f"{'target':<24}{'conns':>6}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}")
+    print(f"{'target':<24}{'conns':>6}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'errors':>8}"
+          f"{'cpu us/op':>11}")
     for name, figures in results.items():
         if figures is None:
             continue
+        cpu = f"{figures['cpu_us_per_op']:>11.0f}" if "cpu_us_per_op" in figures else f"{'-':>11}"
         print(f"{name:<24}{figures['connections']:>6}{figures['ops_per_s']:>10.0f}{figures['p50_ms']:>10.2f}"
-              f"{figures['p99_ms']:>10.2f}{figures['p999_ms']:>10.2f}{figures['errors']:>8}")
+              f"{figures['p99_ms']:>10.2f}{figures['p999_ms']:>10.2f}{figures['errors']:>8}{cpu}")
+    for name in ("dynamod_half_peak", "dynamod_tls_half_peak"):
+        if results.get(name):
+            print_stages(name, results[name]["stages"])
     if results.get("dynamod_tls"):
         plain, secured = results["dynamod"], results["dynamod_tls"]
         print(f"\nTLS cost: peak {secured['ops_per_s']:.0f} vs {plain['ops_per_s']:.0f} ops/s "
               f"({secured['ops_per_s'] / plain['ops_per_s']:.2f}x), p99.9 {secured['p999_ms']:.1f} vs "
               f"{plain['p999_ms']:.1f} ms; at half of peak p99.9 {results['dynamod_tls_half_peak']['p999_ms']:.1f} "
               f"vs {results['dynamod_half_peak']['p999_ms']:.1f} ms")
-    if results.get("etcd"):
-        print(f"\ndynamod / etcd throughput: {results['dynamod']['ops_per_s'] / results['etcd']['ops_per_s']:.2f}x")
+    print_aims(results)
     output = Path(".dynamo/bench/results.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {output}")
     return 0
+
+
+def print_stages(name: str, stages: dict) -> None:
+    """The per-stage table of one run (all three nodes' requests together)."""
+    print(f"\nwhere a request's time goes, {name} (server side, ms, interpolated in buckets):")
+    print(f"  {'op':<8}{'stage':<12}{'count':>9}{'mean':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}")
+    for op, by_stage in stages.items():
+        for stage, figures in by_stage.items():
+            print(f"  {op:<8}{stage:<12}{figures['count']:>9}{figures['mean_ms']:>9.2f}{figures['p50_ms']:>9.2f}"
+                  f"{figures['p99_ms']:>9.2f}{figures['p999_ms']:>9.2f}")
+
+
+def print_aims(results: dict) -> None:
+    """Issue 17's aims that this run measures, each with its figure."""
+    print("\naims:")
+    peak, half = results["dynamod"], results["dynamod_half_peak"]
+    if results.get("etcd"):
+        ratio = peak["ops_per_s"] / results["etcd"]["ops_per_s"]
+        print(f"  dynamod / etcd throughput >= 1.5x: {ratio:.2f}x ({peak['ops_per_s']:.0f} vs "
+              f"{results['etcd']['ops_per_s']:.0f} ops/s) {'met' if ratio >= 1.5 else 'NOT met'}")
+    print(f"  p99.9 <= 50 ms at half of peak: {half['p999_ms']:.1f} ms "
+          f"{'met' if half['p999_ms'] <= 50 else 'NOT met'}")
+    print(f"  node CPU per op <= 200 us: {peak['cpu_us_per_op']:.0f} us at peak, {half['cpu_us_per_op']:.0f} us "
+          f"at half {'met' if peak['cpu_us_per_op'] <= 200 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ deadline has passed by then.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from msgpack import packb
@@ -47,6 +47,9 @@ from dynamod.net.protocol import PeerError, PeerUnavailable
 from dynamod.security.identity import Principal
 from dynamod.storage.engine import CorruptRecord, decode_stored
 from dynamod.storage.store import Store
+
+if TYPE_CHECKING:
+    from dynamod.api.metrics import RequestStages
 
 
 @attrs.frozen
@@ -223,8 +226,9 @@ class Coordinator:
             self.log.error("replica {replica} holds a record of {key!r} that does not decode: {reason}",
                            replica=replica, key=key, reason=reason)
 
-    def get(self, key: bytes, r: int) -> defer.Deferred:
-        """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas."""
+    def get(self, key: bytes, r: int, stages: RequestStages | None = None) -> defer.Deferred:
+        """Fires with the ``QuorumResult`` of reading ``key`` from R of its N replicas (``stages``
+        times a client's request: ``dynamod.api.metrics``)."""
         targets = self.targets(key)
         core = GetCore(tuple(targets) + self._unreplaced(key, targets), r, lww=self.settings.lww)
         self._mark_unreplaced(core, key, targets)
@@ -244,7 +248,8 @@ class Coordinator:
 
         requests = [(replica, self._with_fallover(key, replica, hint, taken, read), replied)
                     for replica, hint in targets.items()]
-        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, hints, corrupt))
+        return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, hints, corrupt),
+                           stages=stages)
 
     def _repair(self, key: bytes, core: GetCore, targets: dict[str, str | None],
                 corrupt: set[str] | frozenset[str] = frozenset()) -> None:
@@ -280,15 +285,21 @@ class Coordinator:
     # -- writes --------------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, context: CausalContext, w: int,
-            deleted: bool = False) -> defer.Deferred:
-        """Fires with the ``PutAnswer`` of writing a new version of ``key``."""
+            deleted: bool = False, stages: RequestStages | None = None) -> defer.Deferred:
+        """Fires with the ``PutAnswer`` of writing a new version of ``key``. A forwarded PUT's
+        ``stages`` see the forward as its fan-out and its answer as the quorum's outcome."""
         targets = self.targets(key)
         if self.node_id not in targets:
-            return self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
-        return self.coordinate_put(key, value, context, w, deleted, targets)
+            if stages is None:
+                return self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
+            stages.fanned_out()
+            return self._forward_put(list(targets), key, value, context, w, deleted, hops=1).addBoth(
+                _passing(stages.quorum_reached))
+        return self.coordinate_put(key, value, context, w, deleted, targets, stages)
 
     def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
-                       deleted: bool, targets: dict[str, str | None] | None = None) -> defer.Deferred:
+                       deleted: bool, targets: dict[str, str | None] | None = None,
+                       stages: RequestStages | None = None) -> defer.Deferred:
         """Stamp and store the version here, then replicate it to the other targets (owners that
         are up, and fallbacks carrying the owner they stand in for as a hint)."""
         targets = targets if targets is not None else self.targets(key)
@@ -339,7 +350,8 @@ class Coordinator:
         requests = [(self.node_id, committed, ack)]
         requests += [(replica, self._with_fallover(key, replica, hint, taken, send), acked)
                      for replica, hint in targets.items() if replica != self.node_id]
-        return self._drive(core, requests).addCallback(lambda result: PutAnswer(result, version.clock(), version.dot))
+        return self._drive(core, requests, stages=stages).addCallback(
+            lambda result: PutAnswer(result, version.clock(), version.dot))
 
     def _bound_size(self, key: bytes, before: Record | None, size: int) -> None:
         """Log and count a write that leaves ``key`` past the warning size; refuse one that would
@@ -433,11 +445,15 @@ class Coordinator:
     # -- quorum driving ------------------------------------------------------------------------
 
     def _drive(self, core: GetCore | PutCore, requests: list[tuple[str, defer.Deferred, Callable[..., None]]],
-               when_all_answered: Callable[[], None] | None = None) -> defer.Deferred:
+               when_all_answered: Callable[[], None] | None = None,
+               stages: RequestStages | None = None) -> defer.Deferred:
         """Feed replica answers to ``core`` until it is done or the deadline passes; answers that
         come later still reach the core, and ``when_all_answered`` runs once every request has
-        succeeded or failed."""
+        succeeded or failed. ``stages`` (a client's request) times the fan-out, each replica's
+        answer and the quorum's outcome."""
         answer: defer.Deferred = defer.Deferred()
+        if stages is not None:
+            stages.fanned_out()
         outstanding = [len(requests)]
 
         def count_down() -> None:
@@ -449,6 +465,8 @@ class Coordinator:
             if not answer.called and core.done():
                 if timer.active():
                     timer.cancel()
+                if stages is not None:
+                    stages.quorum_reached()
                 answer.callback(core.response())
 
         def expire() -> None:
@@ -458,11 +476,15 @@ class Coordinator:
         timer = self.clock.callLater(self.settings.timeout, expire)
         for replica, request, on_success in requests:
             def succeeded(value: Any, replica: str = replica, on_success: Callable = on_success) -> None:
+                if stages is not None:
+                    stages.answered(replica == self.node_id)
                 on_success(replica, value)
                 settle()
                 count_down()
 
             def failed(failure: Failure, replica: str = replica) -> None:
+                if stages is not None:
+                    stages.answered(replica == self.node_id)
                 core.add_error(replica, describe(failure))
                 settle()
                 count_down()
@@ -497,6 +519,14 @@ class Coordinator:
         else:
             put = self.coordinate_put(key, value, context, w, deleted)
         return put.addCallback(_answer_to_wire)
+
+
+def _passing(hook: Callable[[], None]) -> Callable[[Any], Any]:
+    """A callback that calls ``hook`` and passes its result (or failure) on."""
+    def call(result: Any) -> Any:
+        hook()
+        return result
+    return call
 
 
 def _answer_to_wire(answer: PutAnswer) -> dict:

@@ -141,9 +141,12 @@ def stats(ctx: Context) -> None:
     rows = [[op, o["count"], " ".join(f"{c}:{n}" for c, n in o["by_code"].items()),
              o["mean_ms"], o["p50_le_ms"], o["p99_le_ms"]] for op, o in document["operations"].items()]
     counters = ", ".join(f"{name}={value:g}" for name, value in sorted(document["counters"].items()))
+    stages = [f"{op} stages, p50/p99 ms: " + ", ".join(f"{stage} {s['p50_ms']:g}/{s['p99_ms']:g}"
+                                                     for stage, s in by_stage.items())
+              for op, by_stage in document["stages"].items()]
     ctx.out.document(document, table=rows,
                      headers=["op", "requests", "by status", "mean ms", "p50 <= ms", "p99 <= ms"],
-                     text=counters)
+                     text="\n".join([counters, *stages]))
 
 
 def _transfer_rows(document: dict[str, Any]) -> list[list[Any]]:

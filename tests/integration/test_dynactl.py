@@ -99,4 +99,10 @@ def test_stats_summarises_the_metrics(local_cluster):
     assert stats["operations"]["get"]["by_code"] == {"200": 1, "404": 1}
     assert stats["operations"]["get"]["p99_le_ms"] is not None
     assert stats["counters"]["storage_batches"] >= 1
-    assert "requests" in dynactl(*node, "stats").stdout
+    put_stages = stats["stages"]["put"]  # the PUT this node coordinated, stage by stage
+    assert [put_stages[stage]["count"] for stage in ("parse", "coordinate", "local", "quorum", "respond")] \
+        == [1] * 5
+    assert put_stages["remote"]["count"] == 2  # N=3: two remote replicas answered
+    assert stats["stages"]["get"]["parse"]["count"] == 2
+    text = dynactl(*node, "stats").stdout
+    assert "requests" in text and "put stages, p50/p99 ms: parse " in text

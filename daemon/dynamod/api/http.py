@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dynamod.api.metrics import RequestStages
 from dynamod.api.server import HttpFactory, HttpLimits, HttpRequest, HttpResponse
 from dynamod.core.addresses import split_host_port
 from dynamod.core.encoding import DecodeError, decode_context, encode_context
@@ -204,7 +205,12 @@ class Api:
                 return self._observe(HttpResponse.json(refusal.status, {"error": refusal.reason}, challenge),
                                      op, started)
         try:
-            result = handler(request)
+            if op in FOREGROUND:
+                stages = self.node.metrics.stages.start(op, request.received)
+                request.on_written = stages.written
+                result = handler(request, stages)
+            else:
+                result = handler(request)
         except Exception:  # noqa: BLE001 - mapped to a JSON error below
             result = self._error(Failure())
         if isinstance(result, defer.Deferred):
@@ -259,7 +265,7 @@ class Api:
 
     # -- /kv -----------------------------------------------------------------------------------
 
-    def get(self, request: HttpRequest) -> defer.Deferred:
+    def get(self, request: HttpRequest, stages: RequestStages | None = None) -> defer.Deferred:
         key = parse_key(request, b"/kv/")
         settings = self.node.settings
         r = parse_quorum(request, "r", settings.r, settings.n)
@@ -273,9 +279,10 @@ class Api:
                     "versions": [clock_document(sibling) for sibling in live]}
             return HttpResponse.json(200 if live else 404, body)
 
-        return self.node.coordinator.get(key, r).addCallback(answer)
+        return self.node.coordinator.get(key, r, stages).addCallback(answer)
 
-    def _write(self, request: HttpRequest, value: bytes, deleted: bool) -> defer.Deferred:
+    def _write(self, request: HttpRequest, value: bytes, deleted: bool,
+               stages: RequestStages | None) -> defer.Deferred:
         key = parse_key(request, b"/kv/")
         settings = self.node.settings
         w = parse_quorum(request, "w", settings.w, settings.n)
@@ -289,16 +296,16 @@ class Api:
                 headers.append(("X-Version", dot_header(put.dot)))
             return HttpResponse(204, headers=tuple(headers))
 
-        return self.node.coordinator.put(key, value, context, w, deleted=deleted).addCallback(answer)
+        return self.node.coordinator.put(key, value, context, w, deleted=deleted, stages=stages).addCallback(answer)
 
-    def put(self, request: HttpRequest) -> defer.Deferred:
+    def put(self, request: HttpRequest, stages: RequestStages | None = None) -> defer.Deferred:
         if request.body_too_large:
             limit = self.node.config.max_value_size
             raise ApiError(413, f"value exceeds the limit of {limit} bytes", limit=limit)
-        return self._write(request, request.body, deleted=False)
+        return self._write(request, request.body, deleted=False, stages=stages)
 
-    def delete(self, request: HttpRequest) -> defer.Deferred:
-        return self._write(request, b"", deleted=True)
+    def delete(self, request: HttpRequest, stages: RequestStages | None = None) -> defer.Deferred:
+        return self._write(request, b"", deleted=True, stages=stages)
 
     # -- admin ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import http
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -104,6 +105,10 @@ class HttpRequest:
     body_too_large: bool = False
     #: whom the connection's client certificate names (TLS only; None: no certificate)
     client: Principal | None = None
+    #: when the read that completed it began (the server's ``now`` clock, monotonic)
+    received: float = 0.0
+    #: set by the handler to be called once the answer is handed to the connection (stage timing)
+    on_written: Callable[[], None] | None = None
 
     def arguments(self) -> dict[str, list[str]]:
         """The query string, parsed."""
@@ -164,8 +169,11 @@ class HttpProtocol(Protocol):
     log = Logger()
 
     def __init__(self, handler: Handler, limits: HttpLimits, clock: IReactorTime,
-                 writer: Coalescer | DirectWriter | None = None, server: HttpFactory | None = None):
+                 writer: Coalescer | DirectWriter | None = None, server: HttpFactory | None = None,
+                 now: Callable[[], float] = time.monotonic):
         self._handler = handler
+        self._now = now
+        self._read_at = 0.0           # now() when the latest read began (a request's ``received``)
         self._limits = limits
         self._clock = clock
         self._writer = writer or DirectWriter()
@@ -281,6 +289,7 @@ class HttpProtocol(Protocol):
                     self.transport.loseConnection()
             return
         self._last_read = self._clock.seconds()
+        self._read_at = self._now()
         if self._read_paused:
             self._unparsed += data
             return
@@ -482,7 +491,8 @@ class HttpProtocol(Protocol):
         parsed = httptools.parse_url(self._url)
         request = HttpRequest(
             method=self._parser.get_method().decode("ascii"), path=parsed.path, query=parsed.query or b"",
-            headers=self._headers, body=b"".join(self._body), body_too_large=self._too_large, client=self._client)
+            headers=self._headers, body=b"".join(self._body), body_too_large=self._too_large, client=self._client,
+            received=self._read_at)
         keep_alive = self._parser.should_keep_alive() and self._canned is None
         self._queue.append(_Pending(request, keep_alive, self._canned))
         self._queued_bytes += len(request.body)
@@ -556,6 +566,8 @@ class HttpProtocol(Protocol):
         keep_alive = pending.keep_alive and not self._stopping
         data = response.encode(keep_alive, with_body=pending.request.method != "HEAD")
         self._write(data)
+        if pending.request.on_written is not None:
+            pending.request.on_written()
         self._unsent += len(data)
         if self._unsent >= SEND_NOW_BYTES:  # counts since the last send: may overcount, never under
             self._unsent = 0
@@ -606,8 +618,11 @@ class HttpFactory(Factory):
     noisy = False
 
     def __init__(self, handler: Handler, limits: HttpLimits, clock: IReactorTime,
-                 writer: Coalescer | None = None, observe: Observer | None = None):
+                 writer: Coalescer | None = None, observe: Observer | None = None,
+                 now: Callable[[], float] = time.monotonic):
         self.handler = handler
+        #: the clock of a request's ``received`` (the API's stage timing reads the same one)
+        self.now = now
         self.limits = limits
         self.clock = clock
         self.writer = writer
@@ -622,7 +637,7 @@ class HttpFactory(Factory):
         return len(self.connections)
 
     def buildProtocol(self, addr: Any) -> HttpProtocol:
-        protocol = HttpProtocol(self.handler, self.limits, self.clock, self.writer, self)
+        protocol = HttpProtocol(self.handler, self.limits, self.clock, self.writer, self, self.now)
         protocol.factory = self
         return protocol
 
