@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test bench bench-checker bench-nemesis lint clean
+.PHONY: bootstrap demo test bench bench-checker bench-nemesis bench-routing lint clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -22,6 +22,9 @@ bench-checker: bootstrap
 
 bench-nemesis: bootstrap
 	@$(PY) scripts/bench_nemesis.py $(BENCH_ARGS)
+
+bench-routing: bootstrap
+	@$(PY) scripts/bench_routing.py $(BENCH_ARGS)
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts

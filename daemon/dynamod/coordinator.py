@@ -121,7 +121,7 @@ class Coordinator:
         self.settings = settings
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms
-        #: Called with "corrupt_record" or "read_repair" (the node counts them in its metrics).
+        #: Called with "corrupt_record", "read_repair", "forwarded_put"... (the node counts them in its metrics).
         self.on_event = on_event
         #: This node's failure detector: peers judged down are replaced by fallbacks.
         self.is_up = is_up
@@ -290,6 +290,7 @@ class Coordinator:
         ``stages`` see the forward as its fan-out and its answer as the quorum's outcome."""
         targets = self.targets(key)
         if self.node_id not in targets:
+            self.on_event("forwarded_put")
             if stages is None:
                 return self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
             stages.fanned_out()

@@ -379,7 +379,8 @@ class Node(service.MultiService):
     def _count_event(self, event: str) -> None:
         {"corrupt_record": self.metrics.corrupt_records, "read_repair": self.metrics.read_repairs,
          "read_repair_deferred": self.metrics.read_repairs_deferred, "handoff": self.metrics.handoffs,
-         "oversized_key_write": self.metrics.oversized_key_writes}[event].inc()
+         "oversized_key_write": self.metrics.oversized_key_writes,
+         "forwarded_put": self.metrics.forwarded_puts}[event].inc()
 
     def _storage_failed(self, reason: str) -> None:
         """Nothing the storage holds may be served or sent any more: stop the node (the store has

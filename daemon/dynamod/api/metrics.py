@@ -39,6 +39,9 @@ class NodeMetrics:
                                             registry=self.registry)
         self.handoffs = Counter("dynamod_handoffs", "fallback copies acknowledged by their owner",
                                 registry=self.registry)
+        self.forwarded_puts = Counter("dynamod_forwarded_puts", "client PUTs and DELETEs this node forwarded "
+                                      "to a replica of the key (it holds none of the key's replicas)",
+                                      registry=self.registry)
         self.batch_seconds = Histogram("dynamod_storage_batch_seconds",
                                        "time from handing a group of updates to the flusher to their durability",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
