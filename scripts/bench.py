@@ -43,7 +43,7 @@ from pathlib import Path
 
 from dynactl.certs import add_token
 from dynactl.local import LocalCluster, port_is_free
-from dynactl.stats import stage_delta, stage_histograms, stage_sum, stage_table
+from dynactl.stats import GC_FAMILY, gc_table, stage_delta, stage_histograms, stage_sum, stage_table
 from dynamod.client import DynamoClient
 from dynamod.polling import wait_until
 from dynamod.security.identity import Role
@@ -116,9 +116,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def scrape_stages(clients: list[DynamoClient]):
-    """Every node's stage histograms now."""
-    return [stage_histograms(client.metrics()) for client in clients]
+def scrape_histograms(clients: list[DynamoClient]) -> list[tuple]:
+    """Every node's stage histograms and garbage-collector pauses now."""
+    scraped = []
+    for client in clients:
+        text = client.metrics()
+        scraped.append((stage_histograms(text), stage_histograms(text, GC_FAMILY, ("generation",))))
+    return scraped
+
+
+def window(before: list[tuple], after: list[tuple], which: int):
+    """What all the nodes observed between two scrapes (``which``: 0 stages, 1 GC pauses)."""
+    return stage_sum([stage_delta(b[which], a[which]) for b, a in zip(before, after, strict=True)])
 
 
 def preload(put_one, count: int) -> None:
@@ -169,11 +178,12 @@ def bench_dynamo(workdir: Path, duration: int, levels: list[int], keys: int,
 
         def measured(connections: int, args: list[str]) -> dict:
             """One wrk run, with the nodes' CPU per answered request and their stage histograms."""
-            cpu, stages = cpu_seconds(pids), scrape_stages(clients)
+            cpu, before = cpu_seconds(pids), scrape_histograms(clients)
             figures = run_wrk(targets, "dynamo.lua", [str(keys), *args], duration, connections, scheme, token)
             figures["cpu_us_per_op"] = 1e6 * (cpu_seconds(pids) - cpu) / max(1, figures["requests"])
-            after = scrape_stages(clients)
-            figures["stages"] = stage_table(stage_sum([stage_delta(b, a) for b, a in zip(stages, after, strict=True)]))
+            after = scrape_histograms(clients)
+            figures["stages"] = stage_table(window(before, after, 0))
+            figures["gc_pauses"] = gc_table(window(before, after, 1))
             return figures
 
         peak = sweep(name, levels, lambda connections: measured(connections, [f"peak{connections}"]))
@@ -324,6 +334,10 @@ def main() -> int:
     for name in ("dynamod_half_peak", "dynamod_tls_half_peak"):
         if results.get(name):
             print_stages(name, results[name]["stages"])
+            pauses = ", ".join(f"gen{generation} {g['count']} ({g['total_s']:.2f} s, p99 {g['p99_ms']:g} ms, "
+                               f"longest <= {g['longest_le_ms']} ms)"
+                               for generation, g in results[name]["gc_pauses"].items())
+            print(f"  garbage collections (all nodes): {pauses or 'none'}")
     if results.get("dynamod_tls"):
         plain, secured = results["dynamod"], results["dynamod_tls"]
         print(f"\nTLS cost: peak {secured['ops_per_s']:.0f} vs {plain['ops_per_s']:.0f} ops/s "

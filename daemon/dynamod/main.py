@@ -127,6 +127,7 @@ def run(config: NodeConfig) -> None:
 
     node.on_departed = reactor.stop
     tune_garbage_collector()
+    node.metrics.gc_pauses.install()
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: node.stopService() if node.running else None)
     reactor.run()

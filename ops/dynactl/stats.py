@@ -26,21 +26,25 @@ def _quantile(buckets: list[tuple[float, float]], fraction: float) -> float | No
 STAGE_FAMILY = StageHistogramsCollector.name
 
 #: ``(op, stage)`` -> ``(buckets, sum)``: cumulative ``(upper bound, count)`` pairs, ascending.
-StageHistograms = dict[tuple[str, str], tuple[list[tuple[float, float]], float]]
+StageHistograms = dict[tuple[str, ...], tuple[list[tuple[float, float]], float]]
+#: The garbage collector's pauses (``dynamod.api.metrics.GcPauses``), by generation.
+GC_FAMILY = "dynamod_gc_pause_seconds"
 
 
-def stage_histograms(metrics_text: str) -> StageHistograms:
-    """The stage histograms of one node's /metrics."""
-    buckets: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    sums: dict[tuple[str, str], float] = {}
+def stage_histograms(metrics_text: str, family_name: str = STAGE_FAMILY,
+                     labels: tuple[str, ...] = ("op", "stage")) -> StageHistograms:
+    """The stage histograms of one node's /metrics (or another histogram family's, keyed by the
+    values of its ``labels``)."""
+    buckets: dict[tuple[str, ...], list[tuple[float, float]]] = defaultdict(list)
+    sums: dict[tuple[str, ...], float] = {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != STAGE_FAMILY:
+        if family.name != family_name:
             continue
         for sample in family.samples:
-            series = (sample.labels["op"], sample.labels["stage"])
-            if sample.name == STAGE_FAMILY + "_bucket":
+            series = tuple(sample.labels[label] for label in labels)
+            if sample.name == family_name + "_bucket":
                 buckets[series].append((float(sample.labels["le"]), sample.value))
-            elif sample.name == STAGE_FAMILY + "_sum":
+            elif sample.name == family_name + "_sum":
                 sums[series] = sample.value
     return {series: (sorted(pairs), sums.get(series, 0.0)) for series, pairs in buckets.items()}
 
@@ -100,6 +104,21 @@ def stage_table(histograms: StageHistograms) -> dict[str, dict[str, dict[str, An
                 "count": int(count), "mean_ms": round(1000 * total / count, 3),
                 **{name: _ms(interpolated_quantile(buckets, fraction))
                    for name, fraction in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999))}}
+    return table
+
+
+def gc_table(histograms: StageHistograms) -> dict[str, dict[str, Any]]:
+    """``generation`` -> collections, seconds paused in all, interpolated p99 and the upper
+    bound of the longest pause's bucket (ms), for the generations that collected."""
+    table = {}
+    for (generation,), (buckets, total) in sorted(histograms.items()):
+        count = buckets[-1][1] if buckets else 0.0
+        if count <= 0:
+            continue
+        longest = next(bound for bound, cumulative in buckets if cumulative >= count)
+        table[generation] = {"count": int(count), "total_s": round(total, 3),
+                             "p99_ms": _ms(interpolated_quantile(buckets, 0.99)),
+                             "longest_le_ms": None if longest == float("inf") else _ms(longest)}
     return table
 
 

@@ -147,3 +147,48 @@ def test_an_interpolated_quantile_in_the_overflow_bucket_is_the_highest_finite_b
     assert interpolated_quantile(buckets, 0.99) == 1.0
     assert interpolated_quantile(buckets, 0.2) == pytest.approx(0.1 + 0.9 * 0.6)
     assert interpolated_quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5) is None
+
+
+def test_garbage_collections_are_timed_by_generation_once_installed():
+    import gc
+
+    from dynamod.api.metrics import GcPauses
+
+    pauses = GcPauses()
+    gc.collect(1)
+    assert sum(pauses.series[1].counts) == 0  # not installed: nothing observed
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections asked for below
+    pauses.install()
+    try:
+        pauses.install()  # once per process, however often asked
+        gc.collect(1)
+        gc.collect(2)
+    finally:
+        pauses.uninstall()
+        if enabled:
+            gc.enable()
+    assert [sum(series.counts) for series in pauses.series][1:] == [1, 1]
+    assert pauses.callback not in gc.callbacks
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    assert 'dynamod_gc_pause_seconds_count{generation="2"} 1.0' in generate_latest(registry).decode()
+
+
+def test_the_gc_table_gives_each_generations_collections_and_longest_pause():
+    from dynactl.stats import GC_FAMILY, gc_table
+    from dynamod.api.metrics import GcPauses
+
+    now = [0.0]
+    pauses = GcPauses(now=lambda: now[0])
+    for generation, seconds in ((0, 0.0002), (0, 0.0003), (2, 0.07)):
+        pauses.callback("start", {"generation": generation})
+        now[0] += seconds
+        pauses.callback("stop", {"generation": generation})
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    table = gc_table(stage_histograms(generate_latest(registry).decode(), GC_FAMILY, ("generation",)))
+    assert set(table) == {"0", "2"}
+    assert table["0"]["count"] == 2 and table["0"]["longest_le_ms"] == 0.5
+    assert table["2"] == {"count": 1, "total_s": 0.07, "p99_ms": pytest.approx(99.4, abs=0.1),
+                          "longest_le_ms": 100.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from bisect import bisect_left
@@ -57,6 +58,9 @@ class NodeMetrics:
                                      registry=self.registry)
         self.stages = StageHistograms()
         self.registry.register(self.stages)
+        #: registered here, fed only once the process installs it (``dynamod.main``)
+        self.gc_pauses = GcPauses()
+        self.registry.register(self.gc_pauses)
 
 
 #: Stage buckets: the latency buckets with two finer ones below 0.5 ms (parsing and coordinating
@@ -91,6 +95,11 @@ class StageSeries:
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs as a Prometheus histogram family takes them, ``+Inf`` last."""
+        bounds = [format_bound(bound) for bound in self.bounds] + ["+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
 
 class StageHistograms:
     """The ``dynamod_request_stage_seconds`` family as a collector of its own; ``start`` times
@@ -119,11 +128,9 @@ class StageHistograms:
         family = HistogramMetricFamily(self.name, "time a client request spends in each stage of its "
                                        "answer (parse, coordinate, local, remote, quorum, respond)",
                                        labels=["op", "stage"])
-        bounds = [format_bound(bound) for bound in self.buckets] + ["+Inf"]
         for op, series in sorted(self._series.items()):
             for stage, histogram in zip(STAGES, series, strict=True):
-                cumulative = list(itertools.accumulate(histogram.counts))
-                family.add_metric([op, stage], list(zip(bounds, cumulative, strict=True)), histogram.total)
+                family.add_metric([op, stage], histogram.cumulative(), histogram.total)
         yield family
 
 
@@ -163,3 +170,38 @@ class RequestStages:
     def written(self) -> None:
         """The answer was handed to the connection."""
         self._series[5].observe(self._now() - self._mark)
+
+
+class GcPauses:
+    """``dynamod_gc_pause_seconds{generation}``: how long each cyclic garbage collection stopped
+    the process (the event loop included), by the oldest generation it collected. Fed by
+    ``gc.callbacks``, which is process-wide: ``install`` once per process, ``uninstall`` after."""
+
+    name = "dynamod_gc_pause_seconds"
+
+    def __init__(self, now: Callable[[], float] = time.perf_counter, buckets: tuple[float, ...] = STAGE_BUCKETS):
+        self.now = now
+        self.buckets = buckets
+        self.series = tuple(StageSeries(buckets) for _ in range(3))
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self.callback not in gc.callbacks:
+            gc.callbacks.append(self.callback)
+
+    def uninstall(self) -> None:
+        if self.callback in gc.callbacks:
+            gc.callbacks.remove(self.callback)
+
+    def callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = self.now()
+        else:
+            self.series[info["generation"]].observe(self.now() - self._started)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, "pauses of the cyclic garbage collector, by the oldest "
+                                       "generation collected", labels=["generation"])
+        for generation, histogram in enumerate(self.series):
+            family.add_metric([str(generation)], histogram.cumulative(), histogram.total)
+        yield family
