@@ -156,9 +156,14 @@ def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_clu
 
 def test_an_interrupted_run_heals_tears_down_and_stores_what_it_has(tmp_path):
     import signal
+
+    # As a run in a terminal gets Ctrl-C: a suite started in the background by a shell without job
+    # control (a CI script's `cmd &`) hands its children SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler (the run went on for its whole time limit and this test timed out).
     process = subprocess.Popen([str(BIN / "dynacheck"), "run", "--local", "3", "--nemesis", "pause",
                                 "--nemesis-interval", "0.5", "--nemesis-duration", "60", "--time-limit", "120",
-                                "--store", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--store", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def paused_history() -> Path | None:
         runs = list(tmp_path.glob("*/*/history.jsonl"))
