@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from dynacheck.nemesis import COPY_LOSING, DEFAULT_SPARES, parse_nemesis
+from dynacheck.nemeses import COPY_LOSING, DEFAULT_SPARES, parse_nemesis
 from dynacheck.workloads import VCLOCK_ONLY, WORKLOADS
 
 EXIT_USAGE = 2
@@ -204,7 +204,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def analyze(run_dir: str, output: str) -> None:
     """Re-check a stored run (its history.jsonl) without a cluster."""
-    from dynacheck.runner import analyze as analyze_run
+    from dynacheck.verdict import analyze as analyze_run
     path = Path(run_dir)
     if not (path / "history.jsonl").is_file() or not (path / "test.json").is_file():
         raise click.UsageError(f"{run_dir} is not a run directory (no history.jsonl and test.json)")

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from dynacheck import store
-from dynacheck.checkers import check_all, merge_valid
+from dynacheck.checkers import check_all
 from dynacheck.checkers.convergence import ring_owners, round_verdict
 from dynacheck.client import Client, version_entry
 from dynacheck.db import Cluster, local_cluster, secure_hosts, with_test_settings
@@ -45,6 +45,15 @@ from dynacheck.interpreter import ThreadRuntime, run
 from dynacheck.nemesis import Fault, completion, make_faults, not_undone
 from dynacheck.nemesis.storage import Skipped, release_command
 from dynacheck.progress import Progress
+from dynacheck.verdict import (  # noqa: F401 - the runner's verdict, exit codes and analyze live there
+    EXIT_CRASHED,
+    EXIT_INVALID,
+    EXIT_UNKNOWN,
+    EXIT_VALID,
+    analyze,
+    exit_code,
+    judge,
+)
 from dynacheck.workloads import workload
 from dynactl.credentials import host_credentials, nodes_file_credentials, with_credentials
 from dynactl.inventory import Host, load_hosts
@@ -52,7 +61,6 @@ from dynactl.remote import SshHosts
 from dynamod.client import ClientError, DynamoClient, NodeUnavailable
 from dynamod.config import SETTINGS_BY_NAME
 
-EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_CRASHED = 0, 1, 2, 3
 #: Seconds between rounds of the replica monitor (each round polls every hot key on every node).
 MONITOR_INTERVAL = 0.5
 
@@ -465,13 +473,6 @@ def _replica_poll(client: DynamoClient, key: str) -> Op:
                                     "deleted": bool(s.get("deleted"))} for s in siblings]}
 
 
-def exit_code(results: dict[str, Any], crashed: bool) -> int:
-    """CONTRACT exit codes: 0 valid, 1 invalid, 2 unknown, 3 crashed."""
-    if crashed:
-        return EXIT_CRASHED
-    return {True: EXIT_VALID, False: EXIT_INVALID}.get(results.get("valid"), EXIT_UNKNOWN)
-
-
 def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str, Any], int]:
     """Run one test; returns (run directory, results, exit code)."""
     store_dir = Path(options.store)
@@ -582,36 +583,3 @@ def _clean_up(test: Test, run_dir: Path, progress: Progress, after_crash: bool) 
               ("closing connections", test.cluster.control.close)]
     for name, step in steps:
         _attempt(progress, name, step)
-
-
-def judge(test: dict[str, Any], history: list[Op], results: dict[str, Any]) -> dict[str, Any]:
-    """The verdict given how the run went: when it crashed or a fault could not be healed, replicas
-    that disagree prove nothing (convergence becomes unknown); a selected fault that never started
-    is a warning (the run did not test it)."""
-    conditions = ([f"crashed: {test['crashed']}"] if test.get("crashed") else []) + list(test.get("problems") or [])
-    convergence = results["checkers"].get("convergence", {})
-    if conditions and convergence.get("valid") is False:
-        convergence["valid"] = "unknown"
-        convergence["undecidable_because"] = conditions
-    starts = [op for op in history if op.get("process") == NEMESIS and str(op.get("f")).startswith("start-")
-              and op["type"] != INVOKE]
-    started = {op["f"].removeprefix("start-") for op in starts if op["type"] == OK}
-    failed = {op["f"].removeprefix("start-"): op.get("error", "") for op in starts if op["type"] != OK}
-    warnings = [f"every start of the {fault} nemesis failed, so the run did not test it: {failed[fault]}"
-                if fault in failed else
-                f"the {fault} nemesis never started a fault (is the time limit shorter than the nemesis interval?)"
-                for fault in test.get("nemesis", []) if fault not in started]
-    if warnings:
-        results["warnings"] = warnings
-    if test.get("crashed"):
-        results["crashed"] = test["crashed"]
-    results["valid"] = merge_valid([result.get("valid") for result in results["checkers"].values()])
-    return results
-
-
-def analyze(run_dir: Path) -> tuple[dict[str, Any], int]:
-    """Re-check a stored run without a cluster; rewrites its results.json."""
-    test, history, _ = store.load_run(run_dir)
-    results = judge(test, history, check_all(test, history, run_dir))
-    store.save_json(run_dir / "results.json", results)
-    return results, exit_code(results, bool(test.get("crashed")))

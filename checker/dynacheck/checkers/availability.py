@@ -70,7 +70,7 @@ import attrs
 
 from dynacheck.checkers.faults import NemesisLog, RunFault, read_nemesis
 from dynacheck.checkers.quorum import DEFAULT_QUIET_MARGIN_S, Locator, neighbours, quiet_windows
-from dynacheck.history import OK, Op, gc_paused, is_client, pairs
+from dynacheck.history import NEMESIS, OK, HistoryIndex, Op, gc_paused, is_client
 
 WRITES = ("add", "write", "remove", "delete")
 #: Writes sent without reading first (the others need R replies, then W acknowledgements).
@@ -244,16 +244,18 @@ def _excuse(invoke: Op, completion: Op, node: str, needed: int, schedule: Schedu
     return ("minority" if len(reach) < needed else None), state, reach
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Writes a sloppy quorum could have taken, and the share of them refused: False above
     ``MAX_REFUSED_SHARE`` and at least ``MIN_REFUSED``."""
     r, w = test.get("r"), test.get("w")
     if not isinstance(r, int) or not isinstance(w, int):
         return {"valid": "unknown", "reason": "test.json does not give r and w"}
     margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
+    index = HistoryIndex(history) if index is None else index
     with gc_paused():
-        end = max((op.get("time", 0) for op in history), default=0)
-        log = read_nemesis(history)
+        end = index.end
+        log = read_nemesis(index.ops_of(NEMESIS))
         members = test.get("nodes")
         if not isinstance(members, list) or not members:
             # Older or hand-made tests: the nodes the clients sent ops to.
@@ -270,9 +272,9 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
                              + [(start, f) for f, start, _ in log.stops])
         nemesis_times = [time for time, _ in nemesis_ops]
         unsettled_after: dict[str, int] = defaultdict(int)
-        for invoke, completion in pairs(history):
+        for invoke, completion in index.client_pairs:
             f = invoke.get("f")
-            if not is_client(invoke) or f not in WRITES:
+            if f not in WRITES:
                 continue
             if completion is None:
                 not_judged["no_completion"] += 1

@@ -48,7 +48,7 @@ from typing import Any
 
 import networkx as nx
 
-from dynacheck.history import CONVERGENCE, OK, Op, gc_paused, is_client, pairs
+from dynacheck.history import CONVERGENCE, OK, HistoryIndex, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
 #: dynamod's default ``max_context_entries`` (test.json records the run's own).
@@ -90,8 +90,8 @@ def over_claims(clock: dict[str, Any], own: Dot, read_clock: dict[str, Any],
     count, sample = 0, []
     for actor, top in vector.items():
         covered = read_vector.get(actor, 0)
-        if top <= covered:
-            continue
+        if top <= covered or (top == covered + 1 and own[0] == actor and own[1] == top):
+            continue  # nothing claimed beyond the read, or only the version's own dot (most writes)
         # Counters covered+1..top are claimed; those in the read's cloud, and the version's own, were seen.
         seen = {n for a, n in read_cloud if a == actor and covered < n <= top}
         if own[0] == actor and covered < own[1] <= top:
@@ -102,7 +102,7 @@ def over_claims(clock: dict[str, Any], own: Dot, read_clock: dict[str, Any],
             counter += 1
             if counter not in seen:
                 sample.append((actor, counter))
-    for actor, n in {(actor, n) for actor, n in clock.get("cloud") or ()}:
+    for actor, n in {(actor, n) for actor, n in clock.get("cloud") or ()} if clock.get("cloud") else ():
         if (actor, n) == own or n <= vector.get(actor, 0) or n <= read_vector.get(actor, 0) or (actor, n) in read_cloud:
             continue
         count += 1
@@ -188,9 +188,10 @@ class KeyVersions:
 
     def find_anomalies(self, graph: nx.DiGraph | None = None) -> None:
         """Run every check on this key (``graph`` saves rebuilding it when the caller has it)."""
-        graph = build_graph(self) if graph is None else graph
         in_cycles: set[Dot] = set()
-        if not nx.is_directed_acyclic_graph(graph):
+        # The networkx graph only to report cycles: building one per key cost more than every check.
+        if not (self._acyclic() if graph is None else nx.is_directed_acyclic_graph(graph)):
+            graph = build_graph(self) if graph is None else graph
             for component in nx.strongly_connected_components(graph):
                 if len(component) > 1 or graph.has_edge(next(iter(component)), next(iter(component))):
                     cycle = nx.find_cycle(graph.subgraph(component))
@@ -202,6 +203,24 @@ class KeyVersions:
         self._check_claims()
         if self.final_reads:
             self._check_finals()
+
+    def _acyclic(self) -> bool:
+        """Whether the supersede edges form no cycle (Kahn's algorithm over the dots; a self-loop is one)."""
+        successors: dict[Dot, list[Dot]] = defaultdict(list)
+        waiting = dict.fromkeys(self.versions, 0)  # per dot, its edges in from dots not yet ordered
+        for u, v in self.edges:
+            successors[u].append(v)
+            waiting.setdefault(u, 0)
+            waiting[v] = waiting.get(v, 0) + 1
+        ready = [dot for dot, count in waiting.items() if not count]
+        ordered = 0
+        while ready:
+            ordered += 1
+            for v in successors.get(ready.pop(), ()):
+                waiting[v] -= 1
+                if not waiting[v]:
+                    ready.append(v)
+        return ordered == len(waiting)
 
     def _check_reuse(self) -> None:
         for dot, sets in self._element_sets.items():
@@ -291,7 +310,8 @@ def _union(clocks: Iterable[dict[str, Any] | None]) -> tuple[dict[str, int], set
     return vector, cloud
 
 
-def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, KeyVersions]:
+def analyse(history: list[Op], keys: Iterable[str] | None = None,
+            index: HistoryIndex | None = None) -> dict[str, KeyVersions]:
     """One pass over the history: the versions and supersede edges of every key (or only ``keys``)."""
     wanted = None if keys is None else set(keys)
     per_key: dict[str, KeyVersions] = {}
@@ -302,7 +322,7 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
             found = per_key[key] = KeyVersions(key)
         return found
 
-    for invoke, completion in pairs(history):
+    for invoke, completion in (pairs(history) if index is None else index.pairs):
         if completion is None or completion["type"] != OK:
             continue
         key = str(invoke.get("key"))
@@ -322,25 +342,47 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None) -> dict[str, K
                 kv.observe(sibling, completion["time"], final)
             if final and completion.get("context_clock"):
                 kv.final_contexts.append(completion["context_clock"])
-        elif completion.get("version"):
-            kv = of(key)
-            dot = (completion["version"]["dot"][0], completion["version"]["dot"][1])
-            if completion["version"].get("elements") is not None:
-                kv.observe(completion["version"], completion["time"], False)
-            version = kv.version(dot, completion["time"])
-            version.acked, version.time = True, completion["time"]
-            version.clock = completion["version"].get("clock") or version.clock
+        elif written := completion.get("version"):
+            kv, time = of(key), completion["time"]
+            dot = (written["dot"][0], written["dot"][1])
+            if written.get("elements") is not None:
+                kv.observe(written, time, False)
+            version = kv.version(dot, time)
+            version.acked, version.time = True, time
+            clock = written.get("clock")
+            version.clock = clock or version.clock
             version.writes.append(completion.get("value", invoke.get("value")))
-            if completion["version"].get("deleted"):
+            if written.get("deleted"):
                 kv.tombstones.add(dot)
             read_clock = completion.get("read_clock")
-            if read_clock is not None and completion["version"].get("clock") is not None:
-                kv.claims.append((dot, completion["version"]["clock"], read_clock, completion["time"]))
+            if read_clock is not None and clock is not None:
+                kv.claims.append((dot, clock, read_clock, time))
             for superseded in completion.get("supersedes") or ():
                 u = (superseded[0], superseded[1])
-                kv.version(u, completion["time"])
+                kv.version(u, time)
                 kv.edges.append((u, dot))
     return per_key
+
+
+def context_bound(test: dict[str, Any]) -> int:
+    """The run's bound on a causal context (``test.json``'s ``max_context_entries``, else dynamod's default)."""
+    return int(test.get("max_context_entries") or DEFAULT_CONTEXT_BOUND)
+
+
+def analysed(history: list[Op], bound: int | None, index: HistoryIndex | None = None) -> dict[str, KeyVersions]:
+    """Every key's versions with their anomalies found under the context ``bound``: computed once per
+    ``index``, so graphs draws what this checker judged without analysing the history again."""
+    index = HistoryIndex(history) if index is None else index
+
+    def compute() -> dict[str, KeyVersions]:
+        with gc_paused():
+            per_key = analyse(history, index=index)
+            for kv in per_key.values():
+                kv.context_bound = bound
+                kv.find_anomalies()
+        return per_key
+
+    return index.memo(("causality", bound), compute)
 
 
 def build_graph(kv: KeyVersions) -> nx.DiGraph:
@@ -374,15 +416,12 @@ def _entries(clock: dict[str, Any] | None) -> int:
     return len((clock or {}).get("vector") or {}) + len((clock or {}).get("cloud") or ()) if clock else 0
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Check every key's version graph; False on any anomaly, unknown when some key with acknowledged
     versions had no final read (or nothing was seen at all), else True."""
-    bound = int(test.get("max_context_entries") or DEFAULT_CONTEXT_BOUND)
-    with gc_paused():
-        per_key = analyse(history)
-        for kv in per_key.values():
-            kv.context_bound = bound
-            kv.find_anomalies()
+    bound = context_bound(test)
+    per_key = analysed(history, bound, index)
     unjudged = sorted(key for key, kv in per_key.items()
                       if not kv.final_reads and any(v.acked for v in kv.versions.values()))
     result: dict[str, Any] = {

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, Op, gc_paused
+from dynacheck.history import CONVERGENCE, INVOKE, NEMESIS, OK, HistoryIndex, Op, gc_paused
 from dynamod.core.ring import partition_of
 
 SAMPLE = 50
@@ -218,20 +218,22 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Verdict on the convergence polls: True when every key converged, False when some key was still
     diverged at its last poll, unknown without polls."""
+    index = HistoryIndex(history) if index is None else index
     rounds: dict[int, list[Op]] = defaultdict(list)
     statuses: list[Op] = []
     last_heal: int | None = None
     with gc_paused():
-        for op in history:
-            process = op.get("process")
-            if process == CONVERGENCE and op.get("f", "replica") == "replica":
+        for op in index.ops_of(CONVERGENCE):
+            if op.get("f", "replica") == "replica":
                 rounds[int(op.get("round", 0))].append(op)
-            elif process == CONVERGENCE and op.get("f") == "status":
+            elif op.get("f") == "status":
                 statuses.append(op)
-            elif process == NEMESIS and op["type"] != INVOKE:
+        for op in index.ops_of(NEMESIS):
+            if op["type"] != INVOKE:
                 last_heal = op["time"]
     if not rounds:
         return {"valid": "unknown", "error": "no convergence polls in the history"}

@@ -44,7 +44,7 @@ from typing import Any
 
 import attrs
 
-from dynacheck.history import FAIL, INFO, INVOKE, NEMESIS, OK, Op
+from dynacheck.history import FAIL, INFO, INVOKE, NEMESIS, OK, HistoryIndex, Op
 
 SAMPLE = 200
 STATUSES = ("ran", "no_effect", "skipped", "failed", "unknown", "never_started")
@@ -308,11 +308,13 @@ def _entry(fault: RunFault | None, planned: dict[str, Any] | None) -> dict[str, 
     return row
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Planned vs run, per fault and per kind, with the most faults active at once; False only when the
     nemesis ops or the schedule cannot be interpreted."""
-    log = read_nemesis(history)
-    end = max((int(op.get("time", 0)) for op in history), default=0)
+    index = HistoryIndex(history) if index is None else index
+    log = read_nemesis(index.ops_of(NEMESIS))
+    end = int(index.end)
     schedule = _schedule(test, log.malformed)
     rows: list[dict[str, Any]] = []
     totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("planned", *STATUSES, "unplanned"), 0))

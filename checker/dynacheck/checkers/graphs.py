@@ -19,19 +19,23 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on test hosts and CI with no display
 
 import networkx as nx  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from dynacheck.checkers.causality import (  # noqa: E402
     KeyVersions,
-    analyse,
+    analysed,
     build_graph,
+    context_bound,
     dot_name,
     interesting_keys,
 )
 from dynacheck.history import (  # noqa: E402
+    NEMESIS,
+    HistoryIndex,
     Op,
-    gc_paused,  # noqa: E402
+    gc_paused,
     nemesis_intervals,
 )
 
@@ -113,6 +117,7 @@ def draw_key(kv: KeyVersions, faults: list[tuple[str, int, int]], path: Path) ->
     statuses = [status(kv, graph.nodes[name]["dot"]) for name in graph.nodes]
 
     figure = Figure(figsize=(max(8.0, min(22.0, 0.11 * len(shown) + 3)), 4.0 + 0.3 * rows))
+    FigureCanvasAgg(figure)
     graph_axes, time_axes = figure.subplots(2, 1, gridspec_kw={"height_ratios": [2 + 0.3 * rows, 1.2]})
     figure.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.1, hspace=0.45)
     # Plain lines, not arrow patches (ten times cheaper to draw): edges run from the superseded
@@ -151,25 +156,35 @@ def draw_key(kv: KeyVersions, faults: list[tuple[str, int, int]], path: Path) ->
     figure.savefig(path, dpi=80)
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def _chosen(test: dict[str, Any], history: list[Op], index: HistoryIndex) -> list[tuple[str, KeyVersions]]:
+    """The keys to draw, with their versions: from the causality checker's own analysis (under the
+    run's context bound, so what it did not judge is not drawn as an anomaly either), computed once
+    when both run. Only these stay referenced while drawing: saving a PNG leaves the frames above it
+    in a garbage cycle (through a traceback kept under ``savefig``), which would keep every key's
+    versions alive until the next collection."""
+    per_key = analysed(history, context_bound(test), index)
+    return [(key, per_key[key]) for key in interesting_keys(per_key, MAX_KEYS)]
+
+
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Draw the most interesting keys' version graphs under ``run_dir/graphs``; always valid."""
     if run_dir is None:
         return {"valid": True, "files": [], "keys": []}
+    index = HistoryIndex(history) if index is None else index
     out = Path(run_dir) / "graphs"
     out.mkdir(parents=True, exist_ok=True)
     files, drawn, errors, names = [], [], {}, set()
+    chosen = _chosen(test, history, index)
     with gc_paused():  # matplotlib's cycles are collected afterwards, without rescanning the history
-        per_key = analyse(history)
-        for kv in per_key.values():
-            kv.find_anomalies()
-        faults = nemesis_intervals(history)
-        for key in interesting_keys(per_key, MAX_KEYS):
+        faults = nemesis_intervals(index.ops_of(NEMESIS), end_time=index.end)
+        for key, kv in chosen:
             name = safe_name(key)
             while name in names:
                 name += "_"
             names.add(name)
             try:
-                draw_key(per_key[key], faults, out / f"{name}.png")
+                draw_key(kv, faults, out / f"{name}.png")
             except Exception as exc:  # noqa: BLE001 - a picture must never hide the verdict
                 errors[key] = f"{type(exc).__name__}: {exc}"
                 continue

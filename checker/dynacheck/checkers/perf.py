@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from dynacheck.history import CONVERGENCE, FAIL, INFO, OK, Op, is_client, nemesis_intervals, pairs
+from dynacheck.history import CONVERGENCE, FAIL, INFO, NEMESIS, OK, HistoryIndex, Op, nemesis_intervals
 
 QUANTILES = (0.5, 0.95, 0.99, 0.999, 1.0)
 #: Jepsen's colours for outcomes; the op type (f) gets a marker shape / line style instead.
@@ -49,10 +51,11 @@ class Series:
         return (np.asarray(self.ends, dtype=np.int64) - np.asarray(self.starts, dtype=np.int64)) / NS_PER_MS
 
 
-def collect(history: Iterable[Op]) -> dict[tuple[str, str], Series]:
-    """Group client ops by (f, outcome); an invoke with no completion is ``info`` (outcome unknown)."""
+def collect(client_pairs: Iterable[tuple[Op, Op | None]]) -> dict[tuple[str, str], Series]:
+    """Group the client ops' (invoke, completion) pairs by (f, outcome); an invoke with no completion
+    is ``info`` (outcome unknown)."""
     series: dict[tuple[str, str], Series] = defaultdict(Series)
-    for invoke, completion in pairs(op for op in history if is_client(op)):
+    for invoke, completion in client_pairs:
         if completion is None:
             series[(str(invoke.get("f")), INFO)].unfinished_starts.append(invoke["time"])
             continue
@@ -75,9 +78,11 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = QUANTILES) -> dict[str
     return found
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Latency quantiles (ms) and rates (ops/s) per f; writes the two plots into ``run_dir`` when given."""
-    series = collect(history)
+    index = HistoryIndex(history) if index is None else index
+    series = collect(index.client_pairs)
     if not series:
         return {"valid": "unknown", "reason": "no client operations", "latencies": {}, "rates": {}, "files": []}
     latencies: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -96,29 +101,29 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None) -> dict
     result: dict[str, Any] = {"valid": True, "latencies": dict(latencies), "rates": rates,
                               "duration_s": round(duration_s, 3), "files": []}
     if run_dir is not None:
-        shading = _shading(history)
+        shading = _shading(index)
         result["points"] = _plot_latencies(series, shading, run_dir / LATENCY_FILE)
         _plot_rates(series, shading, run_dir / RATE_FILE)
         result["files"] = [LATENCY_FILE, RATE_FILE]
     return result
 
 
-def _shading(history: list[Op]) -> list[tuple[str, float, float]]:
+def _shading(index: HistoryIndex) -> list[tuple[str, float, float]]:
     """``(label, start_s, end_s)`` of every fault interval, then the convergence polling phase."""
-    bands = [(fault, start / NS_PER_S, end / NS_PER_S) for fault, start, end in nemesis_intervals(history)]
-    polls = [op["time"] for op in history if op.get("process") == CONVERGENCE and "time" in op]
+    bands = [(fault, start / NS_PER_S, end / NS_PER_S)
+             for fault, start, end in nemesis_intervals(index.ops_of(NEMESIS), end_time=index.end)]
+    polls = [op["time"] for op in index.ops_of(CONVERGENCE) if "time" in op]
     if polls:
         bands.append(("convergence polling", min(polls) / NS_PER_S, max(polls) / NS_PER_S))
     return bands
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on test hosts, and never a GUI event loop inside a checker
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure() -> tuple[Figure, Any]:
+    """A figure on Agg and its axes, made with matplotlib's object API: no pyplot (importing it was a
+    tenth of ``dynacheck analyze``), no display and no GUI event loop, so it runs on test hosts and CI."""
+    figure = Figure(figsize=(11, 5.5))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
 
 
 def _shade(axes: Any, bands: list[tuple[str, float, float]]) -> None:
@@ -136,18 +141,16 @@ def _shade(axes: Any, bands: list[tuple[str, float, float]]) -> None:
         labelled.add(label)
 
 
-def _finish(plt: Any, fig: Any, axes: Any, path: Path) -> None:
+def _finish(fig: Any, axes: Any, path: Path) -> None:
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", markerscale=3, frameon=False)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_latencies(series: dict[tuple[str, str], Series], bands: list[tuple[str, float, float]],
                     path: Path) -> dict[str, Any]:
     """Scatter latency over time; returns how many points were drawn of how many."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(figsize=(11, 5.5))
+    fig, axes = _figure()
     fig.subplots_adjust(left=0.08, right=0.78, bottom=0.1, top=0.92)
     _shade(axes, bands)
     markers = _styles(series, MARKERS)
@@ -169,14 +172,13 @@ def _plot_latencies(series: dict[tuple[str, str], Series], bands: list[tuple[str
     axes.set_ylabel("latency (ms)")
     note = f" (every k-th op of large series: {shown} of {total} shown)" if shown < total else ""
     axes.set_title(f"Latency of client operations{note}", fontsize="medium")
-    _finish(plt, fig, axes, path)
+    _finish(fig, axes, path)
     return {"shown": shown, "total": total, "downsampled": shown < total}
 
 
 def _plot_rates(series: dict[tuple[str, str], Series], bands: list[tuple[str, float, float]], path: Path) -> None:
     """Completions per second (unfinished ops at their invocation) per f and outcome, in fixed buckets."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(figsize=(11, 5.5))
+    fig, axes = _figure()
     fig.subplots_adjust(left=0.08, right=0.78, bottom=0.1, top=0.92)
     _shade(axes, bands)
     styles = _styles(series, LINE_STYLES)
@@ -197,7 +199,7 @@ def _plot_rates(series: dict[tuple[str, str], Series], bands: list[tuple[str, fl
     axes.set_xlabel("time (s)")
     axes.set_ylabel(f"throughput (ops/s, {bucket:g} s buckets)")
     axes.set_title("Throughput of client operations", fontsize="medium")
-    _finish(plt, fig, axes, path)
+    _finish(fig, axes, path)
 
 
 def _point_cap(sizes: list[int], budget: int) -> int:

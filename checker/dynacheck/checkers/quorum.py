@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dynacheck.checkers.faults import nemesis_busy, read_nemesis
-from dynacheck.history import OK, Op, gc_paused, is_client, pairs
+from dynacheck.history import NEMESIS, OK, HistoryIndex, Op, gc_paused
 
 SAMPLE = 50
 WRITES = ("add", "write")
@@ -101,14 +101,14 @@ def _seen(versions: list[dict[str, Any]] | None, dot: list[Any] | None) -> bool 
     return False
 
 
-def _collect(history: list[Op], locate: Locator) -> tuple[dict[tuple[str, int], list[tuple[Any, ...]]],
-                                                        dict[tuple[str, int], list[tuple[Any, ...]]]]:
+def _collect(client_pairs: list[tuple[Op, Op | None]], locate: Locator
+             ) -> tuple[dict[tuple[str, int], list[tuple[Any, ...]]], dict[tuple[str, int], list[tuple[Any, ...]]]]:
     """Per (key, window): the acknowledged writes ``(done, invoke, element, node, dot)`` and the ok reads
     ``(invoke, done, elements, node, final, versions)`` lying wholly inside it."""
     writes: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
     reads: dict[tuple[str, int], list[tuple[Any, ...]]] = defaultdict(list)
-    for invoke, completion in pairs(history):
-        if completion is None or completion["type"] != OK or not is_client(invoke):
+    for invoke, completion in client_pairs:
+        if completion is None or completion["type"] != OK:
             continue
         window = locate.span(invoke["time"], completion["time"])
         if window is None:
@@ -125,17 +125,20 @@ def _collect(history: list[Op], locate: Locator) -> tuple[dict[tuple[str, int], 
     return writes, reads
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Quorum overlap in quiet windows: False when a read invoked after a write's acknowledgement, in
     the same quiet window, lacks its element; True otherwise, or when R + W <= N (``applies: false``)."""
     n, r, w = (test.get(name) for name in ("n", "r", "w"))
     base: dict[str, Any] = {"n": n, "r": r, "w": w, "mode": test.get("mode")}
     if not all(isinstance(value, int) for value in (n, r, w)):
         return {"valid": True, "applies": False, **base, "reason": "test.json does not give n, r and w"}
+    index = HistoryIndex(history) if index is None else index
     with gc_paused():
-        end = max((op.get("time", 0) for op in history), default=0)
-        log = read_nemesis(history)
-        cut_count, cut_samples, cut_judged = cut_off(history, r, w, partition_intervals(history))
+        end = index.end
+        log = read_nemesis(index.ops_of(NEMESIS))
+        cut_count, cut_samples, cut_judged = cut_off(index.client_pairs, r, w,
+                                                     partition_intervals(index.ops_of(NEMESIS), end))
     base.update(cut_off_count=cut_count, cut_off_judged=cut_judged, cut_off=cut_samples)
     if r + w <= n:
         return {"valid": not cut_count, "applies": False, **base,
@@ -143,8 +146,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     margin_s = float(test.get("quiet_margin", DEFAULT_QUIET_MARGIN_S))
     with gc_paused():
         windows = quiet_windows(nemesis_busy(log, end), end, int(margin_s * 1e9))
-        writes, reads = _collect(history, Locator(windows))
-        tally = _Tally(len(windows), removals(history))
+        writes, reads = _collect(index.client_pairs, Locator(windows))
+        tally = _Tally(len(windows), removals(index.client_pairs))
         for slot in sorted(set(writes) | set(reads)):
             tally.judge(slot, sorted(writes.get(slot, ()), key=lambda write: write[0]),
                         sorted(reads.get(slot, ()), key=lambda read: read[0]))
@@ -167,9 +170,10 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     return result
 
 
-def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, list[str]]]]:
+def partition_intervals(history: list[Op], end: int | None = None) -> list[tuple[int, int, dict[str, list[str]]]]:
     """``(from_ns, to_ns, grudge)`` of each set of partition rules in force: from a start's ok
-    completion to the invoke of the next start or stop of partitions (or the end of the history).
+    completion to the invoke of the next start or stop of partitions (or the end of the history:
+    ``end`` when given, so ``history`` may be the nemesis ops alone).
 
     Not ``faults.read_nemesis``'s per-fault intervals: the partition nemesis keeps one set of rules
     on each host (one iptables chain), so a start replaces whatever rules were there and any stop
@@ -177,9 +181,9 @@ def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, lis
     intervals: list[tuple[int, int, dict[str, list[str]]]] = []
     plan: dict[str, Any] = {}
     active: tuple[int, dict[str, list[str]]] | None = None
-    end = 0
+    last = 0
     for op in history:
-        end = max(end, op.get("time", 0))
+        last = max(last, op.get("time", 0))
         if op.get("process") != "nemesis" or op.get("f") not in ("start-partition", "stop-partition"):
             continue
         if op["type"] == "invoke" and active is not None:
@@ -191,7 +195,7 @@ def partition_intervals(history: list[Op]) -> list[tuple[int, int, dict[str, lis
             elif op["type"] == OK and plan.get("grudge"):
                 active = (op["time"], plan["grudge"])
     if active is not None:
-        intervals.append((active[0], end + 1, active[1]))
+        intervals.append((active[0], (last if end is None else end) + 1, active[1]))
     return intervals
 
 
@@ -209,16 +213,16 @@ def within_two_hops(grudge: dict[str, list[str]], node: str) -> set[str]:
     return {node} | first | {far for near in first for far in neighbours(grudge, near, everyone)}
 
 
-def cut_off(history: list[Op], r: int, w: int, intervals: list[tuple[int, int, dict[str, list[str]]]]
-            ) -> tuple[int, list[dict[str, Any]], int]:
+def cut_off(client_pairs: list[tuple[Op, Op | None]], r: int, w: int,
+            intervals: list[tuple[int, int, dict[str, list[str]]]]) -> tuple[int, list[dict[str, Any]], int]:
     """Ok writes (reads) served, for their whole duration, by a node that could reach fewer than W
-    (R) nodes: (count, samples, ops judged)."""
+    (R) nodes: (count, samples, ops judged). ``client_pairs``: the client ops' (invoke, completion)."""
     if not intervals:
         return 0, [], 0
     starts = [start for start, _, _ in intervals]
     count, samples, judged = 0, [], 0
-    for invoke, completion in pairs(history):
-        if completion is None or completion["type"] != OK or not is_client(invoke):
+    for invoke, completion in client_pairs:
+        if completion is None or completion["type"] != OK:
             continue
         f = invoke.get("f")
         needed = w if f in WRITES else r if f == "read" else None
@@ -237,11 +241,11 @@ def cut_off(history: list[Op], r: int, w: int, intervals: list[tuple[int, int, d
     return count, samples, judged
 
 
-def removals(history: list[Op]) -> dict[tuple[str, Any], int]:
+def removals(client_pairs: list[tuple[Op, Op | None]]) -> dict[tuple[str, Any], int]:
     """(key, item) -> the earliest invoke of a remove of it that may have happened (not ``fail``)."""
     earliest: dict[tuple[str, Any], int] = {}
-    for invoke, completion in pairs(history):
-        if (is_client(invoke) and invoke.get("f") in REMOVES and completion is not None
+    for invoke, completion in client_pairs:
+        if (invoke.get("f") in REMOVES and completion is not None
                 and completion["type"] != "fail" and completion.get("value") is not None):
             slot = (str(invoke.get("key")), completion["value"])
             earliest[slot] = min(invoke["time"], earliest.get(slot, invoke["time"]))

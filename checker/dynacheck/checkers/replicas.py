@@ -42,7 +42,7 @@ from typing import Any
 
 from dynacheck.checkers.causality import DEFAULT_CONTEXT_BOUND, at_bound
 from dynacheck.checkers.faults import read_nemesis
-from dynacheck.history import INVOKE, MONITOR, OK, Op, gc_paused
+from dynacheck.history import INVOKE, MONITOR, NEMESIS, OK, HistoryIndex, Op, gc_paused
 
 SAMPLE = 50
 CRASHES = ("kill", "disk", "power", "corrupt")
@@ -52,11 +52,12 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def crash_intervals(history: list[Op]) -> dict[str, list[tuple[int, int]]]:
+def crash_intervals(history: list[Op], end: int | None = None) -> dict[str, list[tuple[int, int]]]:
     """Per node, the times it may have crashed: a crash fault on it while active (``faults``' rule:
     from its start's invoke to the completion of the ok stop or heal that closed it, the end of the
-    history when none did; skipped and failed starts never were)."""
-    end = max((op.get("time", 0) for op in history), default=0)
+    history when none did; skipped and failed starts never were). With ``end`` (the history's last
+    time), ``history`` may be the nemesis ops alone."""
+    end = max((op.get("time", 0) for op in history), default=0) if end is None else end
     intervals: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for kind, start, stop, nodes in ((fault.kind, fault.invoked, fault.stopped, fault.plan)
                                      for fault in read_nemesis(history).faults if fault.counts):
@@ -70,11 +71,13 @@ def crash_intervals(history: list[Op]) -> dict[str, list[tuple[int, int]]]:
 MEMBER_DELTA = {"join": 1, "leave": -1, "remove": -1, "replace": 0}
 
 
-def membership_intervals(history: list[Op], initial: int, n: int | None) -> list[tuple[int, int]]:
+def membership_intervals(history: list[Op], initial: int, n: int | None, end: int | None = None
+                         ) -> list[tuple[int, int]]:
     """When versions may leave a replica because the membership changed: each membership fault while
     active (``faults``' rule), and the times between them when the members outnumber ``n`` (counting
-    from ``initial``; a change whose outcome is unknown leaves the count unknown: to the end)."""
-    end = max((op.get("time", 0) for op in history), default=0) + 1
+    from ``initial``; a change whose outcome is unknown leaves the count unknown: to the end). With
+    ``end`` (the history's last time), ``history`` may be the nemesis ops alone."""
+    end = (max((op.get("time", 0) for op in history), default=0) if end is None else end) + 1
     intervals: list[tuple[int, int]] = []
     members, since = initial, 0
     for fault in read_nemesis(history).faults:
@@ -105,7 +108,8 @@ def _seen_by(dot: tuple[Any, Any], siblings: list[dict[str, Any]]) -> bool:
     return False
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """False when a replica lost a version with nothing that descends from it; True otherwise, or
     when the rule does not apply (``applies: false`` with the reason)."""
     nodes = list(test.get("nodes") or [])
@@ -115,13 +119,15 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) 
     if isinstance(n, int) and nodes and len(nodes) > n:
         return {"valid": True, "applies": False,
                 "reason": f"{len(nodes)} nodes > N = {n}: a stand-in hands its copies off"}
+    index = HistoryIndex(history) if index is None else index
     with gc_paused():
-        crashes = crash_intervals(history)
-        changes = membership_intervals(history, len(nodes), n if isinstance(n, int) else None)
+        nemesis = index.ops_of(NEMESIS)
+        crashes = crash_intervals(nemesis, index.end)
+        changes = membership_intervals(nemesis, len(nodes), n if isinstance(n, int) else None, index.end)
         polls: dict[tuple[str, str], list[tuple[int, int, list[dict[str, Any]]]]] = defaultdict(list)
         invoked: dict[tuple[str, str], int] = {}
-        for op in history:
-            if op.get("process") != MONITOR or op.get("f") != "replica":
+        for op in index.ops_of(MONITOR):
+            if op.get("f") != "replica":
                 continue
             slot = (str(op.get("node")), str(op.get("key")))
             if op["type"] == INVOKE:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dynacheck.checkers.causality import DEFAULT_CONTEXT_BOUND, _has
-from dynacheck.history import CONVERGENCE, FAIL, INFO, MONITOR, OK, Op, gc_paused, is_client, pairs
+from dynacheck.history import CONVERGENCE, FAIL, INFO, MONITOR, OK, HistoryIndex, Op, gc_paused, is_client
 
 SAMPLE = 50
 QUANTILES = (0, 0.5, 0.95, 0.99, 1)
@@ -115,15 +115,21 @@ def _know(known: Known, dot: Any, clock: dict[str, Any] | None, elements: list[A
     entry[1] = entry[1] if entry[1] is not None else elements
 
 
-def _collect(history: list[Op]) -> tuple[dict[str, dict[Any, _Add]], dict[str, list[_Read]],
-                                         dict[str, list[_Remove]], dict[str, Known]]:
+def _collect(history: list[Op], index: HistoryIndex) -> tuple[dict[str, dict[Any, _Add]], dict[str, list[_Read]],
+                                                              dict[str, list[_Remove]], dict[str, Known]]:
     adds: dict[str, dict[Any, _Add]] = defaultdict(dict)
     reads: dict[str, list[_Read]] = defaultdict(list)
     removes: dict[str, list[_Remove]] = defaultdict(list)
     # Versions are only needed to judge removes: kept for the keys that have some.
-    with_removes = {str(op.get("key")) for op in history if op.get("f") == "remove" and is_client(op)}
+    with_removes: set[str] = set()
+    for invoke, completion in index.client_pairs:
+        if invoke.get("f") == "remove":
+            with_removes.add(str(invoke.get("key")))
+        if completion is not None and completion.get("f") == "remove":
+            with_removes.add(str(completion.get("key")))
     known: dict[str, Known] = defaultdict(dict)
-    for invoke, completion in pairs(history):
+    # The other processes' polls only tell versions, which only keys with removes need.
+    for invoke, completion in index.pairs if with_removes else index.client_pairs:
         key = str(invoke.get("key"))
         if not is_client(invoke):
             if (key in with_removes and invoke.get("process") in (CONVERGENCE, MONITOR) and completion
@@ -350,12 +356,13 @@ def _last_reads_containing(reads: list[_Read], elements: set[Any]) -> dict[Any, 
     return found
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Set-full verdict over every key: False on lost or unexpected elements; unknown when nothing was
     acknowledged or some acknowledged element could never be checked by a final read; else True."""
     bound = int(test.get("max_context_entries") or DEFAULT_CONTEXT_BOUND)
     with gc_paused():
-        adds, reads, removes, known = _collect(history)
+        adds, reads, removes, known = _collect(history, HistoryIndex(history) if index is None else index)
         totals = _Totals()
         for key in sorted(set(adds) | set(reads) | set(removes)):
             _check_key(key, adds.get(key, {}), reads.get(key, []), totals, removes.get(key, []),

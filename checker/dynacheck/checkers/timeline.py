@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dynacheck.history import CONVERGENCE, INFO, MONITOR, NEMESIS, Op, nemesis_intervals, pairs
+from dynacheck.history import CONVERGENCE, INFO, MONITOR, NEMESIS, HistoryIndex, Op, nemesis_intervals
 
 MAX_OPS = 10_000
 FILE = "timeline.html"
@@ -53,15 +53,17 @@ header h1 { font-size: 18px; margin: 0 0 4px 0; }
 """
 
 
-def check(test: dict[str, Any], history: list[Op], run_dir: Path | None) -> dict[str, Any]:
+def check(test: dict[str, Any], history: list[Op], run_dir: Path | None,
+          index: HistoryIndex | None = None) -> dict[str, Any]:
     """Write ``timeline.html`` into ``run_dir`` (when given); reports how many ops it shows of how many."""
-    all_ops = [(invoke, completion) for invoke, completion in pairs(history)
+    index = HistoryIndex(history) if index is None else index
+    all_ops = [(invoke, completion) for invoke, completion in index.pairs
                if invoke.get("process") not in (CONVERGENCE, MONITOR)]
     shown = all_ops[:MAX_OPS]
     result: dict[str, Any] = {"valid": True, "file": None, "ops_shown": len(shown), "ops_total": len(all_ops)}
     if run_dir is not None:
-        polls = sum(1 for op in history if op.get("process") == CONVERGENCE and op.get("type") == "invoke")
-        page = render(test, shown, len(all_ops), nemesis_intervals(history), polls)
+        polls = sum(1 for op in index.ops_of(CONVERGENCE) if op.get("type") == "invoke")
+        page = render(test, shown, len(all_ops), nemesis_intervals(index.ops_of(NEMESIS), end_time=index.end), polls)
         (run_dir / FILE).write_text(page, encoding="utf-8")
         result["file"] = FILE
     return result
