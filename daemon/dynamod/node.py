@@ -137,7 +137,7 @@ class Node(service.MultiService):
         self.started_at = time.monotonic()  # uptime must not jump with the wall clock
         self.tls = node_tls(config)
         self.auth = node_authenticator(config)
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(reactor.seconds)
         self.settings = QuorumSettings(n=config.n, r=config.r, w=config.w, lww=config.mode == "lww",
                                        timeout=config.request_timeout,
                                        max_context_entries=config.max_context_entries,

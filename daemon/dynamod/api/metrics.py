@@ -18,7 +18,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class NodeMetrics:
     """The node's metric families, in a registry of their own (never the process-global one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        """``now``: the clock the HTTP server stamps a request's ``received`` with (the reactor's)."""
         self.registry = CollectorRegistry()
         self.requests = Counter("dynamod_requests", "HTTP requests by operation and status code",
                                 ["op", "code"], registry=self.registry)
@@ -56,7 +57,7 @@ class NodeMetrics:
                                    ["reason"], registry=self.registry)
         self.peers_reachable = Gauge("dynamod_peers_reachable", "peers with an open connection",
                                      registry=self.registry)
-        self.stages = StageHistograms()
+        self.stages = StageHistograms(now)
         self.registry.register(self.stages)
         #: registered here, fed only once the process installs it (``dynamod.main``)
         self.gc_pauses = GcPauses()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import http
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -105,7 +104,8 @@ class HttpRequest:
     body_too_large: bool = False
     #: whom the connection's client certificate names (TLS only; None: no certificate)
     client: Principal | None = None
-    #: when the read that completed it began (the server's ``now`` clock, monotonic)
+    #: when the read that held its last bytes began (the server's clock; a read held back while
+    #: earlier requests were answered keeps its own time)
     received: float = 0.0
     #: set by the handler to be called once the answer is handed to the connection (stage timing)
     on_written: Callable[[], None] | None = None
@@ -169,11 +169,9 @@ class HttpProtocol(Protocol):
     log = Logger()
 
     def __init__(self, handler: Handler, limits: HttpLimits, clock: IReactorTime,
-                 writer: Coalescer | DirectWriter | None = None, server: HttpFactory | None = None,
-                 now: Callable[[], float] = time.monotonic):
+                 writer: Coalescer | DirectWriter | None = None, server: HttpFactory | None = None):
         self._handler = handler
-        self._now = now
-        self._read_at = 0.0           # now() when the latest read began (a request's ``received``)
+        self._read_at = 0.0           # clock time the latest read began (a request's ``received``)
         self._limits = limits
         self._clock = clock
         self._writer = writer or DirectWriter()
@@ -288,8 +286,7 @@ class HttpProtocol(Protocol):
                 if self._dropped > LINGER_BYTES:
                     self.transport.loseConnection()
             return
-        self._last_read = self._clock.seconds()
-        self._read_at = self._now()
+        self._last_read = self._read_at = self._clock.seconds()
         if self._read_paused:
             self._unparsed += data
             return
@@ -618,11 +615,8 @@ class HttpFactory(Factory):
     noisy = False
 
     def __init__(self, handler: Handler, limits: HttpLimits, clock: IReactorTime,
-                 writer: Coalescer | None = None, observe: Observer | None = None,
-                 now: Callable[[], float] = time.monotonic):
+                 writer: Coalescer | None = None, observe: Observer | None = None):
         self.handler = handler
-        #: the clock of a request's ``received`` (the API's stage timing reads the same one)
-        self.now = now
         self.limits = limits
         self.clock = clock
         self.writer = writer
@@ -637,7 +631,7 @@ class HttpFactory(Factory):
         return len(self.connections)
 
     def buildProtocol(self, addr: Any) -> HttpProtocol:
-        protocol = HttpProtocol(self.handler, self.limits, self.clock, self.writer, self, self.now)
+        protocol = HttpProtocol(self.handler, self.limits, self.clock, self.writer, self)
         protocol.factory = self
         return protocol
 
