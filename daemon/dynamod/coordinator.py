@@ -274,11 +274,10 @@ class Coordinator:
         targets = self.targets(key)
         if self.node_id not in targets:
             self.on_event("forwarded_put")
-            if stages is None:
-                return self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
-            stages.fanned_out()
-            return self._forward_put(list(targets), key, value, context, w, deleted, hops=1).addBoth(
-                _passing(stages.quorum_reached))
+            if stages is not None:
+                stages.fanned_out()
+            forwarded = self._forward_put(list(targets), key, value, context, w, deleted, hops=1)
+            return forwarded if stages is None else forwarded.addBoth(_passing(stages.quorum_reached))
         return self.coordinate_put(key, value, context, w, deleted, targets, stages)
 
     def coordinate_put(self, key: bytes, value: bytes, context: CausalContext, w: int,
