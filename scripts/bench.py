@@ -174,13 +174,19 @@ def bench_rmw(clients: list[DynamoClient], duration: float, rate: int = RMW_RATE
         thread.start()
     for thread in threads:
         thread.join()
-    samples.sort()
+    return {"rate": rate, "rmw": len(samples), "errors": errors[0], **latency_quantiles(samples)}
 
-    def quantile(fraction: float) -> float:
-        return 1000 * samples[min(len(samples) - 1, int(fraction * len(samples)))] if samples else float("nan")
 
-    return {"rate": rate, "rmw": len(samples), "errors": errors[0], "p50_ms": quantile(0.5),
-            "p99_ms": quantile(0.99), "p999_ms": quantile(0.999)}
+def latency_quantiles(seconds: list[float]) -> dict[str, float]:
+    """``p50_ms``, ``p99_ms`` and ``p999_ms`` of durations in seconds (nearest rank, as the checker's
+    perf figures; NaN when there are none)."""
+    import numpy as np
+
+    from dynacheck.checkers.perf import quantiles
+
+    found = quantiles(np.array(seconds) * 1000, (0.5, 0.99, 0.999))
+    return {name: found.get(q, float("nan")) for name, q in (("p50_ms", "0.5"), ("p99_ms", "0.99"),
+                                                             ("p999_ms", "0.999"))}
 
 
 def preload(put_one, count: int) -> None:

@@ -29,16 +29,13 @@ import threading
 import time
 from pathlib import Path
 
+from bench import latency_quantiles  # scripts/bench.py, beside this script
+
 from dynactl.local import LocalCluster, port_is_free
 from dynamod.client import DynamoClient
 from dynamod.routing import RoutedClient
 
 VALUE = b"v" * 1024
-
-
-def quantile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000 if ordered else float("nan")
 
 
 def forwarded(cluster: LocalCluster) -> int:
@@ -87,8 +84,7 @@ def run_load(make_client, keys: int, threads: int, duration: float, seed: int) -
     for worker in workers:
         worker.join()
     return {"rmw_per_s": len(puts) / duration, "errors": errors[0],
-            "put": {name: quantile(puts, f) for name, f in (("p50_ms", .5), ("p99_ms", .99), ("p999_ms", .999))},
-            "get": {name: quantile(gets, f) for name, f in (("p50_ms", .5), ("p99_ms", .99), ("p999_ms", .999))}}
+            "put": latency_quantiles(puts), "get": latency_quantiles(gets)}
 
 
 def main() -> int:
