@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test bench bench-checker bench-nemesis bench-routing lint clean
+.PHONY: bootstrap demo test sim bench bench-checker bench-nemesis bench-routing lint clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -25,6 +25,9 @@ bench-nemesis: bootstrap
 
 bench-routing: bootstrap
 	@$(PY) scripts/bench_routing.py $(BENCH_ARGS)
+
+sim: bootstrap
+	@$(PY) -m dynacheck sim --seeds $(or $(SEEDS),200) --time-limit $(or $(SIM_SECONDS),10) --store .dynamo/sim-store
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts

@@ -235,6 +235,15 @@ def _report(run_dir: Path, results: dict[str, Any], code: int, output: str) -> N
     sys.exit(code)
 
 
+def _add_sim() -> None:
+    from dynacheck.sim.command import sim
+
+    cli.add_command(sim)
+
+
+_add_sim()
+
+
 def main() -> None:
     """Console-script entry point: usage errors exit 2, internal errors 3."""
     try:

@@ -20,6 +20,7 @@ is the union of the live versions' clocks and that one. An ok RMW write's ``vers
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from typing import Any
 
 from dynacheck.history import FAIL, INFO, OK, Op
@@ -94,13 +95,39 @@ def _unreachable_before_sending(exc: NodeUnavailable) -> bool:
     return isinstance(exc.__cause__, ConnectionRefusedError)
 
 
+#: What an op's steps ask for: ``(node, method, args)``, a call of that node's client (``get``,
+#: ``write``, ``delete`` of ``DynamoClient``); the answer is sent back in, a failure thrown in.
+Ask = tuple[str, str, tuple[Any, ...]]
+#: An op's steps: a generator of Asks that returns the op's completion.
+Steps = Generator[Ask, Any, Op]
+
+
+def drive(steps: Steps, answer: Callable[[Ask], Any]) -> Op:
+    """Run ``steps`` to their completion, answering each Ask at once with ``answer(ask)``."""
+    reply: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            ask = steps.throw(failure) if failure is not None else steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        try:
+            reply, failure = answer(ask), None
+        except Exception as exc:  # noqa: BLE001 - thrown back into the steps, which decide
+            reply, failure = None, exc
+
+
 class Client:
     """Executes ops for one worker thread (Dynamo's client-side routing): each op goes to the
     thread's current node; when that node refuses the connection (nothing was done) the op is
     tried on the next node, and after a failure or an unknown outcome the thread moves on to the
     next node for its later ops, so the cluster stays under load through every fault. An op that
     names its ``node`` (the final reads) goes there only. A secured cluster is reached with
-    ``credentials``."""
+    ``credentials``.
+
+    What an op does is written once, as ``steps`` (a generator of calls on a node's client):
+    calling the Client runs them against the nodes' ``DynamoClient``s; the simulator
+    (``dynacheck sim``) runs the same steps on its own clock and network."""
 
     def __init__(self, addresses: dict[str, str], default_node: str, timeout: float = DEFAULT_TIMEOUT_SECONDS,
                  failover: bool = True, credentials: Credentials | None = None):
@@ -125,13 +152,18 @@ class Client:
         return op.get("node") or self.current_node
 
     def __call__(self, op: Op) -> Op:
+        return drive(self.steps(op), lambda ask: getattr(self._client(ask[0]), ask[1])(*ask[2]))
+
+    def steps(self, op: Op) -> Steps:
+        """The op's calls, with the failover between nodes; returns its completion."""
         if op.get("final") or not self.failover:
-            return {**self._run(self.node_for(op), op), "node": self.node_for(op)}
+            completion = yield from self._run(self.node_for(op), op)
+            return {**completion, "node": self.node_for(op)}
         completion: Op = {}
         tried = 0
         for offset in range(len(self.nodes)):
             node = self.nodes[(self.current + offset) % len(self.nodes)]
-            completion = {**self._run(node, op), "node": node}
+            completion = {**(yield from self._run(node, op)), "node": node}
             tried += 1
             if not completion.pop("refused", False):
                 break
@@ -141,21 +173,20 @@ class Client:
         self.current = (self.current + tried - (completion["type"] == OK)) % len(self.nodes)
         return completion
 
-    def _run(self, node: str, op: Op) -> Op:
-        client = self._client(node)
+    def _run(self, node: str, op: Op) -> Steps:
         if op["f"] == "read":
-            return self.read(client, op)
+            return (yield from self.read(node, op))
         if op["f"] == "add":
-            return self.add(client, op)
+            return (yield from self.add(node, op))
         if op["f"] == "remove":
-            return self.remove(client, op)
+            return (yield from self.remove(node, op))
         if op["f"] == "write":
-            return self.write(client, op, context=None, versions=[], elements=[op["value"]], blind=True)
+            return (yield from self.write(node, op, context=None, versions=[], elements=[op["value"]], blind=True))
         return {"type": FAIL, "error": f"unknown op {op['f']!r}"}
 
-    def read(self, client: DynamoClient, op: Op) -> Op:
+    def read(self, node: str, op: Op) -> Steps:
         try:
-            result = client.get(op["key"])
+            result = yield node, "get", (op["key"],)
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": str(exc), **_refused(exc)}
         versions = versions_of(result)
@@ -166,20 +197,20 @@ class Client:
             completion["context_clock"] = clock
         return completion
 
-    def add(self, client: DynamoClient, op: Op) -> Op:
+    def add(self, node: str, op: Op) -> Steps:
         try:
-            read = client.get(op["key"])
+            read = yield node, "get", (op["key"],)
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": f"read before the add: {exc}", **_refused(exc)}
         versions = versions_of(read)
         items = set(elements_of(versions)) | {op["value"]}
-        return self.write(client, op, context=read.context or None, versions=read_versions(read, versions),
-                          elements=items)
+        return (yield from self.write(node, op, context=read.context or None,
+                                      versions=read_versions(read, versions), elements=items))
 
-    def remove(self, client: DynamoClient, op: Op) -> Op:
+    def remove(self, node: str, op: Op) -> Steps:
         """Drop one item the read returned; DELETE with the context when it was the last one."""
         try:
-            read = client.get(op["key"])
+            read = yield node, "get", (op["key"],)
         except (ClientError, NodeUnavailable) as exc:
             return {"type": FAIL, "error": f"read before the remove: {exc}", **_refused(exc)}
         versions = versions_of(read)
@@ -189,20 +220,20 @@ class Client:
             return {"type": FAIL, "error": "nothing to remove: the read found an empty cart", "empty": True}
         item = items[int(op.get("pick") or 0) % len(items)]
         rest = [element for element in items if element != item]
-        completion = self.write(client, op, context=read.context or None, versions=read_versions(read, versions),
-                                elements=rest, delete=not rest)
+        completion = yield from self.write(node, op, context=read.context or None,
+                                           versions=read_versions(read, versions), elements=rest, delete=not rest)
         completion["value"] = item
         if not rest:
             completion["f"] = "delete"
         return completion
 
-    def write(self, client: DynamoClient, op: Op, context: str | None, versions: list[dict[str, Any]],
-              elements: Any, delete: bool = False, blind: bool = False) -> Op:
+    def write(self, node: str, op: Op, context: str | None, versions: list[dict[str, Any]],
+              elements: Any, delete: bool = False, blind: bool = False) -> Steps:
         try:
             if delete:
-                written = client.delete(op["key"], context=context)
+                written = yield node, "delete", (op["key"], context)
             else:
-                written = client.write(op["key"], encode_elements(elements), context=context)
+                written = yield node, "write", (op["key"], encode_elements(elements), context)
         except QuorumError as exc:
             return {"type": INFO, "error": str(exc)}
         except NodeUnavailable as exc:

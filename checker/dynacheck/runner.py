@@ -195,6 +195,13 @@ class Test:
     def now(self) -> int:
         return time.monotonic_ns() - self.clock_start
 
+    def seconds(self) -> float:
+        """The checker's monotonic clock (the simulator's runs on simulated time)."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def record(self, op: Op) -> Op:
         return self.history.append(op)
 
@@ -204,25 +211,29 @@ class Test:
     # -- phases -----------------------------------------------------------------------------------
 
     def main_phase(self) -> None:
-        options = self.options
         self.progress.started = time.monotonic()
         self.clock_start = time.monotonic_ns()  # history times count from the start of the workload
-        # One random source per generator, all from the seed: the ops, their spacing and the fault
-        # schedule each replay exactly, however the run's timing interleaves them.
-        clients = Stagger(int(SECOND / options.rate), ClientOps(self.workload.make, seeded(options.seed, "ops")),
-                          seeded(options.seed, "stagger"))
-        generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
-        if self.faults:
-            generators.append(TimeLimit(int(options.time_limit * SECOND), FaultSchedule(self.schedule)))
         stop_monitor = threading.Event()
         monitor = threading.Thread(target=self.monitor_replicas, args=(stop_monitor,), name="dynacheck-monitor",
                                    daemon=True)
         monitor.start()
         try:
-            self._interpret(Concurrently(*generators), nemesis=bool(self.faults))
+            self._interpret(self.main_generator(), nemesis=bool(self.faults))
         finally:
             stop_monitor.set()
             monitor.join(30.0)
+
+    def main_generator(self) -> Any:
+        """The workload's ops and the fault schedule for ``time_limit``. One random source per
+        generator, all from the seed: the ops, their spacing and the fault schedule each replay
+        exactly, however the run's timing interleaves them."""
+        options = self.options
+        clients = Stagger(int(SECOND / options.rate), ClientOps(self.workload.make, seeded(options.seed, "ops")),
+                          seeded(options.seed, "stagger"))
+        generators = [TimeLimit(int(options.time_limit * SECOND), clients)]
+        if self.faults:
+            generators.append(TimeLimit(int(options.time_limit * SECOND), FaultSchedule(self.schedule)))
+        return Concurrently(*generators)
 
     def monitor_replicas(self, stop: threading.Event) -> None:
         """Poll every hot key's replica on every node about every ``MONITOR_INTERVAL`` seconds while
@@ -374,14 +385,14 @@ class Test:
 
     def _poll_rounds(self, clients: dict[str, DynamoClient], owners: Any = None) -> bool:
         needed = min(self.options.n, len(clients))
-        deadline = time.monotonic() + self.options.convergence_timeout
+        deadline = self.seconds() + self.options.convergence_timeout
         round_number = 0
         diverged = self.keys()
         while True:
             round_ops = []
             for key in diverged:
                 for node, client in clients.items():
-                    if time.monotonic() > deadline:
+                    if self.seconds() > deadline:
                         return False
                     base = {"process": CONVERGENCE, "f": "replica", "key": key, "node": node,
                             "round": round_number}
@@ -392,7 +403,7 @@ class Test:
             if not diverged:
                 return True
             round_number += 1
-            time.sleep(0.5)
+            self.sleep(0.5)
 
     def snapshot_status(self, phase: str, clients: dict[str, DynamoClient]) -> None:
         """Each node's repair counters as history ops ("before": right after the final heal; "after":

@@ -16,7 +16,8 @@ import http.client
 import json
 import select
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import attrs
@@ -247,31 +248,13 @@ class DynamoClient:
             raise NodeUnavailable(f"{self.address}: {describe_failure(exc)}") from exc
         return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
 
-    @staticmethod
-    def _json(status: int, payload: bytes) -> dict[str, Any]:
-        try:
-            return json.loads(payload) if payload else {}
-        except ValueError:
-            return {"error": payload.decode(errors="replace")[:200], "status": status}
-
-    def _raise_for(self, status: int, payload: bytes) -> None:
-        body = self._json(status, payload)
-        if status == 503:
-            raise QuorumError(status, body)
-        raise ClientError(status, body)
+    def perform(self, call: Call) -> Any:
+        """Send ``call`` and return what its ``parse`` makes of the answer (raises ClientError)."""
+        return call.parse(*self._request(call.method, call.path, call.body, call.headers))
 
     def get(self, key: bytes | str, r: int | None = None) -> GetResult:
         """Quorum read; ``found`` is False on 404."""
-        path = key_path("/kv/", key) + (f"?r={r}" if r is not None else "")
-        status, _, payload = self._request("GET", path, headers={"Accept": "application/json"})
-        if status not in (200, 404):
-            self._raise_for(status, payload)
-        body = self._json(status, payload)
-        if "siblings" not in body:
-            self._raise_for(status, payload)
-        return GetResult(found=status == 200, context=body.get("context", ""),
-                         siblings=[base64.b64decode(v) for v in body["siblings"]],
-                         versions=list(body.get("versions", [])))
+        return self.perform(get_call(key, r))
 
     def put(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> str:
         """Write a version; returns the new version's context."""
@@ -279,63 +262,36 @@ class DynamoClient:
 
     def delete(self, key: bytes | str, context: str | None = None, w: int | None = None) -> WriteResult:
         """Write a tombstone superseding what ``context`` has seen; returns its context and dot."""
-        return self._write("DELETE", key, b"", context, w)
+        return self.perform(write_call("DELETE", key, b"", context, w))
 
     def write(self, key: bytes | str, value: bytes, context: str | None = None, w: int | None = None) -> WriteResult:
         """Write a version; returns its context and dot."""
-        return self._write("PUT", key, value, context, w)
-
-    def _write(self, method: str, key: bytes | str, value: bytes, context: str | None,
-               w: int | None) -> WriteResult:
-        path = key_path("/kv/", key) + (f"?w={w}" if w is not None else "")
-        headers = {"Content-Type": "application/octet-stream"}
-        if context:
-            headers["X-Context"] = context
-        status, response_headers, payload = self._request(method, path, body=value, headers=headers)
-        if status != 204:
-            self._raise_for(status, payload)
-        return WriteResult(response_headers.get("x-context", ""), parse_dot(response_headers.get("x-version")))
-
-    def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        status, _, answer = self._request(method, path, body=payload, headers=headers)
-        if not 200 <= status < 300:
-            self._raise_for(status, answer)
-        return self._json(status, answer)
+        return self.perform(write_call("PUT", key, value, context, w))
 
     def status(self) -> dict[str, Any]:
         """``/admin/status``."""
-        return self._admin("GET", "/admin/status")
+        return self.perform(admin_call("GET", "/admin/status"))
 
     def metrics(self) -> str:
         """``/metrics`` (Prometheus text)."""
-        status, _, payload = self._request("GET", "/metrics")
-        if status != 200:
-            self._raise_for(status, payload)
-        return payload.decode()
+        return self.perform(metrics_call())
 
     def ring(self) -> dict[str, Any]:
         """``/admin/ring``."""
-        return self._admin("GET", "/admin/ring")
+        return self.perform(admin_call("GET", "/admin/ring"))
 
     def transfers(self) -> dict[str, Any]:
         """``/admin/transfers``: every member's transfer progress, and this node's outbound ones."""
-        return self._admin("GET", "/admin/transfers")
+        return self.perform(admin_call("GET", "/admin/transfers"))
 
     def join(self, seed_peer: str, replace: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """``POST /admin/join``: have this node join the cluster of the member at ``seed_peer``, as
         the replacement of the dead member ``replace`` if given; ``dry_run`` answers the plan only."""
-        body: dict[str, Any] = {"seed": seed_peer}
-        if replace is not None:
-            body["replace"] = replace
-        if dry_run:
-            body["dry_run"] = True
-        return self._admin("POST", "/admin/join", body)
+        return self.perform(join_call(seed_peer, replace, dry_run))
 
     def leave(self, dry_run: bool = False) -> dict[str, Any]:
         """``POST /admin/leave``: this node hands off everything, then stops serving."""
-        return self._admin("POST", "/admin/leave", {"dry_run": True} if dry_run else {})
+        return self.perform(admin_call("POST", "/admin/leave", {"dry_run": True} if dry_run else {}))
 
     def remove_node(self, node: str, dry_run: bool = False) -> dict[str, Any]:
         """``POST /admin/remove``: the dead member ``node`` leaves the cluster without being asked;
@@ -343,13 +299,118 @@ class DynamoClient:
         body: dict[str, Any] = {"node": node}
         if dry_run:
             body["dry_run"] = True
-        return self._admin("POST", "/admin/remove", body)
+        return self.perform(admin_call("POST", "/admin/remove", body))
 
     def replica(self, key: bytes | str) -> dict[str, Any] | None:
         """``/admin/replica/{key}``: this node's local copy, or None when it holds none."""
-        status, _, payload = self._request("GET", key_path("/admin/replica/", key))
-        if status == 404:
-            return None
-        if status != 200:
-            self._raise_for(status, payload)
-        return self._json(status, payload)
+        return self.perform(replica_call(key))
+
+
+# -- the API's calls: a request and what its answer means, apart from how it is sent -------------------
+# (DynamoClient sends them over http.client; the simulator, ``dynacheck sim``, over its own network.)
+
+
+@attrs.frozen
+class Call:
+    """One HTTP request of the API and ``parse(status, headers, payload)``, which returns what the
+    answer means or raises ClientError (QuorumError for a 503)."""
+
+    method: str
+    path: str
+    parse: Callable[[int, dict[str, str], bytes], Any]
+    body: bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+def json_body(status: int, payload: bytes) -> dict[str, Any]:
+    """An answer's JSON document (an error's text as ``{"error"}`` when it is not JSON)."""
+    try:
+        return json.loads(payload) if payload else {}
+    except ValueError:
+        return {"error": payload.decode(errors="replace")[:200], "status": status}
+
+
+def raise_for(status: int, payload: bytes) -> NoReturn:
+    """The ClientError an error answer means."""
+    body = json_body(status, payload)
+    if status == 503:
+        raise QuorumError(status, body)
+    raise ClientError(status, body)
+
+
+def _parse_get(status: int, headers: dict[str, str], payload: bytes) -> GetResult:
+    if status not in (200, 404):
+        raise_for(status, payload)
+    body = json_body(status, payload)
+    if "siblings" not in body:
+        raise_for(status, payload)
+    return GetResult(found=status == 200, context=body.get("context", ""),
+                     siblings=[base64.b64decode(v) for v in body["siblings"]],
+                     versions=list(body.get("versions", [])))
+
+
+def _parse_write(status: int, headers: dict[str, str], payload: bytes) -> WriteResult:
+    if status != 204:
+        raise_for(status, payload)
+    return WriteResult(headers.get("x-context", ""), parse_dot(headers.get("x-version")))
+
+
+def _parse_admin(status: int, headers: dict[str, str], payload: bytes) -> dict[str, Any]:
+    if not 200 <= status < 300:
+        raise_for(status, payload)
+    return json_body(status, payload)
+
+
+def _parse_metrics(status: int, headers: dict[str, str], payload: bytes) -> str:
+    if status != 200:
+        raise_for(status, payload)
+    return payload.decode()
+
+
+def _parse_replica(status: int, headers: dict[str, str], payload: bytes) -> dict[str, Any] | None:
+    if status == 404:
+        return None
+    if status != 200:
+        raise_for(status, payload)
+    return json_body(status, payload)
+
+
+def get_call(key: bytes | str, r: int | None = None) -> Call:
+    """``GET /kv/{key}``: a quorum read (a GetResult; ``found`` is False on 404)."""
+    path = key_path("/kv/", key) + (f"?r={r}" if r is not None else "")
+    return Call("GET", path, _parse_get, headers={"Accept": "application/json"})
+
+
+def write_call(method: str, key: bytes | str, value: bytes, context: str | None, w: int | None) -> Call:
+    """``PUT`` (a version) or ``DELETE`` (a tombstone) of ``/kv/{key}``: a WriteResult."""
+    path = key_path("/kv/", key) + (f"?w={w}" if w is not None else "")
+    headers = {"Content-Type": "application/octet-stream"}
+    if context:
+        headers["X-Context"] = context
+    return Call(method, path, _parse_write, body=value, headers=headers)
+
+
+def admin_call(method: str, path: str, body: dict[str, Any] | None = None) -> Call:
+    """An ``/admin`` request with a JSON answer (and a JSON body when given)."""
+    return Call(method, path, _parse_admin, body=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/json"} if body is not None else None)
+
+
+def join_call(seed_peer: str, replace: str | None = None, dry_run: bool = False) -> Call:
+    """``POST /admin/join``."""
+    body: dict[str, Any] = {"seed": seed_peer}
+    if replace is not None:
+        body["replace"] = replace
+    if dry_run:
+        body["dry_run"] = True
+    return admin_call("POST", "/admin/join", body)
+
+
+def metrics_call() -> Call:
+    """``GET /metrics`` (Prometheus text)."""
+    return Call("GET", "/metrics", _parse_metrics)
+
+
+def replica_call(key: bytes | str) -> Call:
+    """``GET /admin/replica/{key}``: the node's local copy, or None when it holds none."""
+    return Call("GET", key_path("/admin/replica/", key), _parse_replica)

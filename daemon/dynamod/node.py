@@ -10,6 +10,7 @@ follow the gossiped cluster state (``_membership_changed``).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -129,12 +130,19 @@ class Node(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: NodeConfig, reactor: Any, engine: StorageEngine | None = None):
+    def __init__(self, config: NodeConfig, reactor: Any, engine: StorageEngine | None = None, *,
+                 wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 workers: Callable[[int, str], Any] | None = None):
+        """``wall_clock`` stamps versions and status (the reactor's clock runs the timers),
+        ``rng`` picks gossip partners, ``workers(count, name)`` makes the pools that read, flush and
+        keep house (threads by default): the simulator (``dynacheck sim``) gives its own three."""
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.node_id = config.node_id
-        self.started_at = time.monotonic()  # uptime must not jump with the wall clock
+        self.wall_clock = wall_clock
+        self.started_at = reactor.seconds()  # the reactor's clock is monotonic: uptime must not jump
+        workers = workers or (lambda count, name: WorkerThreads(reactor, count, name=name))
         self.tls = node_tls(config)
         self.auth = node_authenticator(config)
         self.metrics = NodeMetrics(reactor.seconds)
@@ -158,10 +166,10 @@ class Node(service.MultiService):
                              "to join again, start it with an empty data dir and run dynactl join")
         #: Called once this node has left the cluster (the daemon exits).
         self.on_departed: Callable[[], None] = lambda: None
-        self._read_pool = WorkerThreads(reactor, max(1, config.read_threads), name="dynamod-read")
+        self._read_pool = workers(max(1, config.read_threads), "dynamod-read")
         # Transactions commit on the event loop; one thread makes them durable (a flush per group).
-        self._flush_pool = WorkerThreads(reactor, 1, name="dynamod-flush")
-        self._housekeeping_pool = WorkerThreads(reactor, 1, name="dynamod-housekeeping")
+        self._flush_pool = workers(1, "dynamod-flush")
+        self._housekeeping_pool = workers(1, "dynamod-housekeeping")
         self.store = Store(
             self.engine, self.node_id,
             reader=self._read_pool.run if config.read_threads else run_synchronously,
@@ -176,7 +184,7 @@ class Node(service.MultiService):
         self.admission = AdmissionControl(config.background_rate, config.background_latency_target)
         self.peers: dict[str, PeerClient] = {}
         self.coordinator = Coordinator(self.node_id, state.ring, self.store, self.peers, self.settings,
-                                       clock=reactor, wall_clock_ms=lambda: int(time.time() * 1000),
+                                       clock=reactor, wall_clock_ms=lambda: int(wall_clock() * 1000),
                                        on_event=self._count_event,
                                        is_up=lambda node: self.health.is_up(node),  # health comes next
                                        admit=self.admit_background, limits=PeerLimits.from_config(config))
@@ -200,7 +208,7 @@ class Node(service.MultiService):
         self.gossip = GossipService(
             self.node_id, state, self.peers, n=config.n, clock=reactor, interval=config.gossip_interval,
             timeout=config.request_timeout, is_up=self.health.is_up, pending=self.transfers.pending,
-            wall_clock_ms=lambda: int(time.time() * 1000), on_change=self._membership_changed,
+            wall_clock_ms=lambda: int(wall_clock() * 1000), on_change=self._membership_changed, rng=rng,
             seeds=config.seeds or config.member_ids, state_file=state_file, filled=self.anti_entropy.filled)
         self.gossip.setServiceParent(self)
         self.gossip.local_hints = self.handoff.hints_for
@@ -449,10 +457,10 @@ class Node(service.MultiService):
             "node": self.node_id,
             "version": VERSION,
             "incarnation": self.engine.incarnation,
-            "uptime": round(time.monotonic() - self.started_at, 3),
+            "uptime": round(self.reactor.seconds() - self.started_at, 3),
             # The node's own wall clock (what version timestamps and logs take; skewed under the clock
             # nemesis), so the checker can see that a clock fault took effect.
-            "wall_clock": round(time.time(), 3),
+            "wall_clock": round(self.wall_clock(), 3),
             "members": [
                 {"id": m.id, "peer": m.peer, "http": m.http, "status": self.member_status(m.id),
                  "partitions": len(self.ring.partitions_of(m.id)),

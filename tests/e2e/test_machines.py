@@ -2,13 +2,15 @@
 systemd-nspawn, systemd as PID 1): site.yml takes the role's systemd branch and a second run
 changes nothing, rolling_restart.yml and ``dynactl deploy`` over the Ansible cluster lose no
 acknowledged write, a rebooted machine brings its node back, and a dynacheck run with kill, clock
-and partition is valid with faults that visibly took effect; Ansible still works after it."""
+and partition keeps every acknowledged add in vclock mode (valid, its faults visibly took effect,
+its store laid out and no partition rule left behind); Ansible still works after it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,18 +125,34 @@ def test_a_dynacheck_run_with_kill_clock_and_partition_is_valid_and_its_faults_t
                                                                                            tmp_path):
     finished = subprocess.run(
         [str(BIN / "dynacheck"), "run", "--nodes-file", str(bed.directory / "nodes.json"), "--workload", "cart",
-         "--nemesis", "kill,clock,partition", "--time-limit", "30", "--nemesis-interval", "2",
+         "--mode", "vclock", "--nemesis", "kill,clock,partition", "--time-limit", "30", "--nemesis-interval", "2",
          "--nemesis-duration", "2", "--seed", "16",
          "--store", str(tmp_path), "--format", "json"],
         capture_output=True, text=True, timeout=900, cwd=REPO, check=False)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads(finished.stdout)
     assert report["valid"] is True, report
-    history = [json.loads(line) for line in (tmp_path / "latest" / "history.jsonl").read_text().splitlines()]
+    checkers = report["checkers"]
+    siblings = checkers["siblings"]
+    assert siblings["valid"] is True and siblings["lost_count"] == 0 and siblings["acknowledged_count"] > 100
+    assert checkers["convergence"]["valid"] is True and checkers["causality"]["valid"] is True
+    run_dir = Path(report["run"])
+    assert (tmp_path / "latest").resolve() == run_dir.resolve()
+    for name in ("test.json", "history.jsonl", "results.json", "latency-raw.png", "rate.png", "timeline.html"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "test.json").read_text())["seed"] == 16
+    # The node logs were copied off the machines before they were stopped.
+    assert (run_dir / "nodes" / hosts[0].name / "dynamod.log").stat().st_size > 0
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     nemesis = [op for op in history if op.get("process") == "nemesis"]
     kinds = {op["f"] for op in nemesis}
     assert {"start-kill", "start-clock", "start-partition"} <= kinds, kinds
+    started = {op["f"].removeprefix("start-") for op in nemesis if op["type"] == "ok" and op["f"].startswith("start-")}
+    assert started == {"kill", "clock", "partition"}, started
     assert_faults_took_effect(nemesis)
+    # Every fault was healed: no partition rule (nor dynacheck's chain) is left inside any machine.
+    for name, rules in on_hosts(hosts, "iptables -w -S").items():
+        assert "DROP" not in rules and "dynacheck" not in rules, (name, rules)
     # The checker stopped the nodes and left its test cluster's data for a look, and no skew: the
     # faketime drop-in went with the stop. That data is another cluster's (16 partitions, which a
     # node of the role's config refuses with exit 2: tests/integration/test_state_conflict.py);
