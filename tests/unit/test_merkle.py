@@ -55,3 +55,22 @@ def test_record_digest_ignores_arrival_order_but_not_tombstones():
     assert record_digest([a, b]) == record_digest([b, a])
     assert record_digest([a, b]) != record_digest([a, deleted])
     assert record_digest([a]) != record_digest([a, b])
+
+
+@given(contents, st.lists(st.tuples(keys, st.none() | digests, st.booleans()), max_size=30), st.integers(1, 8))
+def test_hashes_recomputed_along_the_changed_paths_match_a_rebuild_and_leave_earlier_levels_alone(
+        start, changes, depth):
+    tree = MerkleTree.build(start, depth)
+    current = dict(start)
+    for key, digest, look in changes:
+        before = tree.levels()
+        frozen = [list(row) for row in before]
+        tree.update(key, current.get(key), digest)
+        if digest is None:
+            current.pop(key, None)
+        else:
+            current[key] = digest
+        if look:  # levels between updates: the next ones are recomputed from these
+            assert tree.levels() == MerkleTree.build(current, depth).levels()
+        assert before == frozen  # what an exchange in progress walks does not change under it
+    assert tree.levels() == MerkleTree.build(current, depth).levels()

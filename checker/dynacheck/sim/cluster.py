@@ -46,6 +46,7 @@ class SimCluster:
         self.network = Network(self.scheduler, random.Random(f"{seed}-network"))
         self.ids = [f"n{i}" for i in range(1, size + 1)]
         self.hosts = {node: host_of(i) for i, node in enumerate(self.ids, start=1)}
+        self.network.nodes = set(self.hosts.values())
         self.settings = settings
         self.seed = seed
         self.engines = {node: SimEngine(self._incarnation()) for node in self.ids}

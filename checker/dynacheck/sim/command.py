@@ -45,8 +45,7 @@ def _one(params: dict[str, Any], seed: int, checkers: tuple[str, ...] | None, ke
     from dynacheck.sim.run import Swarm, run_sim
 
     options = _options(params, seed)
-    swarm = Swarm.choose(seed, params["faults"], [f"n{i}" for i in range(1, params["nodes"] + 1)]) \
-        if params["swarm"] else None
+    swarm = Swarm.choose(seed, params["faults"]) if params["swarm"] else None
     if swarm is not None:
         import attrs
 
@@ -87,7 +86,7 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
 @click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
 @click.option("--nemesis", default="swarm", show_default=True,
               help="swarm (each seed picks its faults among all the simulator has), none, or a comma-separated list "
-                   "of partition, clock, kill, pause, disk, power")
+                   "of partition, clock, kill, pause, netem, disk, power")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True,
               help="simulated seconds of workload")
 @click.option("--concurrency", type=click.IntRange(1, 200), default=5, show_default=True, help="client threads")

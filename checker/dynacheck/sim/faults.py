@@ -2,7 +2,8 @@
 ``fault_schedule`` is planned exactly as a real run's) acting on the simulated cluster instead
 of on hosts: a partition cuts links of the simulated network, a clock fault sets a node's wall
 clock off, kill and power end processes (their unflushed writes die with them) and start new
-ones, pause holds a process, disk gives a node an empty disk while it is down."""
+ones, pause holds a process, netem slows and loses segments between nodes, disk gives a node an
+empty disk while it is down."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from typing import Any
 
 from dynacheck.nemesis import Fault
 from dynacheck.nemesis.clock import ClockFault
-from dynacheck.nemesis.network import PartitionFault
+from dynacheck.nemesis.network import NetemFault, PartitionFault
 from dynacheck.nemesis.process import KillFault, PauseFault
 from dynacheck.nemesis.storage import DataLoss, DiskFault, PowerFault, Skipped
 from dynacheck.sim.cluster import SimCluster
 from dynactl.remote import HostResult
 
 #: The faults the simulator can inject (``--nemesis``; a swarm picks among them).
-SIM_FAULTS = ("partition", "clock", "kill", "pause", "disk", "power")
+SIM_FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power")
 
 
 def done(nodes: list[str]) -> dict[str, HostResult]:
@@ -58,6 +59,22 @@ class SimPartition(PartitionFault):
 
     def teardown(self) -> dict[str, HostResult]:
         return {}
+
+
+class SimNetem(NetemFault):
+    """Delay, jitter and loss on every link between two nodes (not the checker's)."""
+
+    def __init__(self, db: SimDb):
+        Fault.__init__(self, db, observer=None)  # type: ignore[arg-type]
+        self.sim = db.sim
+
+    def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
+        self.sim.network.netem = (value["delay_ms"] / 1000, value["jitter_ms"] / 1000, value["loss_percent"] / 100)
+        return done(self.sim.ids)
+
+    def heal(self) -> dict[str, HostResult]:
+        self.sim.network.netem = None
+        return done(self.sim.ids)
 
 
 class SimClock(ClockFault):
@@ -185,7 +202,7 @@ def sim_faults(names: tuple[str, ...], sim: SimCluster) -> dict[str, Fault]:
     db = SimDb(sim)
     losses = DataLoss(db, clock=sim.scheduler.seconds)  # type: ignore[arg-type]
     makers = {"partition": lambda: SimPartition(db), "clock": lambda: SimClock(db), "kill": lambda: SimKill(db),
-              "pause": lambda: SimPause(db), "disk": lambda: SimDisk(db, losses),
+              "pause": lambda: SimPause(db), "netem": lambda: SimNetem(db), "disk": lambda: SimDisk(db, losses),
               "power": lambda: SimPower(db, losses)}
     return {name: makers[name]() for name in names}
 

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import provider
 
 from dynacheck import store
@@ -49,25 +50,19 @@ ASK_LIMIT = 30.0
 
 @attrs.frozen
 class Swarm:
-    """What one seed chose beyond the workload (FoundationDB's buggify): which faults, how often,
-    and how bad the network is."""
+    """What one seed chose beyond the workload (FoundationDB's buggify): which faults, how often
+    and for how long each lasts."""
 
     nemesis: tuple[str, ...]
     nemesis_interval: float
     nemesis_duration: float
-    drop_rate: float
-    reset_rate: float
-    slow: dict[str, float]
 
     @classmethod
-    def choose(cls, seed: int, faults: tuple[str, ...], nodes: list[str]) -> Swarm:
+    def choose(cls, seed: int, faults: tuple[str, ...]) -> Swarm:
         rng = random.Random(f"{seed}-swarm")
         chosen = tuple(fault for fault in faults if rng.random() < 0.5) or (rng.choice(faults),)
-        slow = {node: round(rng.choice((0.005, 0.02, 0.1)), 3) for node in nodes if rng.random() < 0.2}
         return cls(nemesis=chosen, nemesis_interval=rng.choice((1.0, 2.0, 5.0, 10.0)),
-                   nemesis_duration=rng.choice((1.0, 3.0, 5.0, 10.0)),
-                   drop_rate=rng.choice((0.0, 0.0, 0.001, 0.01, 0.05)),
-                   reset_rate=rng.choice((0.0, 0.0, 0.0, 0.0005, 0.002)), slow=slow)
+                   nemesis_duration=rng.choice((1.0, 3.0, 5.0, 10.0)))
 
 
 def _drive(steps: Steps, answer: Callable[[Ask], defer.Deferred]) -> defer.Deferred:
@@ -135,7 +130,7 @@ class SimNodeClient:
         self.sim.scheduler.run_until(self.sim.scheduler.now + ASK_LIMIT, lambda: bool(results))
         if not results:
             raise NodeUnavailable(f"{self.http.address}: no answer in {ASK_LIMIT:g} simulated seconds")
-        if hasattr(results[0], "raiseException"):
+        if isinstance(results[0], Failure):
             results[0].raiseException()
         return results[0]
 
@@ -182,8 +177,6 @@ class SimTest(Test):
                               options.seed, self._daemon_error)
         self.cluster = SimDbView(self.sim, options.client_timeout)  # type: ignore[assignment]
         if swarm is not None:
-            self.sim.network.drop_rate, self.sim.network.reset_rate = swarm.drop_rate, swarm.reset_rate
-            self.sim.network.slow = {self.sim.hosts[node]: extra for node, extra in swarm.slow.items()}
             self.test["swarm"] = attrs.asdict(swarm)
         self.test.update(simulated=True, nodes=self.sim.ids, spare_nodes=[],
                          node_addresses=self.sim.addresses())
@@ -245,13 +238,15 @@ class SimTest(Test):
     def _interpret(self, generator: Any, nemesis: bool) -> None:
         addresses = self.sim.addresses()
         nodes = self.sim.ids
-        http = {node: self.cluster.http(node) for node in nodes}
+        # One kept-alive connection per thread and node, as each thread's DynamoClients keep them.
+        http = {(thread, node): self.cluster.http(node) for thread in range(self.options.concurrency)
+                for node in nodes}
         clients: dict[int, Client] = {}
 
         def execute(thread: Any, op: Op) -> Any:
             if thread == NEMESIS:
                 return self._nemesis_op(op)
-            return _drive(clients[thread].steps(op), lambda ask: getattr(http[ask[0]], ask[1])(*ask[2]))
+            return _drive(clients[thread].steps(op), lambda ask: getattr(http[thread, ask[0]], ask[1])(*ask[2]))
 
         for thread in range(self.options.concurrency):
             clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
@@ -276,9 +271,7 @@ class _Answered:
         self.result = result
 
     def replica(self, key: str) -> Any:
-        if isinstance(self.result, BaseException):
-            raise self.result
-        if hasattr(self.result, "raiseException"):
+        if isinstance(self.result, Failure):  # (a BaseException too, in this Twisted: test it first)
             self.result.raiseException()
         return self.result
 

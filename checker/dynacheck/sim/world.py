@@ -10,8 +10,8 @@ network of TCP streams between them, all driven by one seeded random source.
 * ``Network``: hosts by address; a stream per connection that keeps TCP's order in each direction
   while the delay of each segment is drawn from the seed, so messages on different connections
   reorder. A partition holds what crosses it (TCP retransmits until the link heals, or until one
-  side gives up and resets the connection); a dropped segment costs a retransmission timeout; a
-  connection can be reset. A connection attempt across a partition times out, one to an address
+  side gives up and resets the connection); under netem a lost segment costs a retransmission
+  timeout. A connection attempt across a partition times out, one to an address
   no process listens on is refused.
 """
 
@@ -50,9 +50,22 @@ class Scheduler:
         return self.now
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> DelayedCall:
+        return self.call_for(None, delay, fn, args, kwargs)
+
+    def call_for(self, owner: HostReactor | None, delay: float, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> DelayedCall:
+        """A call of ``owner``'s process (None: of the world itself)."""
         call = DelayedCall(self.now + max(0.0, delay), fn, args, kwargs, _ignore, self._push, seconds=self.seconds)
+        call.owner = owner  # type: ignore[attr-defined]
         self._push(call)
         return call
+
+    def release(self, calls: list[DelayedCall]) -> None:
+        """Calls a paused process held: due now, in the order they came due."""
+        for call in calls:
+            if not (call.cancelled or call.called):
+                call.time, call.delayed_time = self.now, 0
+                self._push(call)
 
     def _push(self, call: DelayedCall) -> None:
         heapq.heappush(self._heap, (call.time, next(self._order), call))
@@ -77,6 +90,14 @@ class Scheduler:
                 call.activate_delay()
                 self._push(call)
                 continue
+            owner = call.owner  # type: ignore[attr-defined]
+            if owner is not None:
+                if owner.dead:  # a killed process's timer never fires
+                    continue
+                if owner.paused:  # a stopped process's timer fires once it runs again
+                    owner.held.append(call)
+                    continue
+                owner.network.current = owner.host
             self.now = max(self.now, when)
             call.called = 1
             self.events += 1
@@ -110,14 +131,14 @@ class HostReactor:
         self.scheduler = network.scheduler
         self.dead = False
         self.paused = False
-        self._held: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self.held: list[DelayedCall] = []  # timers that came due while paused (not yet called)
         self.ends: dict[int, StreamEnd] = {}  # this process's connections, in the order they opened
 
     def seconds(self) -> float:
         return self.scheduler.now
 
     def callLater(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> DelayedCall:  # noqa: N802
-        return self.scheduler.call_later(delay, self._run, fn, args, kwargs)
+        return self.scheduler.call_for(self, delay, fn, args, kwargs)
 
     def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # noqa: N802
         self.callLater(0, fn, *args, **kwargs)
@@ -128,29 +149,19 @@ class HostReactor:
     def getDelayedCalls(self) -> list[DelayedCall]:  # noqa: N802 - IReactorTime; nothing here needs them
         return []
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.dead:
-            return
-        if self.paused:
-            self._held.append((fn, args, kwargs))
-            return
-        self.network.current = self.host
-        fn(*args, **kwargs)
-
     def pause(self) -> None:
         self.paused = True
 
     def resume(self) -> None:
         """Run what came due while paused, in order, as soon as the process runs again."""
         self.paused = False
-        held, self._held = self._held, []
-        for fn, args, kwargs in held:
-            self.callLater(0, fn, *args, **kwargs)
+        held, self.held = self.held, []
+        self.scheduler.release(held)
 
     def kill(self) -> None:
         """kill -9: nothing of this process runs again; its kernel resets every connection."""
         self.dead = True
-        self._held.clear()
+        self.held.clear()
         self.network.unlisten(self)
         for end in list(self.ends.values()):
             end.reset_by_kernel()
@@ -338,6 +349,8 @@ class StreamEnd:
 
     def receive(self, segment: Any) -> None:
         if self.closed:
+            if isinstance(segment, bytes) and self.peer is not None and not self.peer.closed:
+                self.network.send(self, _RST)  # data for a closed socket: its kernel answers a reset
             return
         if self.protocol is None or (self.reading_paused and segment is not _RST):
             self._inbox.append(segment)
@@ -369,18 +382,17 @@ _RST = "RST"
 class Network:
     """Every host's listeners and the streams between them, with the faults of the links.
 
-    ``delay(rng)`` draws a healthy segment's one-way delay; ``drop_rate`` and ``slow`` (extra
-    delay) come from the swarm's choice; ``cut`` holds the pairs of hosts that cannot reach each
-    other (a partition)."""
+    ``delay`` draws a segment's one-way delay; ``netem`` (the netem fault: delay, jitter and loss
+    between ``nodes``) adds to it, a lost segment costing a retransmission timeout; ``cut`` holds
+    the pairs of hosts that cannot reach each other (a partition)."""
 
     def __init__(self, scheduler: Scheduler, rng: random.Random):
         self.scheduler, self.rng = scheduler, rng
         self.listeners: dict[tuple[str, int], Listening] = {}
         self.cut: set[frozenset[str]] = set()
         self.ids = itertools.count()
-        self.drop_rate = 0.0
-        self.reset_rate = 0.0
-        self.slow: dict[str, float] = {}  # host: mean extra delay of each segment it sends or receives
+        self.netem: tuple[float, float, float] | None = None  # (delay s, jitter s, loss fraction)
+        self.nodes: set[str] = set()  # the hosts netem applies between (the nodes', not the checker's)
         self._held: dict[int, StreamEnd] = {}  # ends with segments a partition holds
         self.current = ""  # the host whose code runs now (what its log lines are tagged with)
 
@@ -404,11 +416,11 @@ class Network:
     def delay(self, source: str, target: str) -> float:
         rng = self.rng
         seconds = BASE_DELAY + rng.expovariate(1 / DELAY_TAIL)
-        extra = self.slow.get(source, 0.0) + self.slow.get(target, 0.0)
-        if extra:
-            seconds += rng.expovariate(1 / extra)
-        if self.drop_rate and rng.random() < self.drop_rate:
-            seconds += RETRANSMIT_DELAY * rng.choice((1, 1, 2, 4))
+        if self.netem is not None and source in self.nodes and target in self.nodes:
+            delay, jitter, loss = self.netem
+            seconds += max(0.0, delay + rng.uniform(-jitter, jitter))
+            if loss and rng.random() < loss:
+                seconds += RETRANSMIT_DELAY * rng.choice((1, 1, 2, 4))
         return seconds
 
     # -- listening and connecting -----------------------------------------------------------------
@@ -466,15 +478,8 @@ class Network:
     # -- segments ---------------------------------------------------------------------------------
 
     def send(self, source: StreamEnd, segment: Any) -> None:
-        target = source.peer
-        if target is None:
-            return
-        if self.reset_rate and isinstance(segment, bytes) and self.rng.random() < self.reset_rate:
-            # A middlebox resets the connection: both sides see it lost.
-            self._schedule(target, _RST)
-            source.reactor.callLater(0, source._lost, Failure(error.ConnectionLost()))  # noqa: SLF001
-            return
-        self._schedule(target, segment)
+        if source.peer is not None:
+            self._schedule(source.peer, segment)
 
     def _schedule(self, target: StreamEnd, segment: Any) -> None:
         source_host, target_host = target.remote[0], target.local[0]

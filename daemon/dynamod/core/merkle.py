@@ -47,7 +47,7 @@ def _entry(key: bytes, digest: bytes) -> int:
 class MerkleTree:
     """A fixed-depth hash tree over (key, digest) pairs."""
 
-    __slots__ = ("depth", "_leaves", "_levels")
+    __slots__ = ("depth", "_leaves", "_levels", "_dirty")
 
     def __init__(self, depth: int = DEFAULT_DEPTH):
         if not 1 <= depth <= 24:
@@ -55,6 +55,8 @@ class MerkleTree:
         self.depth = depth
         self._leaves = [0] * (1 << depth)
         self._levels: list[list[bytes]] | None = None
+        #: Leaves changed since ``_levels`` was computed (only their paths to the root are redone).
+        self._dirty: set[int] = set()
 
     @classmethod
     def build(cls, items: Mapping[bytes, bytes], depth: int = DEFAULT_DEPTH) -> MerkleTree:
@@ -76,10 +78,11 @@ class MerkleTree:
             self._leaves[leaf] ^= _entry(key, old_digest)
         if new_digest is not None:
             self._leaves[leaf] ^= _entry(key, new_digest)
-        self._levels = None
+        self._dirty.add(leaf)
 
     def levels(self) -> list[list[bytes]]:
-        """Hashes level by level: ``levels()[0]`` is ``[root]``, the last level the leaves."""
+        """Hashes level by level: ``levels()[0]`` is ``[root]``, the last level the leaves. A list
+        returned before an update is never changed by it (an exchange may still be walking it)."""
         if self._levels is None:
             level = [leaf.to_bytes(16, "big") for leaf in self._leaves]
             levels = [level]
@@ -89,6 +92,23 @@ class MerkleTree:
                 levels.append(level)
             levels.reverse()
             self._levels = levels
+            self._dirty.clear()
+        elif self._dirty:
+            # Only the changed leaves' paths: a write used to cost the whole tree (2**depth leaf
+            # conversions and as many MD5s) at the next exchange of its partition.
+            levels = [list(row) for row in self._levels]
+            changed = self._dirty
+            leaves = levels[-1]
+            for leaf in changed:
+                leaves[leaf] = self._leaves[leaf].to_bytes(16, "big")
+            for depth in range(self.depth - 1, -1, -1):
+                children, row = levels[depth + 1], levels[depth]
+                changed = {index >> 1 for index in changed}
+                for index in changed:
+                    a, b = children[2 * index], children[2 * index + 1]
+                    row[index] = _EMPTY if a == b == _EMPTY else hashlib.md5(a + b).digest()
+            self._levels = levels
+            self._dirty = set()
         return self._levels
 
     def root(self) -> bytes:
