@@ -65,6 +65,20 @@ def test_a_local_cart_run_with_kills_pauses_and_clock_skew_is_valid_and_stored(t
     assert again.returncode == 0, again.stdout + again.stderr
     assert "verdict: valid" in again.stdout and str(run_dir) in again.stdout
 
+    # The simulator, on the same workload, faults and seed, agrees: valid, by the same checkers,
+    # with the same faults run (the same plans: the schedule is the seed's, not the cluster's).
+    simulated = dynacheck("sim", "--workload", "cart", "--nemesis", "kill,pause,clock", "--time-limit", "15",
+                          "--rate", "30", "--concurrency", "10", "--nemesis-interval", "0.5", "--nemesis-duration",
+                          "1", "--seed", "1", "--store", str(tmp_path / "sim"), "--format", "json")
+    sim_report = json.loads(simulated.stdout)
+    assert simulated.returncode == 0, json.dumps(sim_report["checkers"], indent=1)[:3000] + simulated.stderr[-2000:]
+    assert set(sim_report["checkers"]) == set(report["checkers"])
+    sim_ops = [json.loads(line) for line in (Path(sim_report["run_dir"]) / "history.jsonl").read_text().splitlines()]
+    assert {op["f"] for op in sim_ops if op["process"] == "nemesis" and op["f"].startswith("start-")} == started
+    real_test = json.loads((run_dir / "test.json").read_text())
+    sim_test = json.loads((Path(sim_report["run_dir"]) / "test.json").read_text())
+    assert sim_test["fault_schedule"] == real_test["fault_schedule"]
+
 
 def test_a_local_run_with_corrupt_files_and_lost_power_keeps_every_acknowledged_add(tmp_path):
     if os.geteuid() != 0 or not Path("/dev/fuse").exists():

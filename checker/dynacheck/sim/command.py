@@ -37,6 +37,8 @@ def _options(params: dict[str, Any], seed: int) -> Any:
     return Options(workload=params["workload"], nemesis=params["faults"], time_limit=params["time_limit"],
                    concurrency=params["concurrency"], rate=params["rate"], keys=params["keys"], mode=params["mode"],
                    n=params["n"], r=params["r"], w=params["w"], seed=seed, local=params["nodes"],
+                   nemesis_interval=params["nemesis_interval"] or 5.0,
+                   nemesis_duration=params["nemesis_duration"] or 5.0,
                    store=params["store"], name=params["name"] or f"sim-{params['workload']}-{params['mode']}")
 
 
@@ -49,8 +51,9 @@ def _one(params: dict[str, Any], seed: int, checkers: tuple[str, ...] | None, ke
     if swarm is not None:
         import attrs
 
-        options = attrs.evolve(options, nemesis=swarm.nemesis, nemesis_interval=swarm.nemesis_interval,
-                               nemesis_duration=swarm.nemesis_duration)
+        options = attrs.evolve(options, nemesis=swarm.nemesis,  # what the command gave explicitly stays
+                               nemesis_interval=params["nemesis_interval"] or swarm.nemesis_interval,
+                               nemesis_duration=params["nemesis_duration"] or swarm.nemesis_duration)
     started = time.perf_counter()
     run_dir, results, code = run_sim(options, swarm, checkers=checkers)
     seconds = round(time.perf_counter() - started, 3)
@@ -76,6 +79,9 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
              f"--nemesis {params['nemesis']}", f"--time-limit {params['time_limit']:g}",
              f"--concurrency {params['concurrency']}", f"--rate {params['rate']:g}", f"--keys {params['keys']}",
              f"--mode {params['mode']}", f"--n {params['n']} --r {params['r']} --w {params['w']}"]
+    for name in ("nemesis_interval", "nemesis_duration"):
+        if params[name] is not None:
+            parts.append(f"--{name.replace('_', '-')} {params[name]:g}")
     return " ".join(parts)
 
 
@@ -89,6 +95,10 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
                    "of partition, clock, kill, pause, netem, disk, power")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True,
               help="simulated seconds of workload")
+@click.option("--nemesis-interval", type=click.FloatRange(0.1, 3600), default=None,
+              help="seconds between faults [default: 5; with swarm, the seed's choice]")
+@click.option("--nemesis-duration", type=click.FloatRange(0.1, 3600), default=None,
+              help="seconds each fault lasts [default: 5; with swarm, the seed's choice]")
 @click.option("--concurrency", type=click.IntRange(1, 200), default=5, show_default=True, help="client threads")
 @click.option("--rate", type=click.FloatRange(0.1, 10000), default=10, show_default=True, help="ops/s, all clients")
 @click.option("--keys", type=click.IntRange(1, 10000), default=5, show_default=True, help="key space size")
@@ -104,7 +114,8 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
 @click.option("--name", help="test name in the store (default: sim-WORKLOAD-MODE)")
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def sim(seed: int | None, seeds: int | None, nodes: int, workload: str, nemesis: str, time_limit: float,
-        concurrency: int, rate: float, keys: int, mode: str, replicas: int, read_quorum: int, write_quorum: int,
+        nemesis_interval: float | None, nemesis_duration: float | None, concurrency: int, rate: float, keys: int,
+        mode: str, replicas: int, read_quorum: int, write_quorum: int,
         jobs: int | None, keep_all: bool, store: str, name: str | None, output: str) -> None:
     """Simulate the whole cluster in this process (real nodes, simulated network, disk and clock):
     deterministic runs from seeds, a failing one replayed by its seed."""
@@ -120,7 +131,9 @@ def sim(seed: int | None, seeds: int | None, nodes: int, workload: str, nemesis:
                                f"(choose swarm, none or among {', '.join(SIM_FAULTS)})")
     _ensure_fixed_hash_seed()
     params = {"nodes": nodes, "workload": workload, "nemesis": nemesis, "faults": faults, "swarm": swarm,
-              "time_limit": time_limit, "concurrency": concurrency, "rate": rate, "keys": keys, "mode": mode,
+              "time_limit": time_limit, "nemesis_interval": nemesis_interval,
+              "nemesis_duration": nemesis_duration, "concurrency": concurrency, "rate": rate, "keys": keys,
+              "mode": mode,
               "n": replicas, "r": read_quorum, "w": write_quorum, "store": store, "name": name, "keep_all": keep_all}
     if seeds is None:
         from dynacheck.cli import print_summary
