@@ -179,6 +179,7 @@ class Node(service.MultiService):
             read_batches=max(1, config.read_threads),
             on_corrupt=lambda key: self.metrics.corrupt_records.inc(),
             on_fatal=self._storage_failed,
+            clock=reactor.seconds,
         )
         self.writer = Coalescer(reactor)
         self.admission = AdmissionControl(config.background_rate, config.background_latency_target)

@@ -101,3 +101,31 @@ def test_a_search_finds_a_planted_reconciliation_bug_within_a_few_seeds(tmp_path
     assert found, f"the planted bug survived {PLANTED_BUG_SEEDS} seeds"
     seed, siblings = found[0]
     assert siblings["valid"] is False and siblings["lost_count"] > 0  # acknowledged adds it lost, named
+
+
+def test_no_node_code_reads_the_real_clock_in_a_simulated_run(tmp_path, monkeypatch):
+    # Real time would make a run depend on the machine (and its history on the CPU's speed): every
+    # clock a node reads must be the simulated one it was given.
+    import time
+    import traceback
+
+    from dynacheck.runner import Options
+    from dynacheck.sim.command import VERDICT_CHECKERS
+    from dynacheck.sim.run import run_sim
+
+    readers = []
+    for name in ("time", "monotonic", "perf_counter", "monotonic_ns", "time_ns"):
+        real = getattr(time, name)
+
+        def guarded(*args, real=real, name=name):
+            caller = traceback.extract_stack(limit=2)[0]
+            if "/dynamod/" in caller.filename:
+                readers.append(f"{name} from {caller.filename}:{caller.lineno}")
+            return real(*args)
+
+        monkeypatch.setattr(time, name, guarded)
+    options = Options(workload="cart", nemesis=("kill", "partition", "clock"), time_limit=8, seed=2, local=3,
+                      rate=10, concurrency=5, store=str(tmp_path), nemesis_interval=1.0, nemesis_duration=1.0)
+    _, results, _ = run_sim(options, None, checkers=VERDICT_CHECKERS)
+    assert results["valid"] is True
+    assert readers == []

@@ -294,8 +294,10 @@ def run_sim(options: Options, swarm: Swarm | None, stream: Any = None,
 
     @provider(ILogObserver)
     def failures(event: dict[str, Any]) -> None:
-        if event.get("log_failure") is not None or event.get("log_level") in (LogLevel.error, LogLevel.critical):
-            errors.append(f"{test.sim.network.current}: {formatEvent(event)}"[:500])
+        failure = event.get("log_failure")
+        if failure is not None or event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            cause = f" ({failure.type.__name__}: {failure.getErrorMessage()})" if failure is not None else ""
+            errors.append(f"{test.sim.network.current}: {formatEvent(event).strip()}{cause}"[:500])
 
     globalLogPublisher.addObserver(failures)
     crashed = None
@@ -316,12 +318,11 @@ def run_sim(options: Options, swarm: Swarm | None, stream: Any = None,
         globalLogPublisher.removeObserver(failures)
         test.sim.stop_all()
         test.history.close()
-    # Exceptions that escaped a timer or a delivery (a reactor would log them) make the run invalid;
-    # logged failures are kept for the reader (the checker's own dropped Deferreds log there too).
-    daemon_errors = test.errors
+    # An exception that escaped a timer or a delivery (what a reactor logs as unhandled), a failure
+    # a node logged and an error no Deferred handled make the run invalid: a correct node has none.
+    daemon_errors = test.errors + errors
     test.test.update(crashed=crashed, problems=test.problems, daemon_errors=daemon_errors[:50],
-                     logged_failures=errors[:50], simulated_seconds=round(test.sim.scheduler.now, 3),
-                     events=test.sim.scheduler.events)
+                     simulated_seconds=round(test.sim.scheduler.now, 3), events=test.sim.scheduler.events)
     test.save_test()
     checked = check_all(test.test, test.history.ops, run_dir, **({"names": checkers} if checkers else {}))
     results = judge(test.test, test.history.ops, checked)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -196,7 +195,7 @@ class Api:
     def handle(self, request: HttpRequest) -> HttpResponse | defer.Deferred:
         """Answer one request (the ``HttpProtocol`` handler)."""
         op, handler = self._route(request)
-        started = time.perf_counter()
+        started = self.node.reactor.seconds()
         auth = self.node.auth
         if auth is not None:
             refusal = auth.refusal(op, request.client, request.headers.get(b"authorization"))
@@ -244,7 +243,7 @@ class Api:
         histogram = self._histograms.get(op)
         if histogram is None:
             histogram = self._histograms[op] = self.node.metrics.latency.labels(op)
-        elapsed = time.perf_counter() - started
+        elapsed = self.node.reactor.seconds() - started
         histogram.observe(elapsed)
         if op in FOREGROUND:
             self.node.admission.observe_latency(elapsed)

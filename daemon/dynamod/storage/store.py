@@ -77,8 +77,10 @@ class Store:
                  flusher: Runner = run_synchronously, housekeeper: Runner = run_synchronously,
                  read_batches: int = 2, on_batch: Callable[[int, float], None] | None = None,
                  on_corrupt: Callable[[bytes], None] = lambda key: None,
-                 on_fatal: Callable[[str], None] = lambda reason: None):
+                 on_fatal: Callable[[str], None] = lambda reason: None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.engine = engine
+        self._clock = clock  # times the flush batches (the node's reactor clock)
         self.node_id = node_id
         self._reader = reader
         self._flusher = flusher
@@ -288,13 +290,13 @@ class Store:
         batch, self._unflushed = self._unflushed, []
         self.batches += 1
         self.updates += len(batch)
-        started = time.perf_counter()
+        started = self._clock()
         running = self._flusher(self.engine.flush)
         self._in_flight = running
 
         def flushed(_: Any) -> None:
             if self._on_batch is not None:
-                self._on_batch(len(batch), time.perf_counter() - started)
+                self._on_batch(len(batch), self._clock() - started)
             for result, waiter in batch:
                 waiter.callback(result)
 
