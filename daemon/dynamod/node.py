@@ -132,10 +132,11 @@ class Node(service.MultiService):
 
     def __init__(self, config: NodeConfig, reactor: Any, engine: StorageEngine | None = None, *,
                  wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 workers: Callable[[int, str], Any] | None = None):
+                 workers: Callable[[int, str], Any] | None = None, state_file: StateFile | None = None):
         """``wall_clock`` stamps versions and status (the reactor's clock runs the timers),
         ``rng`` picks gossip partners, ``workers(count, name)`` makes the pools that read, flush and
-        keep house (threads by default): the simulator (``dynacheck sim``) gives its own three."""
+        keep house (threads by default), ``state_file`` keeps the cluster state (by default a file
+        in the data dir, none for the memory engine): the simulator (``dynacheck sim``) gives its own."""
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -159,7 +160,8 @@ class Node(service.MultiService):
                           salvaged=recovery["salvaged_keys"], incarnation=self.engine.incarnation)
         #: Called once the storage has failed as a whole (the default ends the process).
         self.on_storage_failure: Callable[[str], None] = exit_at_once
-        state_file = StateFile(os.path.join(config.data_dir, STATE_FILE)) if config.engine == "bdb" else None
+        if state_file is None and config.engine == "bdb":
+            state_file = StateFile(os.path.join(config.data_dir, STATE_FILE))
         state = initial_state(config, state_file)
         if state.status_of(self.node_id) == LEFT:
             raise ValueError(f"{self.node_id} has left its cluster (see {STATE_FILE} in {config.data_dir}); "

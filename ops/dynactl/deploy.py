@@ -477,11 +477,16 @@ def cluster_health(host: Host, expected: list[str]) -> tuple[bool, str]:
         return False, f"{host.name} does not answer ({exc})"
     finally:
         client.close()
+    return health_of(host.name, status, transfers, expected)
+
+
+def health_of(name: str, status: dict[str, Any], transfers: dict[str, Any], expected: list[str]) -> tuple[bool, str]:
+    """``cluster_health``'s verdict from a node's ``/admin/status`` and ``/admin/transfers`` (pure)."""
     seen = {m["id"]: m["status"] for m in status.get("members", [])}
-    not_up = [name for name in expected if seen.get(name) != "up" and name != status.get("node")]
+    not_up = [member for member in expected if seen.get(member) != "up" and member != status.get("node")]
     if not_up:
-        views = ", ".join(f"{name} {seen.get(name, 'absent')}" for name in not_up)
-        return False, f"{host.name} sees {views}"
+        views = ", ".join(f"{member} {seen.get(member, 'absent')}" for member in not_up)
+        return False, f"{name} sees {views}"
     if not transfers.get("settled", True):
         pending = sum(m.get("pending_keys") or 0 for m in transfers.get("members", []))
         return False, f"{pending} keys still to transfer"

@@ -60,9 +60,9 @@ def test_a_seed_search_prints_its_rate_and_keeps_only_the_runs_that_were_not_val
 
 
 def test_a_fault_the_simulator_cannot_inject_is_a_usage_error(tmp_path):
-    done = subprocess.run([*SIM, "--nemesis", "membership", "--store", str(tmp_path)], capture_output=True,
+    done = subprocess.run([*SIM, "--nemesis", "corrupt", "--store", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 2 and "cannot inject membership" in done.stderr
+    assert done.returncode == 2 and "cannot inject corrupt" in done.stderr
 
 
 def _reconcile_keeping_one_of_concurrent_versions(*sibling_sets):

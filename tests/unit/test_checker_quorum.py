@@ -259,6 +259,15 @@ def test_a_bridge_node_reaches_both_halves_and_each_half_reaches_the_rest_throug
     assert quorum.within_two_hops({"n1": [], "n2": ["n3"], "n3": ["n2"]}, "n2") == {"n1", "n2", "n3"}
 
 
+def test_a_node_the_grudge_does_not_name_is_reachable_a_member_that_joined_after_the_plan():
+    # Found by ``dynacheck sim`` (seed 9 of a swarm with partition and membership): n4 joined after
+    # the partition of n1 was planned over n1..n3, so no rule drops n4's packets and n1 wrote to it.
+    joined = {**CUT_TEST, "spare_nodes": ["n4", "n5"]}
+    result = quorum.check(joined, cut_off_history("n1"))
+    assert result["cut_off_count"] == 0 and result["valid"] is True
+    assert quorum.within_two_hops({"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]}, "n1", {"n4"}) == {"n1", "n2", "n3", "n4"}  # through n4
+
+
 def test_the_cut_off_rule_holds_whatever_r_and_w():
     result = quorum.check({**CUT_TEST, "r": 1, "w": 1}, cut_off_history("n1"))
     assert result["applies"] is False and result["cut_off_count"] == 0  # one node suffices for W=1

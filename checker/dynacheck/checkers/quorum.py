@@ -40,6 +40,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import defaultdict
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from dynacheck.checkers.faults import nemesis_busy, read_nemesis
@@ -137,8 +138,10 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
     with gc_paused():
         end = index.end
         log = read_nemesis(index.ops_of(NEMESIS))
+        # Every node of the run: one that joined after a partition was planned is in no grudge.
+        nodes = {*(test.get("nodes") or ()), *(test.get("spare_nodes") or ())}
         cut_count, cut_samples, cut_judged = cut_off(index.client_pairs, r, w,
-                                                     partition_intervals(index.ops_of(NEMESIS), end))
+                                                     partition_intervals(index.ops_of(NEMESIS), end), nodes)
     base.update(cut_off_count=cut_count, cut_off_judged=cut_judged, cut_off=cut_samples)
     if r + w <= n:
         return {"valid": not cut_count, "applies": False, **base,
@@ -206,17 +209,22 @@ def neighbours(grudge: dict[str, list[str]], node: str, everyone: set[str]) -> s
             if other != node and other not in grudge.get(node, ()) and node not in grudge.get(other, ())}
 
 
-def within_two_hops(grudge: dict[str, list[str]], node: str) -> set[str]:
-    """The nodes ``node`` can reach directly or through one other node under ``grudge`` (pure)."""
-    everyone = set(grudge) | {node}
+def within_two_hops(grudge: dict[str, list[str]], node: str, others: Iterable[str] = ()) -> set[str]:
+    """The nodes ``node`` can reach directly or through one other node under ``grudge`` (pure).
+    ``others``: nodes the grudge may not name (one that joined after the partition was planned
+    exchanges packets with everyone: no rule drops its traffic)."""
+    everyone = set(grudge) | {node} | set(others)
     first = neighbours(grudge, node, everyone)
     return {node} | first | {far for near in first for far in neighbours(grudge, near, everyone)}
 
 
 def cut_off(client_pairs: list[tuple[Op, Op | None]], r: int, w: int,
-            intervals: list[tuple[int, int, dict[str, list[str]]]]) -> tuple[int, list[dict[str, Any]], int]:
+            intervals: list[tuple[int, int, dict[str, list[str]]]],
+            nodes: Iterable[str] = ()) -> tuple[int, list[dict[str, Any]], int]:
     """Ok writes (reads) served, for their whole duration, by a node that could reach fewer than W
-    (R) nodes: (count, samples, ops judged). ``client_pairs``: the client ops' (invoke, completion)."""
+    (R) nodes: (count, samples, ops judged). ``client_pairs``: the client ops' (invoke, completion);
+    ``nodes``: every node of the run (members and spares), the grudges' or not."""
+    nodes = frozenset(nodes)
     if not intervals:
         return 0, [], 0
     starts = [start for start, _, _ in intervals]
@@ -231,7 +239,7 @@ def cut_off(client_pairs: list[tuple[Op, Op | None]], r: int, w: int,
             continue
         node = completion.get("node", invoke.get("node"))
         judged += 1
-        reach = within_two_hops(intervals[index][2], node)
+        reach = within_two_hops(intervals[index][2], node, nodes)
         if len(reach) < needed:
             count += 1
             if len(samples) < SAMPLE:

@@ -151,6 +151,8 @@ class MembershipFault(Fault):
         self.losses = losses
         self.retry_seconds, self.settle_seconds, self.down_seconds = retry_seconds, settle_seconds, down_seconds
         self.timeout, self.clock, self.sleep = timeout, clock, sleep
+        #: ``(host, expected members) -> (healthy, why not)``: how a settling change checks a member.
+        self.health: Callable[[Any, list[str]], tuple[bool, str]] = cluster_health
         #: The membership the plan has reached (advanced by ``planned`` for each fault of the schedule).
         self.roster = Roster(members=tuple(cluster.ids), spares=tuple(sorted(cluster.spare_ids)),
                              floor=len(cluster.ids))
@@ -387,7 +389,7 @@ class MembershipFault(Fault):
         answered = 0
         members = self.cluster.ids
         for node in members:
-            healthy, why = cluster_health(self.cluster.host(node), [])
+            healthy, why = self.health(self.cluster.host(node), [])
             try:
                 status = self._ask(node, lambda client: client.status())
             except (ClientError, NodeUnavailable):

@@ -15,11 +15,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from twisted.logger import Logger
 
 from dynacheck.sim.disk import SimEngine, SimWorkers
 from dynacheck.sim.world import HostReactor, Network, Scheduler
 from dynamod.config import NodeConfig, build_config
+from dynamod.core.membership import ClusterState, state_from_wire, state_to_wire
 from dynamod.node import Node
 
 #: The wall clock's reading at simulated time 0 (a plausible date: version timestamps look real).
@@ -35,21 +37,44 @@ def host_of(index: int) -> str:
     return f"10.0.0.{index}"
 
 
+class SimStateFile:
+    """The node's cluster-state file on its simulated disk (``dynamod.gossip.StateFile``'s contract:
+    a save is durable when it returns; the state goes with the disk)."""
+
+    def __init__(self, node: str):
+        self.path = f"/sim/{node}/cluster-state.msgpack"
+        self._saved: bytes | None = None
+
+    def load(self, partitions: int) -> ClusterState | None:
+        if self._saved is None:
+            return None
+        return state_from_wire(msgpack.unpackb(self._saved, raw=False), partitions)
+
+    def save(self, state: ClusterState) -> None:
+        self._saved = msgpack.packb(state_to_wire(state), use_bin_type=True)
+
+
 class SimCluster:
-    """``size`` nodes ``n1..nSIZE`` with ``settings`` (node.toml keys) and the streams of ``rng``."""
+    """``size`` members ``n1..nSIZE`` and ``spares`` more nodes (which start alone and may join),
+    with ``settings`` (node.toml keys), every random stream from ``seed``."""
 
     log = Logger()
 
-    def __init__(self, size: int, settings: dict[str, Any], seed: int, on_error: Callable[[str, BaseException], None]):
+    def __init__(self, size: int, settings: dict[str, Any], seed: int, on_error: Callable[[str, BaseException], None],
+                 spares: int = 0):
         self.rng = random.Random(f"{seed}-world")
         self.scheduler = Scheduler(on_error=lambda exc: on_error(self.current_host(), exc))
         self.network = Network(self.scheduler, random.Random(f"{seed}-network"))
-        self.ids = [f"n{i}" for i in range(1, size + 1)]
+        self.ids = [f"n{i}" for i in range(1, size + spares + 1)]
+        self.founders = self.ids[:size]
+        #: Nodes whose configuration names themselves alone (spares: they start alone and join).
+        self.alone = set(self.ids[size:])
         self.hosts = {node: host_of(i) for i, node in enumerate(self.ids, start=1)}
         self.network.nodes = set(self.hosts.values())
         self.settings = settings
         self.seed = seed
         self.engines = {node: SimEngine(self._incarnation()) for node in self.ids}
+        self.states = {node: SimStateFile(node) for node in self.ids}
         self.offsets: dict[str, float] = {node: 0.0 for node in self.ids}
         self.reactors: dict[str, HostReactor] = {}
         self.nodes: dict[str, Node | None] = {node: None for node in self.ids}
@@ -68,7 +93,7 @@ class SimCluster:
 
     def config(self, node: str) -> NodeConfig:
         members = [{"id": other, "peer": f"{self.hosts[other]}:{PEER_PORT}", "http": f"{self.hosts[other]}:{HTTP_PORT}"}
-                   for other in self.ids]
+                   for other in ([node] if node in self.alone else self.founders)]
         return build_config({**self.settings, "node_id": node, "engine": "memory", "data_dir": f"/sim/{node}",
                              "peer": f"{self.hosts[node]}:{PEER_PORT}", "http": f"{self.hosts[node]}:{HTTP_PORT}",
                              "members": members})
@@ -90,7 +115,8 @@ class SimCluster:
         previous, self.network.current = self.network.current, self.hosts[node]
         try:
             process = Node(self.config(node), reactor, self.engines[node], wall_clock=self.wall_clock(node), rng=rng,
-                           workers=lambda count, name: SimWorkers(reactor, count, rng, workers[name]))
+                           workers=lambda count, name: SimWorkers(reactor, count, rng, workers[name]),
+                           state_file=self.states[node])
             process.on_storage_failure = lambda reason: self.kill(node)
             process.on_departed = lambda: self.kill(node)
             process.startService()
@@ -117,6 +143,16 @@ class SimCluster:
     def lose_disk(self, node: str) -> None:
         """An empty disk in place of the node's (it must be down): a new incarnation starts on it."""
         self.engines[node] = SimEngine(self._incarnation())
+        self.states[node] = SimStateFile(node)
+
+    def make_spare(self, node: str) -> None:
+        """Stop the node and empty its disk: it starts alone next time (and may join)."""
+        self.kill(node)
+        self.lose_disk(node)
+        self.alone.add(node)
+
+    def is_running(self, node: str) -> bool:
+        return self.nodes[node] is not None
 
     def running(self) -> list[str]:
         return [node for node in self.ids if self.nodes[node] is not None]

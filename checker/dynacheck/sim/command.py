@@ -54,6 +54,12 @@ def _one(params: dict[str, Any], seed: int, checkers: tuple[str, ...] | None, ke
         options = attrs.evolve(options, nemesis=swarm.nemesis,  # what the command gave explicitly stays
                                nemesis_interval=params["nemesis_interval"] or swarm.nemesis_interval,
                                nemesis_duration=params["nemesis_duration"] or swarm.nemesis_duration)
+    if "membership" in options.nemesis:  # the pool of spare nodes it joins from (dynacheck run's default)
+        import attrs
+
+        from dynacheck.nemeses import DEFAULT_SPARES
+
+        options = attrs.evolve(options, spares=DEFAULT_SPARES)
     started = time.perf_counter()
     run_dir, results, code = run_sim(options, swarm, checkers=checkers)
     seconds = round(time.perf_counter() - started, 3)
@@ -92,7 +98,7 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
 @click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
 @click.option("--nemesis", default="swarm", show_default=True,
               help="swarm (each seed picks its faults among all the simulator has), none, or a comma-separated list "
-                   "of partition, clock, kill, pause, netem, disk, power")
+                   "of partition, clock, kill, pause, netem, disk, power, membership")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True,
               help="simulated seconds of workload")
 @click.option("--nemesis-interval", type=click.FloatRange(0.1, 3600), default=None,

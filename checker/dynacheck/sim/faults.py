@@ -11,38 +11,26 @@ from typing import Any
 
 from dynacheck.nemesis import Fault
 from dynacheck.nemesis.clock import ClockFault
+from dynacheck.nemesis.membership import MembershipFault
 from dynacheck.nemesis.network import NetemFault, PartitionFault
 from dynacheck.nemesis.process import KillFault, PauseFault
 from dynacheck.nemesis.storage import DataLoss, DiskFault, PowerFault, Skipped
 from dynacheck.sim.cluster import SimCluster
+from dynacheck.sim.db import SimDb
 from dynactl.remote import HostResult
 
 #: The faults the simulator can inject (``--nemesis``; a swarm picks among them).
-SIM_FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power")
+SIM_FAULTS = ("partition", "clock", "kill", "pause", "netem", "disk", "power", "membership")
 
 
 def done(nodes: list[str]) -> dict[str, HostResult]:
     return {node: HostResult(host=node, ok=True) for node in nodes}
 
 
-class SimDb:
-    """What the real faults' plans and the data-loss budget read of a cluster."""
-
-    def __init__(self, sim: SimCluster):
-        self.sim = sim
-        self.ids = list(sim.ids)
-        self.spare_ids: list[str] = []
-
-    def statuses(self, timeout: float = 0.0, nodes: list[str] | None = None) -> dict[str, dict[str, Any] | str]:
-        """Each running node's status document, read in-process (the nemesis's view)."""
-        return {node: (process.status() if (process := self.sim.nodes[node]) is not None else "down")
-                for node in (nodes or self.ids)}
-
-
 class SimPartition(PartitionFault):
     def __init__(self, db: SimDb):
         Fault.__init__(self, db, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def setup(self) -> dict[str, HostResult]:
         return {}
@@ -55,7 +43,7 @@ class SimPartition(PartitionFault):
 
     def heal(self) -> dict[str, HostResult]:
         self.sim.network.heal()
-        return done(self.sim.ids)
+        return done(self.db.ids)
 
     def teardown(self) -> dict[str, HostResult]:
         return {}
@@ -66,21 +54,21 @@ class SimNetem(NetemFault):
 
     def __init__(self, db: SimDb):
         Fault.__init__(self, db, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         self.sim.network.netem = (value["delay_ms"] / 1000, value["jitter_ms"] / 1000, value["loss_percent"] / 100)
-        return done(self.sim.ids)
+        return done(self.db.ids)
 
     def heal(self) -> dict[str, HostResult]:
         self.sim.network.netem = None
-        return done(self.sim.ids)
+        return done(self.db.ids)
 
 
 class SimClock(ClockFault):
     def __init__(self, db: SimDb):
         super().__init__(db, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
         self._strobes: list[Any] = []
 
     def setup(self) -> dict[str, HostResult]:
@@ -110,13 +98,14 @@ class SimClock(ClockFault):
                 call.cancel()
         self._strobes.clear()
         self.sim.offsets.update(dict.fromkeys(self.sim.offsets, 0.0))
-        return done(self.sim.ids)
+        return done(self.db.ids)
 
 
 class _Restarts:
     """kill -9 on start; a new process on the same disk when the fault stops; heal starts every member."""
 
     sim: SimCluster
+    db: SimDb
 
     def kill(self, nodes: list[str]) -> dict[str, HostResult]:
         for node in nodes:
@@ -129,7 +118,7 @@ class _Restarts:
         return done(value["nodes"])
 
     def heal(self) -> dict[str, HostResult]:
-        down = [node for node in self.sim.ids if self.sim.nodes[node] is None]
+        down = [node for node in self.db.ids if self.sim.nodes[node] is None]
         for node in down:
             self.sim.start(node)
         return done(down)
@@ -138,7 +127,7 @@ class _Restarts:
 class SimKill(_Restarts, KillFault):
     def __init__(self, db: SimDb):
         KillFault.__init__(self, db, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         return self.kill(value["nodes"])
@@ -147,7 +136,7 @@ class SimKill(_Restarts, KillFault):
 class SimPower(_Restarts, PowerFault):
     def __init__(self, db: SimDb, losses: DataLoss):
         PowerFault.__init__(self, db, losses, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def prepare(self) -> dict[str, HostResult]:
         return {}
@@ -162,7 +151,7 @@ class SimPower(_Restarts, PowerFault):
 class SimDisk(_Restarts, DiskFault):
     def __init__(self, db: SimDb, losses: DataLoss):
         DiskFault.__init__(self, db, losses, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         self.losses.check()  # raises Skipped while an earlier loss is not known repaired
@@ -176,7 +165,7 @@ class SimDisk(_Restarts, DiskFault):
 class SimPause(PauseFault):
     def __init__(self, db: SimDb):
         Fault.__init__(self, db, observer=None)  # type: ignore[arg-type]
-        self.sim = db.sim
+        self.sim, self.db = db.sim, db
 
     def start(self, value: dict[str, Any]) -> dict[str, HostResult]:
         for node in value["nodes"]:
@@ -189,22 +178,35 @@ class SimPause(PauseFault):
         return done(value["nodes"])
 
     def heal(self) -> dict[str, HostResult]:
-        for node in self.sim.ids:
+        for node in self.sim.ids:  # spares too: a node paused as a member may have left since
             self.sim.resume(node)
-        return done(self.sim.ids)
+        return done(self.db.ids)
 
 
-def sim_faults(names: tuple[str, ...], sim: SimCluster) -> dict[str, Fault]:
-    """The simulated faults for ``names`` (ValueError for one the simulator cannot inject)."""
+def membership_fault(db: SimDb, losses: DataLoss) -> MembershipFault:
+    """The real membership nemesis (joins, leaves, replacements, removals, each waited on until it
+    settles) on the simulated cluster: its waits run the world forward. While it waits, no new
+    client op starts (ops in flight go on): the interpreter waits for the nemesis op, as no thread
+    can run beside it."""
+    sim = db.sim
+    fault = MembershipFault(db, losses, clock=sim.scheduler.seconds,  # type: ignore[arg-type]
+                            sleep=lambda seconds: sim.scheduler.run_until(sim.scheduler.now + seconds))
+    fault.health = db.health  # type: ignore[assignment]
+    fault._client = lambda node: db.client(node, fault.timeout)  # type: ignore[method-assign]  # noqa: SLF001
+    return fault
+
+
+def sim_faults(names: tuple[str, ...], db: SimDb) -> dict[str, Fault]:
+    """The simulated faults for ``names`` (``membership`` last, as ``make_faults`` orders them;
+    ValueError for one the simulator cannot inject)."""
     unknown = [name for name in names if name not in SIM_FAULTS]
     if unknown:
         raise ValueError(f"the simulator cannot inject {', '.join(unknown)} (it can: {', '.join(SIM_FAULTS)})")
-    db = SimDb(sim)
-    losses = DataLoss(db, clock=sim.scheduler.seconds)  # type: ignore[arg-type]
+    losses = DataLoss(db, clock=db.sim.scheduler.seconds)  # type: ignore[arg-type]
     makers = {"partition": lambda: SimPartition(db), "clock": lambda: SimClock(db), "kill": lambda: SimKill(db),
               "pause": lambda: SimPause(db), "netem": lambda: SimNetem(db), "disk": lambda: SimDisk(db, losses),
-              "power": lambda: SimPower(db, losses)}
-    return {name: makers[name]() for name in names}
+              "power": lambda: SimPower(db, losses), "membership": lambda: membership_fault(db, losses)}
+    return {name: makers[name]() for name in sorted(names, key=lambda name: name == "membership")}
 
 
 __all__ = ["SIM_FAULTS", "SimDb", "Skipped", "sim_faults"]

@@ -11,11 +11,10 @@ seed and code give the same history byte for byte (``PYTHONHASHSEED`` is fixed b
 
 from __future__ import annotations
 
-import contextlib
 import io
 import random
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,9 @@ from dynacheck.interpreter import Runtime, complete, invocation, run
 from dynacheck.progress import Progress
 from dynacheck.runner import MONITOR_INTERVAL, Options, Test, _replica_poll, node_config
 from dynacheck.sim.cluster import SimCluster
+from dynacheck.sim.db import SimDb
 from dynacheck.sim.faults import SIM_FAULTS, sim_faults
-from dynacheck.sim.http import SimHttpClient
 from dynacheck.verdict import exit_code, judge
-from dynamod.client import NodeUnavailable
 
 SECOND = 1_000_000_000
 #: The node settings of a sim run (the runner's test settings: fast repair, short timeouts).
@@ -117,54 +115,6 @@ class SimRuntime(Runtime):
         return done
 
 
-class SimNodeClient:
-    """A node's client for the runner's sequential steps (convergence polls, status snapshots):
-    each call runs the world until its answer."""
-
-    def __init__(self, sim: SimCluster, http: SimHttpClient):
-        self.sim, self.http = sim, http
-
-    def _ask(self, answer: defer.Deferred) -> Any:
-        results: list[Any] = []
-        answer.addBoth(results.append)
-        self.sim.scheduler.run_until(self.sim.scheduler.now + ASK_LIMIT, lambda: bool(results))
-        if not results:
-            raise NodeUnavailable(f"{self.http.address}: no answer in {ASK_LIMIT:g} simulated seconds")
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return results[0]
-
-    def replica(self, key: str) -> Any:
-        return self._ask(self.http.replica(key))
-
-    def status(self) -> Any:
-        return self._ask(self.http.status())
-
-    def ring(self) -> Any:
-        return self._ask(self.http.ring())
-
-
-class SimDbView:
-    """The parts of ``dynacheck.db.Cluster`` the runner's phases use."""
-
-    def __init__(self, sim: SimCluster, timeout: float):
-        self.sim, self.timeout = sim, timeout
-        self.ids = list(sim.ids)
-        self.spare_ids: list[str] = []
-        self.membership_version = 0
-        self.credentials = None
-
-    def addresses(self) -> dict[str, str]:
-        return self.sim.addresses()
-
-    def http(self, node: str, timeout: float | None = None) -> SimHttpClient:
-        return SimHttpClient(self.sim.client_reactor, self.sim.addresses()[node], timeout or self.timeout)
-
-    @contextlib.contextmanager
-    def clients(self, timeout: float) -> Iterator[dict[str, SimNodeClient]]:
-        yield {node: SimNodeClient(self.sim, self.http(node, timeout)) for node in self.ids}
-
-
 class SimTest(Test):
     """The runner's test on a simulated cluster."""
 
@@ -174,12 +124,12 @@ class SimTest(Test):
         self.errors: list[str] = []
         self.sim = SimCluster(options.local or 3, {"mode": options.mode, "n": options.n, "r": options.r,
                                                    "w": options.w, **SIM_NODE_CONFIG, **node_config(options)},
-                              options.seed, self._daemon_error)
-        self.cluster = SimDbView(self.sim, options.client_timeout)  # type: ignore[assignment]
+                              options.seed, self._daemon_error, spares=options.spares)
+        self.cluster = SimDb(self.sim, options.client_timeout)  # type: ignore[assignment]
         if swarm is not None:
             self.test["swarm"] = attrs.asdict(swarm)
-        self.test.update(simulated=True, nodes=self.sim.ids, spare_nodes=[],
-                         node_addresses=self.sim.addresses())
+        self.test.update(simulated=True, nodes=self.cluster.ids, spare_nodes=self.cluster.spare_ids,
+                         node_addresses={node: self.cluster.host(node).http for node in self.sim.ids})
 
     def _daemon_error(self, host: str, exc: BaseException) -> None:
         self.errors.append(f"{host}: {type(exc).__name__}: {exc}")
@@ -194,10 +144,10 @@ class SimTest(Test):
         self.sim.scheduler.run_until(self.sim.scheduler.now + seconds)
 
     def start(self) -> None:
-        for node in self.sim.ids:
+        for node in self.cluster.ids:
             self.sim.start(node)
         self.sleep(2.0)  # connections made, first heartbeats heard
-        self.faults = sim_faults(self.options.nemesis, self.sim)
+        self.faults = sim_faults(self.options.nemesis, self.cluster)
         self.schedule = self.plan_faults()
         self.start_ns = round(self.sim.scheduler.now * SECOND)  # history times count from the workload
 
@@ -213,12 +163,14 @@ class SimTest(Test):
         """The runner's replica monitor: every hot key on every node, one poll after another,
         a round every ``MONITOR_INTERVAL``."""
         clients = {node: self.cluster.http(node, min(1.0, self.options.client_timeout)) for node in self.sim.ids}
-        polls = [(key, node) for key in self.workload.keys for node in self.sim.ids]
+        polls: list[tuple[str, str]] = []
         reactor = self.sim.client_reactor
 
         def poll(index: int) -> None:
             if stop[0]:
                 return
+            if index == 0:  # each round polls the members of the moment
+                polls[:] = [(key, node) for key in self.workload.keys for node in self.cluster.ids]
             if index == len(polls):
                 reactor.callLater(MONITOR_INTERVAL, poll, 0)
                 return
@@ -236,25 +188,36 @@ class SimTest(Test):
         reactor.callLater(MONITOR_INTERVAL, poll, 0)
 
     def _interpret(self, generator: Any, nemesis: bool) -> None:
-        addresses = self.sim.addresses()
-        nodes = self.sim.ids
+        concurrency = self.options.concurrency
         # One kept-alive connection per thread and node, as each thread's DynamoClients keep them.
-        http = {(thread, node): self.cluster.http(node) for thread in range(self.options.concurrency)
-                for node in nodes}
+        http = {(thread, node): self.cluster.http(node) for thread in range(concurrency) for node in self.sim.ids}
         clients: dict[int, Client] = {}
+        versions: dict[int, int] = {}  # the membership each thread's client was built for
 
         def execute(thread: Any, op: Op) -> Any:
             if thread == NEMESIS:
                 return self._nemesis_op(op)
             return _drive(clients[thread].steps(op), lambda ask: getattr(http[thread, ask[0]], ask[1])(*ask[2]))
 
-        for thread in range(self.options.concurrency):
-            clients[thread] = Client(addresses, nodes[thread % len(nodes)], timeout=self.options.client_timeout)
+        def follow_members(thread: int) -> None:
+            """Between two ops of ``thread``: after a membership change its client talks to the
+            members of now, starting where it was if that node is still one (the runner's rule)."""
+            if versions.get(thread) == self.cluster.membership_version:
+                return
+            members = self.cluster.addresses()
+            ids = list(members)
+            old = clients.get(thread)
+            start = old.current_node if old is not None and old.current_node in members else ids[thread % len(ids)]
+            clients[thread] = Client(members, start, timeout=self.options.client_timeout)
+            versions[thread] = self.cluster.membership_version
+
+        for thread in range(concurrency):
+            follow_members(thread)
 
         def record(op: Op) -> Op:
             if op["type"] == INVOKE and isinstance(op.get("process"), int) and not op.get("node"):
-                client = clients[op["process"] % self.options.concurrency]
-                op = {**op, "node": client.current_node}
+                follow_members(op["process"] % concurrency)
+                op = {**op, "node": clients[op["process"] % concurrency].current_node}
             return self.history.append(op)
 
         self.next_process = run(generator, SimRuntime(self.sim, execute, record), self.options.concurrency,
