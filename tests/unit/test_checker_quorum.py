@@ -265,7 +265,8 @@ def test_a_node_the_grudge_does_not_name_is_reachable_a_member_that_joined_after
     joined = {**CUT_TEST, "spare_nodes": ["n4", "n5"]}
     result = quorum.check(joined, cut_off_history("n1"))
     assert result["cut_off_count"] == 0 and result["valid"] is True
-    assert quorum.within_two_hops({"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]}, "n1", {"n4"}) == {"n1", "n2", "n3", "n4"}  # through n4
+    grudge = {"n1": ["n2", "n3"], "n2": ["n1"], "n3": ["n1"]}
+    assert quorum.within_two_hops(grudge, "n1", {"n4"}) == {"n1", "n2", "n3", "n4"}  # n2 and n3 through n4
 
 
 def test_the_cut_off_rule_holds_whatever_r_and_w():

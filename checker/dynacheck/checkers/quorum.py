@@ -39,8 +39,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from dynacheck.checkers.faults import nemesis_busy, read_nemesis
