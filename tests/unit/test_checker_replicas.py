@@ -86,3 +86,14 @@ def test_a_version_forgotten_by_a_truncated_context_is_not_a_loss_but_one_below_
     truncated = replicas.check({**TEST, "max_context_entries": 4}, numbered(ops))
     assert truncated["valid"] is True and truncated["truncated_count"] == 1 and truncated["vanished_count"] == 0
     assert replicas.check({**TEST, "max_context_entries": 64}, numbered(ops))["vanished_count"] == 1
+
+
+def test_a_reaped_tombstone_replaced_by_a_new_write_before_the_next_poll_is_reaped_not_vanished():
+    # Found by ``dynacheck sim`` (seed 106): every replica reaped a cart's tombstone and the next
+    # remove wrote a new one, unaware of it, all between two polls of the monitor.
+    reaped = {**sibling("a", 4), "deleted": True}
+    ops: list = []
+    poll(ops, "n1", 0, [reaped])
+    poll(ops, "n1", 500, [{**sibling("b", 2), "deleted": True}])
+    result = replicas.check(TEST, numbered(ops))
+    assert result["valid"] is True and result["reaped_count"] == 1 and result["vanished_count"] == 0

@@ -28,9 +28,10 @@ A version whose successors on the replica include one whose clock is at the cont
 (``max_context_entries``) may have been forgotten by truncation rather than dropped: counted as
 ``truncated``, not judged (the causality checker's rule).
 
-A replica that held only tombstones and then holds nothing has reaped them (``dynamod.tombstones``:
-a record whose every sibling is a tombstone goes once all replicas hold it): counted as ``reaped``,
-not ``vanished``. A store that reaps too early resurrects removed items, which the siblings checker
+A replica that held only tombstones and then holds none of them has reaped them (``dynamod.tombstones``:
+a record whose every sibling is a tombstone goes once all replicas hold it), maybe written again
+since (by a write whose context could not hold what was reaped): counted as ``reaped``, not
+``vanished``. A store that reaps too early resurrects removed items, which the siblings checker
 judges in the final reads.
 """
 
@@ -148,8 +149,10 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
                     membership_skipped += 1
                     continue
                 judged += 1
-                if not after and before and all(sibling.get("deleted") for sibling in before):
-                    reaped_count += len(before)
+                if before and all(sibling.get("deleted") for sibling in before):
+                    # Reaped, and maybe written again since (a new write's context no longer holds
+                    # what was reaped): only a live version can vanish.
+                    reaped_count += sum(1 for sibling in before if not _seen_by(tuple(sibling.get("dot") or ()), after))
                     continue
                 for sibling in before:
                     dot = tuple(sibling.get("dot") or ())
