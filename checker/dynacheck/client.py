@@ -4,7 +4,8 @@
 context. ``remove`` (cart) is one too: GET, drop the item ``pick`` chooses among those read, PUT the
 rest with the context, or DELETE with the context when nothing would be left; its completion's
 ``value`` is the item, and ``f`` is ``delete`` when it deleted. A remove whose read found no item
-writes nothing and completes ``fail`` (``error`` says so: certainly no write). ``write``
+writes nothing and completes ``fail`` (``error`` says so: certainly no write); a DELETE whose
+outcome is unknown still carries ``read_clock`` (what its tombstone would have seen). ``write``
 (register) is a blind PUT. ``read`` is a GET. What the outcome means:
 
 * a GET that fails means nothing happened: ``fail``;
@@ -235,13 +236,15 @@ class Client:
             else:
                 written = yield node, "write", (op["key"], encode_elements(elements), context)
         except QuorumError as exc:
-            return {"type": INFO, "error": str(exc)}
+            return {"type": INFO, "error": str(exc), **_may_have_deleted(delete, versions)}
         except NodeUnavailable as exc:
             refused = _unreachable_before_sending(exc)
-            return {"type": FAIL if refused else INFO, "error": str(exc), **_refused(exc)}
+            return {"type": FAIL if refused else INFO, "error": str(exc), **_refused(exc),
+                    **({} if refused else _may_have_deleted(delete, versions))}
         except ClientError as exc:
             # A 4xx refused the write; a 5xx may have come after it was stored: unknown.
-            return {"type": FAIL if exc.status < 500 else INFO, "error": str(exc)}
+            return {"type": FAIL if exc.status < 500 else INFO, "error": str(exc),
+                    **(_may_have_deleted(delete, versions) if exc.status >= 500 else {})}
         completion: Op = {"type": OK, "supersedes": [version["dot"] for version in versions if "dot" in version],
                           "read_clock": union_clock(versions)}
         clock = context_clock(written.context)
@@ -256,6 +259,13 @@ class Client:
     def close(self) -> None:
         for connection in self.connections.values():
             connection.close()
+
+
+def _may_have_deleted(delete: bool, versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a DELETE whose outcome is unknown: ``read_clock``, what the tombstone it may have written
+    has seen (its context's clock), so a checker knows which versions it may have superseded
+    (and the nodes then reaped)."""
+    return {"read_clock": union_clock(versions)} if delete else {}
 
 
 def _refused(exc: Exception) -> dict[str, bool]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from dynacheck.history import CONVERGENCE, FAIL, INVOKE, NEMESIS, OK, Op
+from dynacheck.history import CONVERGENCE, FAIL, INFO, INVOKE, NEMESIS, OK, Op
 
 Dot = tuple[str, int]
 Clock = tuple[dict[str, int], frozenset[Dot]]
@@ -107,6 +107,8 @@ class HistoryBuilder:
             if delete:
                 extra["version"]["deleted"] = True
             extra["supersedes"] = [list(d) for d in supersedes]
+            extra["read_clock"] = clock_json(clock_of(seen if read_clock is None else read_clock))
+        elif outcome == INFO and delete:  # what the tombstone it may have written has seen (the client's)
             extra["read_clock"] = clock_json(clock_of(seen if read_clock is None else read_clock))
         self._op(done_ms, type=outcome, f="delete" if delete else "remove", value=element, **common, **extra)
 

@@ -145,6 +145,22 @@ def test_a_version_superseded_by_a_write_whose_answer_was_lost_is_not_dropped():
     assert result["edges"] == 0  # no supersedes known: descent came from the final sibling's clock
 
 
+def test_versions_a_delete_of_unknown_outcome_superseded_may_have_been_reaped_with_it():
+    # Found by ``dynacheck sim`` (seed 143): a cold cart's last remove was a DELETE answered 503;
+    # it had been applied, the nodes reaped the key, and the final reads found nothing at all.
+    def history(delete_outcome: str) -> list:
+        h = HistoryBuilder()
+        h.add(0, "k", 1, 0, 2, dot=A1)
+        h.remove(1, "k", 1, 3, 5, outcome=delete_outcome, delete=True, seen=[A1], dot=None)
+        final_read(h, "k", [])
+        return h.history()
+
+    unknown = causality.check(TEST, history("info"), None)
+    assert unknown["valid"] is True and unknown["reaped_count"] == 1 and unknown["dropped_count"] == 0
+    failed = causality.check(TEST, history("fail"), None)  # certainly not applied: a/1 was lost
+    assert failed["valid"] is False and failed["dropped_count"] == 1
+
+
 def test_a_final_sibling_another_version_has_seen_is_not_maximal():
     h = HistoryBuilder()
     h.add(0, "k", 1, 0, 2, dot=A1)

@@ -31,7 +31,8 @@ reads' contexts count with the final siblings' as what the final state has seen 
 version is a tombstone is read as not found, its context holding the tombstone). Once every owner
 holds only the same tombstones the nodes reap the key, so a final read may find nothing at all: an
 acknowledged version held by no final clock is not ``dropped`` when it is a tombstone, or one whose
-dot a tombstone's clock holds (counted as ``reaped``); a tombstone that was lost instead of reaped
+dot a tombstone's clock holds (counted as ``reaped``), a delete of unknown outcome counting as one
+(its ``read_clock``: it may have happened, then been reaped); a tombstone that was lost instead of reaped
 shows where it matters, as the versions it superseded coming back (``not_maximal``). Tombstones are
 known from the deletes' completions (``version.deleted``) and from replica polls (``deleted``).
 A ``not_maximal`` finding is not judged either when some final sibling's clock is at the bound: a
@@ -48,7 +49,7 @@ from typing import Any
 
 import networkx as nx
 
-from dynacheck.history import CONVERGENCE, OK, HistoryIndex, Op, gc_paused, is_client, pairs
+from dynacheck.history import CONVERGENCE, INFO, OK, HistoryIndex, Op, gc_paused, is_client, pairs
 
 SAMPLE = 50
 #: dynamod's default ``max_context_entries`` (test.json records the run's own).
@@ -148,6 +149,8 @@ class KeyVersions:
         self.truncated = 0
         #: Dots of known tombstones (deletes), and the clocks of the final reads' contexts.
         self.tombstones: set[Dot] = set()
+        #: The clocks of the tombstones deletes of unknown outcome may have written (their ``read_clock``).
+        self.possible_tombstones: list[dict[str, Any]] = []
         self.final_contexts: list[dict[str, Any]] = []
         #: Acknowledged versions held by no final clock but by a tombstone's (or tombstones): reaped.
         self.reaped = 0
@@ -260,7 +263,7 @@ class KeyVersions:
         # A dot is in some final clock iff it is in their union: the vectors' maxima plus the clouds.
         vector, cloud = _union([final.clock for final in finals] + self.final_contexts)
         truncated = any(self._at_bound(final.clock) for final in finals)
-        deleted = _union([self.versions[dot].clock for dot in self.tombstones])
+        deleted = _union([self.versions[dot].clock for dot in self.tombstones] + self.possible_tombstones)
         for dot, version in self.versions.items():
             if version.acked and not version.final and not (dot[1] <= vector.get(dot[0], 0) or dot in cloud):
                 if dot in self.tombstones or dot[1] <= deleted[0].get(dot[0], 0) or dot in deleted[1]:
@@ -323,7 +326,7 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None,
         return found
 
     for invoke, completion in (pairs(history) if index is None else index.pairs):
-        if completion is None or completion["type"] != OK:
+        if completion is None or (completion["type"] != OK and not _possible_delete(completion)):
             continue
         key = str(invoke.get("key"))
         if wanted is not None and key not in wanted:
@@ -342,6 +345,8 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None,
                 kv.observe(sibling, completion["time"], final)
             if final and completion.get("context_clock"):
                 kv.final_contexts.append(completion["context_clock"])
+        elif completion["type"] == INFO:  # a delete that may have happened, and been reaped
+            of(key).possible_tombstones.append(completion["read_clock"])
         elif written := completion.get("version"):
             kv, time = of(key), completion["time"]
             dot = (written["dot"][0], written["dot"][1])
@@ -362,6 +367,11 @@ def analyse(history: list[Op], keys: Iterable[str] | None = None,
                 kv.version(u, time)
                 kv.edges.append((u, dot))
     return per_key
+
+
+def _possible_delete(completion: Op) -> bool:
+    """A DELETE of unknown outcome that says what its tombstone would have seen."""
+    return completion["type"] == INFO and completion.get("f") == "delete" and bool(completion.get("read_clock"))
 
 
 def context_bound(test: dict[str, Any]) -> int:
