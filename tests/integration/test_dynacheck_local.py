@@ -13,7 +13,6 @@ import pytest
 
 from dynacheck.client import Client
 from dynactl.local import port_is_free
-from dynamod.client import DynamoClient
 from dynamod.polling import wait_until
 
 BIN = Path(sys.executable).parent
@@ -161,7 +160,7 @@ def test_outcomes_a_failed_read_is_fail_an_unacknowledged_write_is_info(make_clu
     assert moved["type"] == "ok" and moved["node"] != "n3"  # refused, so tried on the next node
     assert failing_over.current_node == moved["node"]  # and the client stays there
     assert moved["read_clock"]["vector"] or moved["read_clock"]["cloud"]
-    unacknowledged = client.write(DynamoClient(addresses["n1"]), {"f": "write", "key": "cart"}, None, [], [4])
+    unacknowledged = Client(addresses, "n1", timeout=5.0, failover=False)({"f": "write", "key": "cart", "value": 4})
     assert unacknowledged["type"] == "ok"  # W=2 of the two nodes left
     cluster.kill("n2")
     lonely = Client(addresses, "n1", timeout=5.0, failover=False)({"f": "write", "key": "cart", "value": 5})
