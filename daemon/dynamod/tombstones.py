@@ -3,7 +3,9 @@ only once it can no longer be undone by a replica that missed it.
 
 A key whose siblings are all tombstones is a candidate. Its first owner (the others leave it to
 that one) checks, while the cluster is settled (no join or leave moving data, no hinted copies
-waiting), that every owner holds exactly the same tombstones; from then on a grace period runs, and
+waiting), that every owner holds exactly the same tombstones and every other member nothing else
+of the key (a former owner may hold a superseded version it could not hand off yet); from then on
+a grace period runs, and
 after it a second check must find the same again. Only then is each owner told to drop the record
 if it still holds exactly those tombstones (``reap``). A write that arrives meanwhile changes the
 digest, so the reap leaves that replica alone and the key is reconsidered later. The grace period
@@ -30,6 +32,11 @@ def tombstones_only(record: Record | None) -> bool:
     """True when every sibling of the record is a delete (and it is not a fallback copy)."""
     return record is not None and bool(record.siblings) and not record.hints \
         and all(s.deleted for s in record.siblings)
+
+
+def tombstones_only_or_fallback(record: Record) -> bool:
+    """True when every sibling of the record is a delete (held as a fallback copy or not)."""
+    return bool(record.siblings) and all(s.deleted for s in record.siblings)
 
 
 class TombstoneReaper(TimerService):
@@ -145,6 +152,20 @@ class TombstoneReaper(TimerService):
             replies.append(record_digest(record.siblings))
         if len(set(replies)) != 1:
             return None
+        # Every other member must hold nothing of the key but the same tombstones: a former owner
+        # may still hold a version the tombstones superseded, for a transfer its new owner is not
+        # reachable for (so it counts as no pending transfer); delivered after the reap, it would
+        # come back as if never deleted (found by dynacheck sim, seed 128).
+        owners = set(coordinator.replicas(key))
+        for member in sorted(set(coordinator.peers) - owners):
+            try:
+                raw = yield coordinator.peers[member].call("get", [key], timeout)
+                record = decode_stored(key, raw)
+            except Exception:  # noqa: BLE001 - unreachable or unreadable: the key waits for another round
+                return None
+            if record is not None and (not tombstones_only_or_fallback(record)
+                                       or record_digest(record.siblings) != replies[0]):
+                return None
         return replies[0]
 
     def _reap(self, key: bytes, digest: bytes) -> defer.Deferred:

@@ -14,8 +14,8 @@ from tests.sim import fired, make_cluster
 GRACE = 10.0
 
 
-def cluster(settled=lambda: True, admit=lambda cost: True, batch=100):
-    network, clock = make_cluster(size=3, n=3)
+def cluster(settled=lambda: True, admit=lambda cost: True, batch=100, size=3):
+    network, clock = make_cluster(size=size, n=3)
     reapers = {node: TombstoneReaper(coordinator, clock, interval=1.0, grace=GRACE, settled=settled,
                                      admit=admit, batch=batch)
                for node, coordinator in network.nodes.items()}
@@ -80,6 +80,31 @@ def test_a_deleted_key_is_reaped_everywhere_only_after_two_checks_a_grace_apart(
     assert all(key not in r.candidates and key not in r.confirmed for r in reapers.values())
     assert [op for _, target, op in network.sent if op == "reap"] == ["reap", "reap"]
     assert {target for _, target, op in network.sent if op == "reap"} == {"n2", "n3"}
+
+
+def test_a_key_another_member_still_holds_a_superseded_version_of_waits_until_that_copy_is_gone():
+    # Found by dynacheck sim (seed 128): a former owner held a version the delete superseded, for
+    # a transfer to an owner it could not reach; reaped meanwhile, the key came back with it.
+    network, clock, reapers = cluster(size=4)
+    [key] = keys_first_owned_by(network, "n1")
+    owners = network.nodes["n1"].replicas(key)
+    [former] = set(network.nodes) - set(owners)
+    coordinator = network.nodes["n1"]
+    assert fired(coordinator.put(key, b"value", CausalContext(), 3)).result.outcome is Outcome.OK
+    live = record_on(network, owners[0], key)
+    fired(network.nodes[former].store.update(key, lambda record, allocate: (live, None)))
+    read = fired(coordinator.get(key, 3))
+    assert fired(coordinator.put(key, b"", context_of(read.siblings), 3, deleted=True)).result.outcome is Outcome.OK
+    reaper = reapers["n1"]
+    for _ in range(3):
+        reaper.round()
+        clock.advance(GRACE)
+    assert held_by(network, key) == {*owners, former} and reaper.stats["reaped"] == 0
+    fired(network.nodes[former].store.update(key, lambda record, allocate: (None, None)))  # handed off
+    for _ in range(3):
+        reaper.round()
+        clock.advance(GRACE)
+    assert held_by(network, key) == set() and reaper.stats["reaped"] == 1
 
 
 @pytest.mark.parametrize("stale_holds", ["nothing", "the live value"])
