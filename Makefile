@@ -27,7 +27,7 @@ bench-routing: bootstrap
 	@$(PY) scripts/bench_routing.py $(BENCH_ARGS)
 
 sim: bootstrap
-	@$(PY) -m dynacheck sim --seeds $(or $(SEEDS),200) --time-limit $(or $(SIM_SECONDS),10) --store .dynamo/sim-store
+	@$(PY) -m dynacheck sim --seeds $(or $(SEEDS),300) --time-limit $(or $(SIM_SECONDS),10) --store .dynamo/sim-store
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check daemon ops checker tests scripts
