@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from dynacheck.nemeses import COPY_LOSING, DEFAULT_SPARES, parse_nemesis
-from dynacheck.workloads import VCLOCK_ONLY, WORKLOADS
+from dynacheck.options import workload_options
+from dynacheck.workloads import VCLOCK_ONLY
 
 EXIT_USAGE = 2
 
@@ -85,18 +86,11 @@ def cli() -> None:
                    f"stopped, that the membership nemesis joins and that nodes which left become again "
                    f"(default {DEFAULT_SPARES} with membership, else 0)")
 @click.option("--nodes-file", type=click.Path(dir_okay=False), help="hosts to test (nodes.json or inventory.ini)")
-@click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
+@workload_options(concurrency=10, rate=50)
 @click.option("--nemesis", default="none", show_default=True,
               help="none, all, or comma-separated: partition, clock, kill, pause, netem, disk, power, corrupt, "
                    "membership")
 @click.option("--time-limit", type=click.FloatRange(1, 86400), default=60, show_default=True, help="seconds")
-@click.option("--concurrency", type=click.IntRange(1, 200), default=10, show_default=True, help="client threads")
-@click.option("--rate", type=click.FloatRange(0.1, 100000), default=50, show_default=True, help="ops/s, all clients")
-@click.option("--keys", type=click.IntRange(1, 10000), default=5, show_default=True, help="key space size")
-@click.option("--mode", type=click.Choice(["vclock", "lww"]), default="vclock", show_default=True)
-@click.option("--n", "replicas", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--r", "read_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
-@click.option("--w", "write_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
 @click.option("--seed", type=int, help="random seed of the schedule (default: a random one, saved in test.json)")
 @click.option("--nemesis-interval", type=click.FloatRange(0.1, 3600), default=5, show_default=True,
               help="seconds between faults")

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from dynacheck.workloads import WORKLOADS
+from dynacheck.options import workload_options
 
 #: The checkers a seed search runs (the plots and the timeline are for one run a person looks at).
 VERDICT_CHECKERS = ("siblings", "convergence", "causality", "quorum", "availability", "replicas", "faults")
@@ -95,7 +95,7 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
 @click.option("--seed", type=click.IntRange(0), default=None, help="run this seed (with --seeds: the first one)")
 @click.option("--seeds", type=click.IntRange(1, 10_000_000), default=None, help="run this many seeds (a search)")
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True, help="cluster size")
-@click.option("--workload", type=click.Choice(WORKLOADS), default="cart", show_default=True)
+@workload_options(concurrency=5, rate=10)
 @click.option("--nemesis", default="swarm", show_default=True,
               help="swarm (each seed picks its faults among all the simulator has), none, or a comma-separated list "
                    "of partition, clock, kill, pause, netem, disk, power, membership")
@@ -105,13 +105,6 @@ def replay_command(params: dict[str, Any], seed: int) -> str:
               help="seconds between faults [default: 5; with swarm, the seed's choice]")
 @click.option("--nemesis-duration", type=click.FloatRange(0.1, 3600), default=None,
               help="seconds each fault lasts [default: 5; with swarm, the seed's choice]")
-@click.option("--concurrency", type=click.IntRange(1, 200), default=5, show_default=True, help="client threads")
-@click.option("--rate", type=click.FloatRange(0.1, 10000), default=10, show_default=True, help="ops/s, all clients")
-@click.option("--keys", type=click.IntRange(1, 10000), default=5, show_default=True, help="key space size")
-@click.option("--mode", type=click.Choice(["vclock", "lww"]), default="vclock", show_default=True)
-@click.option("--n", "replicas", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--r", "read_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
-@click.option("--w", "write_quorum", type=click.IntRange(1, 9), default=2, show_default=True)
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
               help="processes for --seeds [default: one per core]")
 @click.option("--keep-all", is_flag=True,
