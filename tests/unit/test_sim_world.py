@@ -135,3 +135,17 @@ def test_the_same_seed_gives_the_same_delivery_times_and_another_seed_other_ones
         return times
 
     assert arrivals(3) == arrivals(3) != arrivals(4)
+
+
+def test_a_connection_attempt_across_a_partition_that_heals_connects_at_the_next_syn():
+    scheduler, network, _ = world()
+    server_log, client_log = [], []
+    HostReactor(network, "10.0.0.1").listenTCP(80, Factory(server_log), interface="10.0.0.1")
+    network.partition([("10.0.0.1", "10.0.0.2")])
+    HostReactor(network, "10.0.0.2").connectTCP("10.0.0.1", 80, Factory(client_log), timeout=5)
+    scheduler.run_until(0.5)
+    network.heal()
+    scheduler.run_until(0.99)
+    assert client_log == []  # the first SYN was lost; the next goes at 1 s
+    scheduler.run_until(1.1)
+    assert client_log == [("made",)]

@@ -11,8 +11,9 @@ network of TCP streams between them, all driven by one seeded random source.
   while the delay of each segment is drawn from the seed, so messages on different connections
   reorder. A partition holds what crosses it (TCP retransmits until the link heals, or until one
   side gives up and resets the connection); under netem a lost segment costs a retransmission
-  timeout. A connection attempt across a partition times out, one to an address
-  no process listens on is refused.
+  timeout. A connection attempt across a partition sends its SYN again at 1, 3, 7... s (Linux's
+  schedule) and times out unless the partition heals first; one to an address no process
+  listens on is refused.
 """
 
 from __future__ import annotations
@@ -438,21 +439,27 @@ class Network:
             if listening.reactor is reactor:
                 del self.listeners[address]
 
-    def attempt(self, connector: Connector) -> Any:
-        """A SYN: answered after a round trip (accepted, or refused), or lost to a partition (the
-        attempt times out)."""
+    def attempt(self, connector: Connector, sent: float = 0.0) -> Any:
+        """A SYN ``sent`` seconds into the attempt: answered after a round trip (accepted, or
+        refused); lost to a partition, it is sent again as Linux does (1 s, then 2, 4... later)
+        until the attempt's timeout, when the connection fails."""
         source, target = connector.reactor.host, connector.host
         if self.blocked(source, target):
-            return connector.reactor.callLater(connector.timeout, connector.failed,
-                                               Failure(error.TimeoutError(string="connection attempt timed out")))
-        return connector.reactor.callLater(self.delay(source, target) * 2, self._answer, connector)
+            retransmit = 2 * sent + 1.0  # 0 -> 1 -> 3 -> 7 ...
+            if retransmit >= connector.timeout:
+                return connector.reactor.callLater(connector.timeout - sent, connector.failed,
+                                                   Failure(error.TimeoutError(string="connection attempt timed out")))
+            return connector.reactor.callLater(retransmit - sent, self._retransmit, connector, retransmit)
+        return connector.reactor.callLater(self.delay(source, target) * 2, self._answer, connector, sent)
 
-    def _answer(self, connector: Connector) -> None:
+    def _retransmit(self, connector: Connector, sent: float) -> None:
+        connector._attempt = self.attempt(connector, sent)  # noqa: SLF001 - its own attempt
+
+    def _answer(self, connector: Connector, sent: float) -> None:
         address = (connector.host, connector.port)
         listening = self.listeners.get(address)
         if self.blocked(connector.reactor.host, connector.host):  # cut while the SYN was on its way
-            connector._attempt = connector.reactor.callLater(  # noqa: SLF001 - its own attempt
-                connector.timeout, connector.failed, Failure(error.TimeoutError(string="connection attempt timed out")))
+            self._retransmit(connector, sent)
             return
         if listening is None:
             connector.failed(Failure(error.ConnectionRefusedError(string="connection refused")))
