@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from twisted.logger import Logger
 
 from dynacheck.sim.disk import SimEngine, SimWorkers
 from dynacheck.sim.world import HostReactor, Network, Scheduler
@@ -58,8 +57,6 @@ class SimCluster:
     """``size`` members ``n1..nSIZE`` and ``spares`` more nodes (which start alone and may join),
     with ``settings`` (node.toml keys), every random stream from ``seed``."""
 
-    log = Logger()
-
     def __init__(self, size: int, settings: dict[str, Any], seed: int, on_error: Callable[[str, BaseException], None],
                  spares: int = 0):
         self.rng = random.Random(f"{seed}-world")
@@ -86,10 +83,6 @@ class SimCluster:
 
     def current_host(self) -> str:
         return self.network.current
-
-    def addresses(self) -> dict[str, str]:
-        """Each node's HTTP address (what the checker's clients talk to)."""
-        return {node: f"{self.hosts[node]}:{HTTP_PORT}" for node in self.ids}
 
     def config(self, node: str) -> NodeConfig:
         members = [{"id": other, "peer": f"{self.hosts[other]}:{PEER_PORT}", "http": f"{self.hosts[other]}:{HTTP_PORT}"}
@@ -153,9 +146,6 @@ class SimCluster:
 
     def is_running(self, node: str) -> bool:
         return self.nodes[node] is not None
-
-    def running(self) -> list[str]:
-        return [node for node in self.ids if self.nodes[node] is not None]
 
     def stop_all(self) -> None:
         """End every process (the run is over: nothing is stopped cleanly, nothing needs to be)."""

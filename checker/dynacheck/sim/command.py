@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 
+from dynacheck.nemeses import DEFAULT_SPARES
 from dynacheck.options import workload_options
 
 #: The checkers a seed search runs (the plots and the timeline are for one run a person looks at).
@@ -49,16 +51,10 @@ def _one(params: dict[str, Any], seed: int, checkers: tuple[str, ...] | None, ke
     options = _options(params, seed)
     swarm = Swarm.choose(seed, params["faults"]) if params["swarm"] else None
     if swarm is not None:
-        import attrs
-
         options = attrs.evolve(options, nemesis=swarm.nemesis,  # what the command gave explicitly stays
                                nemesis_interval=params["nemesis_interval"] or swarm.nemesis_interval,
                                nemesis_duration=params["nemesis_duration"] or swarm.nemesis_duration)
     if "membership" in options.nemesis:  # the pool of spare nodes it joins from (dynacheck run's default)
-        import attrs
-
-        from dynacheck.nemeses import DEFAULT_SPARES
-
         options = attrs.evolve(options, spares=DEFAULT_SPARES)
     started = time.perf_counter()
     run_dir, results, code = run_sim(options, swarm, checkers=checkers)

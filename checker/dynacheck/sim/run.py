@@ -28,22 +28,20 @@ from zope.interface import provider
 from dynacheck import store
 from dynacheck.checkers import check_all
 from dynacheck.client import Ask, Client, Steps
+from dynacheck.db import TEST_NODE_CONFIG
 from dynacheck.history import INFO, INVOKE, MONITOR, NEMESIS, Op
 from dynacheck.interpreter import Runtime, complete, invocation, run
 from dynacheck.progress import Progress
 from dynacheck.runner import MONITOR_INTERVAL, Options, Test, _replica_poll, node_config
 from dynacheck.sim.cluster import SimCluster
-from dynacheck.sim.db import SimDb
+from dynacheck.sim.db import ASK_LIMIT, SimDb
 from dynacheck.sim.faults import SIM_FAULTS, sim_faults
 from dynacheck.verdict import exit_code, judge
 
 SECOND = 1_000_000_000
-#: The node settings of a sim run (the runner's test settings: fast repair, short timeouts).
-SIM_NODE_CONFIG = {"partitions": 16, "request_timeout": 1.0, "handoff_interval": 0.5,
-                   "anti_entropy_interval": 0.1, "heartbeat_interval": 0.5, "gossip_interval": 0.5,
-                   "transfer_interval": 0.5}
-#: Seconds (simulated) a synchronous step of the checker may wait for one answer.
-ASK_LIMIT = 30.0
+#: The node settings of a sim run: a real run's (16 partitions, the test settings: fast repair,
+#: short timeouts).
+SIM_NODE_CONFIG = {"partitions": 16, **TEST_NODE_CONFIG}
 
 
 @attrs.frozen
@@ -237,11 +235,6 @@ class _Answered:
         if isinstance(self.result, Failure):  # (a BaseException too, in this Twisted: test it first)
             self.result.raiseException()
         return self.result
-
-
-@provider(ILogObserver)
-def _quiet(event: dict[str, Any]) -> None:
-    """Node log lines are dropped (a sim run makes thousands); failures are counted by the run."""
 
 
 def run_sim(options: Options, swarm: Swarm | None, stream: Any = None,
