@@ -50,12 +50,9 @@ class Scheduler:
     def seconds(self) -> float:
         return self.now
 
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> DelayedCall:
-        return self.call_for(None, delay, fn, args, kwargs)
-
-    def call_for(self, owner: HostReactor | None, delay: float, fn: Callable[..., Any], args: tuple[Any, ...],
+    def call_for(self, owner: HostReactor, delay: float, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> DelayedCall:
-        """A call of ``owner``'s process (None: of the world itself)."""
+        """A call of ``owner``'s process (every call belongs to one: it dies and pauses with it)."""
         call = DelayedCall(self.now + max(0.0, delay), fn, args, kwargs, _ignore, self._push, seconds=self.seconds)
         call.owner = owner  # type: ignore[attr-defined]
         self._push(call)
@@ -92,13 +89,12 @@ class Scheduler:
                 self._push(call)
                 continue
             owner = call.owner  # type: ignore[attr-defined]
-            if owner is not None:
-                if owner.dead:  # a killed process's timer never fires
-                    continue
-                if owner.paused:  # a stopped process's timer fires once it runs again
-                    owner.held.append(call)
-                    continue
-                owner.network.current = owner.host
+            if owner.dead:  # a killed process's timer never fires
+                continue
+            if owner.paused:  # a stopped process's timer fires once it runs again
+                owner.held.append(call)
+                continue
+            owner.network.current = owner.host
             self.now = max(self.now, when)
             call.called = 1
             self.events += 1
