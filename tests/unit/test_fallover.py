@@ -137,3 +137,38 @@ def test_a_read_never_claims_r_answers_it_did_not_get():
     result = get(network, owners[0], key, r=3)
     assert result.outcome is Outcome.FAILED and result.acks == 2 and result.siblings == ()
     assert live_values(get(network, owners[0], key, r=2).siblings) == [b"v"]
+
+
+def test_owners_the_detector_wrongly_suspects_still_get_the_request_when_no_fallback_is_up():
+    """Three nodes, one coordinator whose detector suspects both other owners (a slow link, a
+    peer just resumed): with no node left to stand in, it asks the owners themselves, and the
+    live ones make the quorum, for a PUT and for a GET."""
+    network, _ = make_cluster(size=3)
+    key = b"k"
+    owners, _ = layout(network, key)
+    coordinator = network.nodes[owners[0]]
+    coordinator.is_up = lambda node: False
+    assert coordinator.targets(key) == {owners[0]: None}
+    result = put(network, owners[0], key, b"v", w=3)
+    assert result.outcome is Outcome.OK and result.acks == 3 and result.errors == {}
+    assert all(held(network, owner, key).hints == set() for owner in owners)
+    read = get(network, owners[0], key, r=3)
+    assert read.outcome is Outcome.OK and live_values(read.siblings) == [b"v"]
+
+
+def test_a_suspected_owner_that_is_really_down_fails_the_request_it_was_needed_for():
+    network, clock = make_cluster(size=3)
+    key = b"k"
+    owners, _ = layout(network, key)
+    network.down |= set(owners[1:])  # refused at once, and every detector knows
+    result = put(network, owners[0], key, b"v", w=2)
+    assert result.outcome is Outcome.FAILED and result.acks == 1
+    assert set(result.errors) == set(owners[1:]) and all("unreachable" in e for e in result.errors.values())
+    network.down.clear()
+    network.silent |= set(owners[1:])  # suspected, and silent: the answer waits for the deadline
+    coordinator = network.nodes[owners[0]]
+    coordinator.is_up = lambda node: False
+    pending = coordinator.put(key, b"w", CausalContext(), 2)
+    assert not pending.called
+    clock.advance(1.0)
+    assert fired(pending).result.outcome is Outcome.FAILED
