@@ -27,7 +27,7 @@ from dynacheck import store
 from dynacheck.checkers import check_all
 from dynacheck.checkers.convergence import ring_owners, round_verdict
 from dynacheck.client import Client, version_entry
-from dynacheck.db import Cluster, local_cluster, secure_hosts, with_test_settings
+from dynacheck.db import TEST_NODE_CONFIG, Cluster, local_cluster, secure_hosts, with_test_settings
 from dynacheck.generator import (
     SECOND,
     ClientOps,
@@ -190,6 +190,9 @@ class Test:
                                      "max_context_entries": options.max_context_entries
                                      or SETTINGS_BY_NAME["max_context_entries"].default,
                                      "node_config": node_config(options),
+                                     # The nodes' quorum deadline (the availability checker weighs
+                                     # netem's delay and loss against it).
+                                     "request_timeout": {**TEST_NODE_CONFIG, **node_config(options)}["request_timeout"],
                                      "keys": list(self.workload.keys), "start": datetime.now().isoformat()}
 
     def now(self) -> int:

@@ -233,3 +233,37 @@ def test_the_checker_is_registered_and_runs_with_the_others():
     run.writes(10, 0)
     assert "availability" in CHECKERS
     assert check_all(TEST, run.history(), None)["checkers"]["availability"]["exercised"] is False
+
+
+LOSSY = {"delay_ms": 20, "jitter_ms": 5, "loss_percent": 5, "id": 0}
+SLOW = {"delay_ms": 200, "jitter_ms": 50, "loss_percent": 0, "id": 0}
+FAST = {"delay_ms": 100, "jitter_ms": 20, "loss_percent": 0, "id": 0}
+
+
+def test_refusals_under_a_netem_that_can_outlast_the_deadline_are_not_counted():
+    for plan in (LOSSY, SLOW):
+        run = Run()
+        run.nemesis("netem", plan, 0, 5000)
+        run.writes(100, 1500, node="n2", outcome=INFO, error="HTTP 503: quorum not reached: timeout")
+        run.writes(120, 1505, node="n1")
+        result = check(run)
+        assert result["valid"] is True, plan
+        assert result["refused_not_counted"]["slow_link"] == 100 and result["not_judged"]["slow_link"] == 220
+
+
+def test_refusals_under_a_lossless_netem_whose_round_trips_fit_the_deadline_are_counted():
+    run = Run()
+    run.nemesis("netem", FAST, 0, 5000)
+    run.writes(100, 1500, node="n2", outcome=INFO)
+    result = check(run)
+    assert result["valid"] is False and result["refused_by_fault"] == {"netem": 100}
+    # The same delay against a shorter deadline is an excuse; the deadline is test.json's.
+    assert check(run, request_timeout=0.4)["refused_not_counted"]["slow_link"] == 100
+    assert check(run, request_timeout="1")["request_timeout_s"] == availability.DEFAULT_REQUEST_TIMEOUT_S
+
+
+def test_the_default_deadline_is_the_one_every_run_sets():
+    from dynacheck.db import TEST_NODE_CONFIG
+
+    assert availability.DEFAULT_REQUEST_TIMEOUT_S == TEST_NODE_CONFIG["request_timeout"]
+    assert availability.outlasts_deadline({}, 1.0) and availability.outlasts_deadline({"loss_percent": "x"}, 1.0)

@@ -37,10 +37,20 @@ write, ``no_write``).
   Those are the union of the grudges of every active partition fault, a superset of
   ``quorum.partition_intervals``' rules in force (which end at the next stop's invoke): a stop that
   failed may have left its rules behind. Clock and netem faults take no node (a sloppy quorum is
-  expected to write through a skewed clock or a slow, lossy link).
+  expected to write through a skewed clock or a slow link);
+* no netem fault active could make a correct store miss its deadline: one that loses packets
+  (``loss_percent`` above 0), or whose slowest round trip between nodes, twice ``delay_ms`` plus
+  ``jitter_ms``, does not fit twice, with time to spare, in the nodes' ``request_timeout`` (``test.json``; a forwarded
+  PUT waits on two round trips). A lost segment waits for TCP to resend it, after a retransmission
+  timeout of at least 200 ms that doubles with each loss, and holds every message behind it on the
+  connection; how often that outlasts a deadline depends on the kernel and the traffic, not on the
+  store (under ``dynacheck sim``, 200 ms delay with 10 % loss against the tests' 1 s deadline
+  refused 2-4 % of the writes of a correct daemon). Writes under a lossless, fast-enough netem
+  are judged: a store that fails writes over a slow but working link is still caught.
 
 A refused write outside those conditions is not counted: a coordinator in a minority, a killed or
-paused coordinator, or a write while a fault was starting or stopping (``refused_not_counted``
+paused coordinator, a link that netem made too lossy or slow for the deadline (``slow_link``), or
+a write while a fault was starting or stopping (``refused_not_counted``
 gives each reason's count; ``unsettled`` there is where a slow failure detection would show, and
 ``unsettled_refusals_after`` names the nemesis op each such refusal followed, e.g. ``start-kill``).
 
@@ -85,6 +95,9 @@ MIN_REFUSED = 2
 #: Fewer judged writes than this: the run is reported ``exercised: false`` (it may still fail).
 MIN_JUDGED = 100
 SAMPLE = 20
+#: The nodes' quorum deadline when ``test.json`` does not say (runs before it was recorded: every
+#: dynacheck run has set it to this, ``dynacheck.db.TEST_NODE_CONFIG``).
+DEFAULT_REQUEST_TIMEOUT_S = 1.0
 NO_FAULT = "none"
 #: A remove whose read found an empty cart writes nothing (the client marks it ``empty``).
 NO_WRITE = "nothing to remove"
@@ -104,6 +117,8 @@ class State:
     down: frozenset[str]
     grudge: dict[str, list[str]]
     kinds: tuple[str, ...]
+    #: A netem fault is active whose plan can make a correct store miss its deadline.
+    slow_link: bool = False
 
     def reach(self, node: str) -> set[str]:
         """The up members ``node`` exchanges packets with directly, itself included."""
@@ -116,6 +131,18 @@ def _plan(fault: RunFault) -> dict[str, Any]:
     if isinstance(plan, dict) and isinstance(plan.get("plan"), dict):
         plan = plan["plan"]
     return plan if isinstance(plan, dict) else {}
+
+
+def outlasts_deadline(plan: dict[str, Any], request_timeout_s: float) -> bool:
+    """Whether a netem plan can make a correct store miss its deadline: it loses packets, or two
+    of its slowest round trips (a forwarded PUT's) do not fit in ``request_timeout_s``. A plan
+    that does not say is taken for the worst."""
+    try:
+        loss = float(plan.get("loss_percent", 100))
+        round_trip_s = 2 * (float(plan.get("delay_ms", 1e9)) + float(plan.get("jitter_ms", 0))) / 1000
+    except (TypeError, ValueError):
+        return True
+    return loss > 0 or 2 * round_trip_s >= request_timeout_s
 
 
 def _membership_change(fault: RunFault) -> tuple[set[str], set[str], set[str]]:
@@ -135,8 +162,10 @@ def _membership_change(fault: RunFault) -> tuple[set[str], set[str], set[str]]:
 class Schedule:
     """What the nemesis ops say about every time of the run (pure: built from the history alone)."""
 
-    def __init__(self, members: list[str], log: NemesisLog, end: int):
+    def __init__(self, members: list[str], log: NemesisLog, end: int,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
         self.initial = frozenset(members)
+        self.request_timeout_s = request_timeout_s
         #: ``(fault, from_ns, to_ns)`` of every fault that may have broken something.
         self.active = [(fault, fault.invoked, fault.active_until(end)) for fault in log.faults if fault.counts]
         #: ``(time, joins, node)`` in time order: a leaving node is out from its change's start, a
@@ -162,12 +191,15 @@ class Schedule:
         down: set[str] = set()
         grudge: dict[str, set[str]] = defaultdict(set)
         kinds: set[str] = set()
+        slow_link = False
         for fault, start, stop in self.active:
             if not start <= time < stop:
                 continue
             kinds.add(fault.kind)
             plan = _plan(fault)
-            if fault.kind == "partition":
+            if fault.kind == "netem":
+                slow_link = slow_link or outlasts_deadline(plan, self.request_timeout_s)
+            elif fault.kind == "partition":
                 for node, dropped in (plan.get("grudge") or {}).items():
                     grudge[node].update(dropped)
             elif fault.kind == MEMBERSHIP:
@@ -178,7 +210,7 @@ class Schedule:
                 nodes = plan.get("nodes")
                 down |= set(nodes) if isinstance(nodes, list) else members  # which nodes is unknown: all
         return State(members=members, down=frozenset(down), grudge={node: sorted(d) for node, d in grudge.items()},
-                     kinds=tuple(sorted(kinds)))
+                     kinds=tuple(sorted(kinds)), slow_link=slow_link)
 
 
 def settled_windows(log: NemesisLog, end: int, margin_ns: int) -> list[tuple[int, int]]:
@@ -211,6 +243,13 @@ class _Group:
                 "examples": self.examples}
 
 
+def _request_timeout(test: dict[str, Any]) -> float:
+    value = test.get("request_timeout")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_REQUEST_TIMEOUT_S
+
+
 def _needed(f: str, r: int, w: int) -> int:
     return w if f in BLIND else max(r, w)
 
@@ -240,6 +279,8 @@ def _excuse(invoke: Op, completion: Op, node: str, needed: int, schedule: Schedu
         return "not_member", state, set()
     if node in state.down:
         return "coordinator_down", state, set()
+    if state.slow_link:
+        return "slow_link", state, set()
     reach = state.reach(node)
     return ("minority" if len(reach) < needed else None), state, reach
 
@@ -261,7 +302,7 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
             # Older or hand-made tests: the nodes the clients sent ops to.
             members = sorted({op["node"] for op in history if is_client(op) and isinstance(op.get("node"), str)})
         members = [node for node in members if node not in (test.get("spare_nodes") or ())]  # spares join later
-        schedule = Schedule(members, log, end)
+        schedule = Schedule(members, log, end, _request_timeout(test))
         locate = Locator(settled_windows(log, end, int(margin_s * 1e9)))
         overall, by_kind = _Group(), defaultdict(_Group)
         not_judged: dict[str, int] = defaultdict(int)
@@ -315,7 +356,8 @@ def check(test: dict[str, Any], history: list[Op], run_dir: Path | None = None,
         "refused_not_counted": {reason: not_counted[reason] for reason in sorted(not_judged)},
         "not_judged": dict(sorted(not_judged.items())),
         "unsettled_refusals_after": dict(sorted(unsettled_after.items())),
-        "r": r, "w": w, "quiet_margin_s": margin_s, "members": sorted(schedule.initial),
+        "r": r, "w": w, "quiet_margin_s": margin_s, "request_timeout_s": schedule.request_timeout_s,
+        "members": sorted(schedule.initial),
         "by_fault": {kind: by_kind[kind].report() for kind in sorted(by_kind)},
         "examples": overall.examples,
     }
