@@ -11,7 +11,7 @@ demo: bootstrap
 	@$(PY) scripts/demo.py
 
 test: bootstrap
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench:
 	@EXTRA_DEB_PACKAGES="etcd-server" scripts/bootstrap

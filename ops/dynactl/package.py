@@ -37,26 +37,36 @@ def default_source() -> Path:
 
 
 def build_wheelhouse(directory: str | Path = DEFAULT_WHEELHOUSE, source: str | Path | None = None) -> dict:
-    """Build (or refresh) the wheelhouse; returns {"wheel", "dir", "wheels"}."""
+    """Build (or refresh) the wheelhouse; returns {"wheel", "dir", "wheels"}.
+
+    The wheels are built in a scratch directory inside it and then renamed into place, each
+    rename atomic: a deploy or a dynacheck run reading the wheelhouse while another build of the
+    same checkout refreshes it sees the old wheel or the new one, never none (two builds at once
+    were seen to fail a deploy with "No such file or directory" for the project wheel)."""
     source = Path(source).resolve() if source else default_source()
     if not (source / "pyproject.toml").is_file():
         raise PackageError(f"{source} is not a checkout of the project (no pyproject.toml)")
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob(f"{WHEEL_PREFIX}*.whl"):
-        old.unlink()
     environment = {**os.environ, "SOURCE_DATE_EPOCH": _REPRODUCIBLE_EPOCH, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    with tempfile.TemporaryDirectory(prefix="dynamo-build-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="dynamo-build-") as scratch, \
+            tempfile.TemporaryDirectory(prefix=".building-", dir=directory) as built:
         clean = Path(scratch) / "src"
         shutil.copytree(source, clean, ignore=_NOT_SOURCE, symlinks=True)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(directory),
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", built,
              "--find-links", str(directory), str(clean)],
             capture_output=True, text=True, env=environment, check=False)
-    if result.returncode != 0:
-        raise PackageError("pip wheel failed:\n" + "\n".join(result.stderr.strip().splitlines()[-15:]))
+        if result.returncode != 0:
+            raise PackageError("pip wheel failed:\n" + "\n".join(result.stderr.strip().splitlines()[-15:]))
+        fresh = sorted(path.name for path in Path(built).glob("*.whl"))
+        project = [name for name in fresh if name.startswith(WHEEL_PREFIX)]
+        if len(project) != 1:
+            raise PackageError(f"expected one {WHEEL_PREFIX}*.whl from the build, found {project}")
+        for name in fresh:
+            os.replace(Path(built) / name, directory / name)
+    for old in directory.glob(f"{WHEEL_PREFIX}*.whl"):
+        if old.name != project[0]:
+            old.unlink(missing_ok=True)  # an earlier version's wheel
     wheels = sorted(path.name for path in directory.glob("*.whl"))
-    project = [name for name in wheels if name.startswith(WHEEL_PREFIX)]
-    if len(project) != 1:
-        raise PackageError(f"expected one {WHEEL_PREFIX}*.whl in {directory}, found {project}")
     return {"wheel": str(directory / project[0]), "dir": str(directory), "wheels": wheels}
