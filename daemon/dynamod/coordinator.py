@@ -42,7 +42,7 @@ from dynamod.core.versions import (
     with_hint,
 )
 from dynamod.net.operations import Code, PeerLimits, PeerOperations, PeerRefusal, local_error
-from dynamod.net.peers import PeerClient
+from dynamod.net.peers import PeerClient, call_peer
 from dynamod.net.protocol import PeerError, PeerUnavailable
 from dynamod.security.identity import Principal
 from dynamod.storage.engine import CorruptRecord, decode_stored
@@ -175,7 +175,7 @@ class Coordinator:
         if replica == self.node_id:
             return self.store.get(key).addCallbacks(lambda record: record.siblings if record else (),
                                                     self._report_corrupt, errbackArgs=(replica, key, corrupt))
-        return self.peers[replica].call("get", [key], self.settings.timeout).addCallback(
+        return call_peer(self.peers, replica, "get", [key], self.settings.timeout).addCallback(
             self._siblings_of_raw, replica, key, corrupt)
 
     def _siblings_of_raw(self, raw: bytes | None, replica: str, key: bytes,
@@ -256,7 +256,8 @@ class Coordinator:
             if replica == self.node_id:
                 repaired = self.store.update(key, self.merge_update(merged, targets[replica]))
             else:
-                repaired = self.peers[replica].call("put", [key, packed, targets[replica]], self.settings.timeout)
+                repaired = call_peer(self.peers, replica, "put", [key, packed, targets[replica]],
+                                     self.settings.timeout)
             repaired.addErrback(lambda failure, replica=replica: self.log.debug(
                 "read repair of {key!r} at {replica} failed: {reason}", key=key, replica=replica,
                 reason=failure.getErrorMessage()))
@@ -325,7 +326,7 @@ class Coordinator:
             core.add_ack(replica)
 
         def send(node: str, hint: str | None) -> defer.Deferred:
-            return self.peers[node].call("put", [key, packed, hint], self.settings.timeout)
+            return call_peer(self.peers, node, "put", [key, packed, hint], self.settings.timeout)
 
         def acked(_: str, answered: tuple[str, str | None, Any]) -> None:
             core.add_ack(answered[0])  # the target, or the spare that stood in for it
@@ -384,7 +385,7 @@ class Coordinator:
                 return True
             delivered = record.siblings
             packed = packb(siblings_to_wire(delivered), use_bin_type=True)
-            sent = self.peers[owner].call("put", [key, packed, None], self.settings.timeout)
+            sent = call_peer(self.peers, owner, "put", [key, packed, None], self.settings.timeout)
             return sent.addCallback(lambda _: self._forget_hint(key, owner, delivered))
 
         def unusable(failure: Failure) -> Any:
@@ -532,7 +533,8 @@ class _Forward:
             return defer.succeed(self._failed_answer("no replica of the key could be reached"))
         replica = self.candidates.pop(0)
         coordinator = self.coordinator
-        call = coordinator.peers[replica].call("coordinate_put", self.payload, 2 * coordinator.settings.timeout)
+        call = call_peer(coordinator.peers, replica, "coordinate_put", self.payload,
+                         2 * coordinator.settings.timeout)
         # An answer that does not decode fails the forward like a refusal would.
         return call.addCallback(_answer_from_wire).addErrback(self.failed, replica)
 

@@ -41,6 +41,7 @@ from dynamod.core.membership import (
     with_hint_counts,
 )
 from dynamod.net.operations import BadRequest, Conflict, Forbidden
+from dynamod.net.peers import call_peer
 from dynamod.security.identity import Principal
 
 
@@ -155,7 +156,7 @@ class GossipService(TimerService):
 
     def exchange(self, peer: str) -> defer.Deferred:
         """Push-pull with ``peer``: send our state, keep the merge with theirs."""
-        call = self.peers[peer].call("gossip", state_to_wire(self.state), self.timeout)
+        call = call_peer(self.peers, peer, "gossip", state_to_wire(self.state), self.timeout)
 
         def answered(reply: Any) -> None:
             self.stats["exchanges"] += 1
@@ -273,7 +274,7 @@ class GossipService(TimerService):
                 return defer.succeed(self.local_hints(dead))
             if holder not in self.peers:
                 return defer.succeed(None)
-            return self.peers[holder].call("hints_for", dead, self.timeout).addErrback(lambda _: None)
+            return call_peer(self.peers, holder, "hints_for", dead, self.timeout).addErrback(lambda _: None)
 
         asked = defer.gatherResults([ask(holder) for holder in holders])
         return asked.addCallback(lambda counts: dict(zip(holders, counts, strict=True)))

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from dynamod.coordinator import Coordinator
 from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.versions import Record, after_handoff
+from dynamod.net.peers import call_peer
 
 
 def _without_hint(owner: str) -> Callable[..., tuple[Record | None, bool]]:
@@ -133,7 +134,8 @@ class HandoffService(TimerService):
             return True
         delivered = record.siblings
         packed = packb(siblings_to_wire(delivered), use_bin_type=True)
-        yield self.coordinator.peers[fallback].call("put", [key, packed, owner], self.coordinator.settings.timeout)
+        yield call_peer(self.coordinator.peers, fallback, "put", [key, packed, owner],
+                        self.coordinator.settings.timeout)
         self.stats["passed_on"] += 1
 
         def forget(current: Record | None, _: Any) -> tuple[Record | None, bool]:

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from dynamod.coordinator import Coordinator
 from dynamod.core.merkle import record_digest
 from dynamod.core.versions import Record
+from dynamod.net.peers import call_peer
 from dynamod.storage.engine import CorruptRecord, decode_stored
 
 
@@ -118,7 +119,7 @@ class TombstoneReaper(TimerService):
             return
         owners = self.coordinator.replicas(key)
         timeout = self.coordinator.settings.timeout
-        yield defer.gatherResults([self.coordinator.peers[owner].call("reap", [key, digest], timeout)
+        yield defer.gatherResults([call_peer(self.coordinator.peers, owner, "reap", [key, digest], timeout)
                                    for owner in owners if owner != self.coordinator.node_id], consumeErrors=True)
         reaped = yield self._reap(key, digest)
         self.confirmed.pop(key, None)
@@ -139,7 +140,7 @@ class TombstoneReaper(TimerService):
                 if owner == coordinator.node_id:
                     record = yield coordinator.store.get(key)
                 else:
-                    raw = yield coordinator.peers[owner].call("get", [key], timeout)
+                    raw = yield call_peer(coordinator.peers, owner, "get", [key], timeout)
                     record = decode_stored(key, raw)
             except CorruptRecord as exc:
                 if owner == coordinator.node_id:
@@ -159,7 +160,7 @@ class TombstoneReaper(TimerService):
         owners = set(coordinator.replicas(key))
         for member in sorted(set(coordinator.peers) - owners):
             try:
-                raw = yield coordinator.peers[member].call("get", [key], timeout)
+                raw = yield call_peer(coordinator.peers, member, "get", [key], timeout)
                 record = decode_stored(key, raw)
             except Exception:  # noqa: BLE001 - unreachable or unreadable: the key waits for another round
                 return None

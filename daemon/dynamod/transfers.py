@@ -42,6 +42,7 @@ from dynamod.coordinator import Coordinator
 from dynamod.core.encoding import siblings_to_wire
 from dynamod.core.versions import Record, after_transfer
 from dynamod.net.operations import Conflict
+from dynamod.net.peers import call_peer
 from dynamod.storage.engine import CorruptRecord
 
 #: Stands in for the record of a key whose stored bytes do not decode.
@@ -186,8 +187,9 @@ class TransferService(TimerService):
         timeout = 2 * coordinator.settings.timeout
         version = self.ring_version()
         # The hint rides as a third element only when there is one (older nodes take two).
-        yield defer.gatherResults([coordinator.peers[target].call(
-            "put_many", [version, entries] if hint is None else [version, entries, hint], timeout)
+        yield defer.gatherResults([
+            call_peer(coordinator.peers, target, "put_many",
+                      [version, entries] if hint is None else [version, entries, hint], timeout)
             for target, hint in targets.items()], consumeErrors=True)
         self.stats["keys_sent"] += len(entries)
         dropped = yield defer.gatherResults([store.update(key, self._drop(key, siblings))
