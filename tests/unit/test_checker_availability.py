@@ -267,3 +267,14 @@ def test_the_default_deadline_is_the_one_every_run_sets():
 
     assert availability.DEFAULT_REQUEST_TIMEOUT_S == TEST_NODE_CONFIG["request_timeout"]
     assert availability.outlasts_deadline({}, 1.0) and availability.outlasts_deadline({"loss_percent": "x"}, 1.0)
+
+
+def test_a_node_that_joined_and_then_left_at_the_same_instant_is_no_member_after():
+    """The simulator runs a change's stop and the next change's start at one simulated time:
+    the join ended first, and the leave that followed takes the node out."""
+    run = Run()
+    run.nemesis("membership", {"action": "join", "node": "n4", "nodes": ["n4"], "id": 0}, 0, 1000)
+    run.nemesis("membership", {"action": "leave", "node": "n4", "nodes": ["n4"], "id": 1}, 1001, 3000)
+    run.writes(100, 5000, node="n1", outcome=INFO)
+    result = check(run, w=4, nodes=["n1", "n2", "n3", "n4"], spare_nodes=["n4"])
+    assert result["refused_not_counted"]["minority"] == 100 and result["refused_count"] == 0

@@ -159,6 +159,9 @@ def _membership_change(fault: RunFault) -> tuple[set[str], set[str], set[str]]:
     return touched, leaving, joining
 
 
+_JOINS, _LEAVES = 0, 1
+
+
 class Schedule:
     """What the nemesis ops say about every time of the run (pure: built from the history alone)."""
 
@@ -168,21 +171,24 @@ class Schedule:
         self.request_timeout_s = request_timeout_s
         #: ``(fault, from_ns, to_ns)`` of every fault that may have broken something.
         self.active = [(fault, fault.invoked, fault.active_until(end)) for fault in log.faults if fault.counts]
-        #: ``(time, joins, node)`` in time order: a leaving node is out from its change's start, a
-        #: joining one in from its end (both the conservative side: fewer nodes to count).
-        changes: list[tuple[int, bool, str]] = []
+        #: ``(time, order, node)`` in time order: a leaving node is out from its change's start, a
+        #: joining one in from its end (both the conservative side: fewer nodes to count). At one
+        #: time a join comes first: changes run one after another, so a change that ends at the
+        #: time another starts ended before it (``dynacheck sim`` runs them at the same
+        #: simulated instant: a node that joined and then left was taken for a member ever after).
+        changes: list[tuple[int, int, str]] = []
         for fault, start, stop in self.active:
             if fault.kind == MEMBERSHIP:
                 _, leaving, joining = _membership_change(fault)
-                changes += [(start, False, node) for node in leaving] + [(stop, True, node) for node in joining]
+                changes += [(start, _LEAVES, node) for node in leaving] + [(stop, _JOINS, node) for node in joining]
         self.changes = sorted(changes)
         self.change_times = [time for time, _, _ in self.changes]
 
     def members_at(self, time: int) -> frozenset[str]:
         """The members at ``time``: the initial ones as changed by every change before it."""
         members = set(self.initial)
-        for _, joins, node in self.changes[:bisect_right(self.change_times, time)]:
-            (members.add if joins else members.discard)(node)
+        for _, order, node in self.changes[:bisect_right(self.change_times, time)]:
+            (members.add if order == _JOINS else members.discard)(node)
         return frozenset(members)
 
     def at(self, time: int) -> State:
