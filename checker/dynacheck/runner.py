@@ -514,7 +514,7 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
         test.save_test()
         wheelhouse = timed("building the wheelhouse", lambda: build_wheelhouse_for(test.cluster))
         timed("clearing faults a killed run may have left", lambda: clear_faults(test.cluster))
-        test.faults = make_faults(options.nemesis, test.cluster)
+        test.faults = make_faults(options.nemesis, test.cluster, options.w)
 
         def prepare_faults() -> None:
             for fault in test.faults.values():
@@ -555,7 +555,7 @@ def run_test(options: Options, stream: Any = sys.stderr) -> tuple[Path, dict[str
 def clear_faults(cluster: Cluster) -> None:
     """Jepsen heals at set-up too: partitions or netem a killed run left on hosts are removed."""
     if cluster.local_dir is None:
-        for fault in make_faults(("partition", "netem"), cluster).values():
+        for fault in make_faults(("partition", "netem"), cluster, w=2).values():  # they lose no copy
             fault.teardown()
             fault.heal()
         cluster.service("stop")  # a node may still run on a lazyfs mount a killed run left

@@ -103,7 +103,7 @@ def test_the_schedule_never_kills_a_node_that_left_or_that_a_change_in_progress_
         (tmp_path / str(seed)).mkdir()
         test = Test(options, tmp_path / str(seed), Progress(120, sys.stderr))
         test.cluster = fake_cluster()
-        test.faults = make_faults(options.nemesis, test.cluster)
+        test.faults = make_faults(options.nemesis, test.cluster, options.w)
         schedule = test.plan_faults()
         test.history.close()
         changes = [fault for fault in schedule if fault.fault == "membership"]

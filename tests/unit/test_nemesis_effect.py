@@ -26,7 +26,7 @@ from dynacheck.nemesis.effect import (
     judge_stayed_down,
 )
 from dynacheck.nemesis.process import KillFault, PauseFault
-from dynacheck.nemesis.storage import DataLoss, DiskFault
+from dynacheck.nemesis.storage import DataLoss, DiskFault, Skipped
 from dynacheck.synthetic import HistoryBuilder
 from dynactl.inventory import Host
 from dynactl.remote import HostResult
@@ -359,7 +359,7 @@ def test_the_heal_checks_only_the_nodes_still_killed(cluster, world):
 
 def test_a_lost_disk_checks_that_its_node_stayed_down_too(cluster, world):
     cluster.nodes["n1"].supervisor_restarts_after = 0.5
-    fault = DiskFault(cluster, DataLoss(cluster), world.observer(cluster))
+    fault = DiskFault(cluster, DataLoss(cluster, 2), world.observer(cluster))
     fault.start({"id": 2, "nodes": ["n1"]})
     world.advance(2.0)
     assert "restarted by something else" in fault.stop({"id": 2, "nodes": ["n1"]})["n1"].error
@@ -434,3 +434,11 @@ def test_stops_without_effect_and_unverified_nodes_are_counted_and_warned_about(
     assert any(w.startswith("1 faults were stopped without effect on some node") for w in result["warnings"])
     assert any(w.startswith("1 faults could not be checked on some node: clock (id 0) n1: wall clock not read")
                for w in result["warnings"])
+
+
+def test_with_w_1_a_lost_disk_is_skipped_before_anything_is_done(cluster, world):
+    """A write acknowledged by one node may be on that node alone: losing its disk would lose it."""
+    fault = DiskFault(cluster, DataLoss(cluster, 1), world.observer(cluster))
+    with pytest.raises(Skipped, match="W=1"):
+        fault.start({"id": 2, "nodes": ["n1"]})
+    assert fault.down.killed_at == {}

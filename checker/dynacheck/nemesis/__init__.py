@@ -78,9 +78,10 @@ class Fault:
         return {}
 
 
-def make_faults(names: tuple[str, ...], cluster: Cluster) -> dict[str, Fault]:
+def make_faults(names: tuple[str, ...], cluster: Cluster, w: int) -> dict[str, Fault]:
     """The Fault objects for ``names`` (``membership`` last: the final heal finishes its change once
-    the other faults' heals have every member up)."""
+    the other faults' heals have every member up); ``w``: the run's write quorum, which bounds the
+    copies a fault may lose (``storage.DataLoss``)."""
     from dynacheck.nemesis.clock import ClockFault
     from dynacheck.nemesis.membership import MembershipFault
     from dynacheck.nemesis.network import NetemFault, PartitionFault
@@ -88,7 +89,7 @@ def make_faults(names: tuple[str, ...], cluster: Cluster) -> dict[str, Fault]:
     from dynacheck.nemesis.storage import CorruptFault, DataLoss, DiskFault, PowerFault
     kinds = {"partition": PartitionFault, "clock": ClockFault, "kill": KillFault, "pause": PauseFault,
              "netem": NetemFault}
-    losses = DataLoss(cluster)  # disk, corrupt and membership share one budget of lost copies
+    losses = DataLoss(cluster, w)  # disk, corrupt and membership share one budget of lost copies
     storage = {"disk": DiskFault, "corrupt": CorruptFault, "power": PowerFault}
     ordered = sorted(names, key=lambda name: name == "membership")
     storage["membership"] = MembershipFault  # a replace or remove loses the dead node's copies too

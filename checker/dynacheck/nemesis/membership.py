@@ -233,6 +233,8 @@ class MembershipFault(Fault):
     def _take_out(self, value: dict[str, Any]) -> dict[str, HostResult]:
         """replace or remove: kill the member, wait until a live one sees it down, then change."""
         dead, action = value["dead"], value["action"]
+        if self.losses is not None and self.losses.forbidden is not None:
+            raise Skipped(self.losses.forbidden)  # waiting would not change it
         if self.losses is not None:  # an earlier loss of copies must be known repaired first: wait a while
             why = poll(lambda: _skipped_because(self.losses.check), self.retry_seconds, interval=1.0,
                        clock=self.clock, sleep=self.sleep)

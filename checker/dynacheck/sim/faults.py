@@ -196,13 +196,13 @@ def membership_fault(db: SimDb, losses: DataLoss) -> MembershipFault:
     return fault
 
 
-def sim_faults(names: tuple[str, ...], db: SimDb) -> dict[str, Fault]:
+def sim_faults(names: tuple[str, ...], db: SimDb, w: int) -> dict[str, Fault]:
     """The simulated faults for ``names`` (``membership`` last, as ``make_faults`` orders them;
-    ValueError for one the simulator cannot inject)."""
+    ValueError for one the simulator cannot inject); ``w`` bounds the copies they may lose."""
     unknown = [name for name in names if name not in SIM_FAULTS]
     if unknown:
         raise ValueError(f"the simulator cannot inject {', '.join(unknown)} (it can: {', '.join(SIM_FAULTS)})")
-    losses = DataLoss(db, clock=db.sim.scheduler.seconds)  # type: ignore[arg-type]
+    losses = DataLoss(db, w, clock=db.sim.scheduler.seconds)  # type: ignore[arg-type]
     makers = {"partition": lambda: SimPartition(db), "clock": lambda: SimClock(db), "kill": lambda: SimKill(db),
               "pause": lambda: SimPause(db), "netem": lambda: SimNetem(db), "disk": lambda: SimDisk(db, losses),
               "power": lambda: SimPower(db, losses), "membership": lambda: membership_fault(db, losses)}

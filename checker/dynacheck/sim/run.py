@@ -145,7 +145,7 @@ class SimTest(Test):
         for node in self.cluster.ids:
             self.sim.start(node)
         self.sleep(2.0)  # connections made, first heartbeats heard
-        self.faults = sim_faults(self.options.nemesis, self.cluster)
+        self.faults = sim_faults(self.options.nemesis, self.cluster, self.options.w)
         self.schedule = self.plan_faults()
         self.start_ns = round(self.sim.scheduler.now * SECOND)  # history times count from the workload
 
