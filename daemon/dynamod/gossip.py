@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from dynamod.core.addresses import split_host_port
 from dynamod.core.membership import (
     ACTIVE,
+    JOINING,
     ClusterState,
     MalformedState,
     MemberEntry,
@@ -229,7 +230,16 @@ class GossipService(TimerService):
         state = self.state
         dead = (options or {}).get("replace") or None
         if state.status_of(member_id) in ACTIVE:
-            raise MembershipError(f"{member_id} is already a member of this cluster")
+            known = state.members[member_id]
+            retried = (known.status == JOINING and (known.peer, known.http) == (peer, http)
+                       and (dead is None or state.replaced.get(dead) == member_id))
+            if not retried or (options or {}).get("dry_run"):
+                raise MembershipError(f"{member_id} is already a member of this cluster")
+            # The same join again while the node is still joining: this node admitted it but its
+            # answer was lost (the joiner's request timed out and it asks again). Answer the
+            # state, as the first time.
+            self.log.info("{member} asked to join again: it is a member already, answering the state", member=member_id)
+            return state_to_wire(state) if options is None else {"state": state_to_wire(state), "plan": None}
         clash = [m.id for m in state.active() if m.peer == peer and m.id != dead]
         if clash:
             raise MembershipError(f"{clash[0]} already uses peer address {peer}")

@@ -42,7 +42,7 @@ from dynamod.handoff import HandoffService
 from dynamod.health import HealthService
 from dynamod.net.operations import PeerLimits
 from dynamod.net.peers import PeerClient, PeerServerFactory
-from dynamod.net.protocol import PeerTimeout
+from dynamod.net.protocol import PeerTimeout, PeerUnavailable
 from dynamod.net.writes import Coalescer
 from dynamod.security.auth import node_authenticator
 from dynamod.security.tls import node_tls
@@ -56,6 +56,9 @@ from dynamod.transfers import TransferService
 VERSION = "0.1.0"
 #: Seconds between storage housekeeping runs (Berkeley DB trickle and checkpoint).
 MAINTENANCE_INTERVAL = 2.0
+#: Times a joining node sends its join before it gives up on an answer (a repeated join is
+#: answered with the state when the first was admitted; see Node._ask_to_join).
+JOIN_ATTEMPTS = 2
 #: File in the data dir holding the last known cluster state.
 STATE_FILE = "cluster-state.msgpack"
 #: Exit status of a node whose storage failed at run time (main.py's internal error).
@@ -99,8 +102,6 @@ class Listener(service.Service):
         return defer.maybeDeferred(port.stopListening) if port is not None else None
 
 
-
-
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
@@ -123,6 +124,28 @@ def initial_state(config: NodeConfig, state_file: StateFile | None) -> ClusterSt
                             f"partitions: {exc} (the data directory is another cluster's: set its partitions, "
                             f"or empty {config.data_dir} to found a new cluster)") from exc
     return stored if stored is not None else founding
+
+
+@defer.inlineCallbacks
+def ask_to_join(client: Any, seed: str, request: list[Any], replacing: bool, timeout: float) -> Any:
+    """The seed's answer to the join ``request`` (through ``client``, a ``PeerClient``). A join
+    whose answer does not come (``timeout`` passed, or the connection was lost: ``dynacheck sim``
+    seed 9105 saw both under netem) is sent again (``JOIN_ATTEMPTS`` in all): the
+    seed may have admitted this node and lost only the answer, and it answers a repeated join of
+    a node still joining with the same addresses with the state (``dynacheck sim`` seed 9105: a
+    join the seed admitted timed out under netem, and the cluster kept a member, owner of
+    partitions, that believed itself alone)."""
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        try:
+            answer = yield client.call("join", request, timeout)
+            return answer
+        except (PeerTimeout, PeerUnavailable) as exc:  # no answer: the join may or may not have been taken
+            if attempt == JOIN_ATTEMPTS:
+                raise MembershipError(f"seed {seed} did not answer the join ({JOIN_ATTEMPTS} tries; {exc}): it may "
+                                      "have admitted this node anyway (see dynactl status on the seed)", 502) from exc
+        except Exception as exc:  # noqa: BLE001 - the seed's refusal, passed on
+            raise MembershipError(f"seed {seed} refused the {'replacement' if replacing else 'join'}: {exc}",
+                                  409) from exc
 
 
 class Node(service.MultiService):
@@ -324,6 +347,8 @@ class Node(service.MultiService):
         """Join the cluster of the node whose peer listener is at ``seed`` (POST /admin/join), as
         the replacement of its dead member ``replace`` if given; a dry run answers the plan only."""
         if [m.id for m in self.gossip.state.active()] != [self.node_id]:
+            if not dry_run and self._joined_already(seed, replace):
+                return self._joined_document(None, replace)  # asked again after it was admitted
             raise MembershipError(f"{self.node_id} is already in a cluster of {len(self.gossip.state.active())} "
                                   "members; it can join another only with an empty data dir")
         client = PeerClient("seed", seed, self.reactor, max_frame=self.config.max_frame_size, tls=self.tls,
@@ -343,20 +368,26 @@ class Node(service.MultiService):
             request: list[Any] = [self.node_id, me.peer, me.http]
             # The options ask for the plan in the answer (a seed older than replacements refuses them).
             request.append({"replace": replace, "dry_run": dry_run} if replace is not None else {"dry_run": dry_run})
-            try:
-                answer = yield client.call("join", request, self.config.request_timeout)
-            except PeerTimeout as exc:
-                raise MembershipError(f"seed {seed} did not answer the join in time: it may have admitted "
-                                      "this node anyway (see dynactl status on the seed)", 502) from exc
-            except Exception as exc:  # noqa: BLE001 - the seed's refusal, passed on
-                raise MembershipError(f"seed {seed} refused the {'replacement' if replace else 'join'}: {exc}",
-                                      409) from exc
+            answer = yield ask_to_join(client, seed, request, replace is not None, self.config.request_timeout)
             plan = answer.get("plan") if isinstance(answer, dict) else None
             if dry_run:
                 return {"node": self.node_id, "dry_run": True, "plan": plan}
             self.gossip.joined(answer, seed)
         finally:
             self.reactor.callLater(0, client.stop)  # not from inside the client's own callbacks
+        return self._joined_document(plan, replace)
+
+    def _joined_already(self, seed: str, replace: str | None) -> bool:
+        """Whether this node is what a join through ``seed`` (replacing ``replace``) would make it
+        and still joining: in the cluster ``seed`` is a member of, ``replace``'s replacement if
+        given. A join whose answer was lost, then learnt from gossip, is asked again by whoever
+        could not tell it happened (``dynacheck sim`` seed 9105: 19 tries refused with 409). A
+        member that has finished joining is refused as before."""
+        state = self.gossip.state
+        return (state.status_of(self.node_id) == JOINING and any(m.peer == seed for m in state.active())
+                and (replace is None or state.replaced.get(replace) == self.node_id))
+
+    def _joined_document(self, plan: Any, replace: str | None) -> dict[str, Any]:
         document = {"node": self.node_id, "cluster": self.gossip.state.cluster,
                     "members": [m.id for m in self.gossip.state.active()],
                     "partitions_claimed": len(self.ring.partitions_of(self.node_id))}

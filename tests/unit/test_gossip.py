@@ -146,6 +146,27 @@ def test_joins_and_leaves_that_cannot_be_done_are_refused_with_the_state_unchang
     assert nodes["n1"].changes == 0 and nodes["n4"].changes == 0
 
 
+def test_a_join_asked_again_while_the_node_is_joining_is_answered_with_the_state():
+    """The joiner's request timed out after the seed admitted it (the answer was lost): the same
+    join again, same id and addresses, gets the state and changes nothing; other addresses, or
+    a dry run, are still refused (and so is a member that has finished joining: see below)."""
+    network, clock, nodes = make_nodes(3, extra=1)
+    run_rounds(clock, nodes, 3)
+    first = nodes["n1"].service.handle_join(["n4", "h4:7000", "h4:8000"])
+    admitted = nodes["n1"].state
+    changes = nodes["n1"].changes
+    assert admitted.members["n4"].status == "joining"
+    again = nodes["n1"].service.handle_join(["n4", "h4:7000", "h4:8000", {"dry_run": False}])
+    assert again == {"state": first, "plan": None} and nodes["n1"].state == admitted
+    assert nodes["n1"].changes == changes
+    nodes["n4"].service.joined(again, "n1")
+    assert nodes["n4"].state.status_of("n4") == "joining"
+    with pytest.raises(MembershipError, match="already a member"):
+        nodes["n1"].service.handle_join(["n4", "h4:7000", "h9:8000"])
+    with pytest.raises(MembershipError, match="already a member"):
+        nodes["n1"].service.handle_join(["n4", "h4:7000", "h4:8000", {"dry_run": True}])
+
+
 def test_malformed_or_foreign_gossip_is_logged_and_never_merged():
     network, clock, nodes = make_nodes(3, extra=1)
     node = nodes["n1"]
@@ -198,3 +219,28 @@ def test_a_failing_round_is_logged_and_the_schedule_goes_on():
     node.service.pending = lambda: 0
     node.service.round()
     assert node.service.stats["rounds"] == 2 and node.state.progress["n1"].pending == 0
+
+
+def test_a_joiner_asks_again_once_when_the_seeds_answer_does_not_come():
+    from twisted.internet import defer
+
+    from dynamod.net.operations import PeerTimeout
+    from dynamod.node import JOIN_ATTEMPTS, ask_to_join
+    from tests.sim import fired
+
+    class Seed:
+        def __init__(self, timeouts: int):
+            self.timeouts, self.calls = timeouts, 0
+
+        def call(self, op, payload, timeout):
+            self.calls += 1
+            if self.calls <= self.timeouts:
+                return defer.fail(PeerTimeout(f"no answer within {timeout}s"))
+            return defer.succeed({"state": "answered"})
+
+    once = Seed(timeouts=1)
+    assert fired(ask_to_join(once, "h1:7000", ["n4"], False, 1.0)) == {"state": "answered"} and once.calls == 2
+    never = Seed(timeouts=JOIN_ATTEMPTS)
+    with pytest.raises(MembershipError, match=f"did not answer the join \\({JOIN_ATTEMPTS} tries; no answer"):
+        fired(ask_to_join(never, "h1:7000", ["n4"], False, 1.0))
+    assert never.calls == JOIN_ATTEMPTS

@@ -315,15 +315,16 @@ class ScriptedCluster(Cluster):
         return {node: HostResult(host=node, ok=True)}
 
 
-def scripted_fault(answer) -> tuple[MembershipFault, ScriptedCluster]:
-    """Every admin call answers ``answer`` (or raises it); every member sees every other down."""
+def scripted_fault(answer, listed: tuple[str, ...] = ("n1", "n2", "n3")) -> tuple[MembershipFault, ScriptedCluster]:
+    """Every admin call answers ``answer`` (or raises it); every member lists ``listed`` as its
+    members, and sees every other down."""
     cluster = ScriptedCluster()
     fake = FakeTime()
     fault = MembershipFault(cluster, retry_seconds=3.0, clock=fake.clock, sleep=fake.sleep)
 
     class Client:
         def status(self) -> dict:
-            return {"members": [{"id": node, "status": "down"} for node in ("n1", "n2", "n3")]}
+            return {"members": [{"id": node, "status": "down"} for node in listed]}
 
         def _answer(self, *args, **kwargs):
             if isinstance(answer, Exception):
@@ -356,3 +357,24 @@ def test_a_replace_puts_the_spare_in_the_dead_members_place_and_the_dead_node_am
     assert results["n2"].ok and results["n4"].ok and fault.pending["id"] == 0
     assert cluster.ids == ["n1", "n4", "n3"] and cluster.spare_ids == ["n5", "n2"]
     assert ("wipe", "n2") in cluster.actions and ("start", "n2") not in cluster.actions
+
+
+LOST_ANSWER = ClientError(502, {"error": "seed 10.0.0.1:7000 did not answer the join (2 tries; no answer within 1s): "
+                                         "it may have admitted this node anyway"})
+
+
+def test_a_replace_whose_answer_was_lost_but_the_seed_lists_the_spare_is_a_replace_made():
+    """``dynacheck sim`` seed 9105: the seed took the replacement and only its answer was lost;
+    sending the spare back would leave the ring an owner nobody runs."""
+    fault, cluster = scripted_fault(LOST_ANSWER, listed=("n1", "n4", "n3"))
+    results = fault.start({"id": 0, "action": "replace", "node": "n4", "dead": "n2", "nodes": ["n2", "n4"]})
+    assert results["n2"].ok and results["n4"].ok and "the answer was lost" in results["n2"].stdout
+    assert cluster.ids == ["n1", "n4", "n3"] and cluster.spare_ids == ["n5", "n2"]
+
+
+def test_a_join_whose_answer_was_lost_and_that_the_seed_does_not_list_sends_the_spare_back():
+    fault, cluster = scripted_fault(LOST_ANSWER)
+    results = fault.start({"id": 0, "action": "join", "node": "n4", "nodes": ["n4"]})
+    assert not results["n4"].ok and "may have admitted" in results["n4"].error
+    assert cluster.ids == ["n1", "n2", "n3"] and sorted(cluster.spare_ids) == ["n4", "n5"]
+    assert cluster.actions[-1] == ("wipe", "n4")

@@ -210,11 +210,7 @@ class MembershipFault(Fault):
         began = self.clock()
         started = self._start_spare(node)
         started += f" in {self.clock() - began:.1f}s"
-        try:
-            answer = self._retrying(lambda client: client.join(self._seed_peer()), node, f"join of {node}")
-        except BaseException:
-            self._back_to_spare(node)
-            raise
+        answer = self._join_through_seed(node, None)
         self.cluster.admit(node)
         self.pending = {**value, "since": self.clock()}
         return {node: HostResult(host=node, ok=True, stdout=f"{started}; joined: {_summary(answer)}")}
@@ -252,12 +248,7 @@ class MembershipFault(Fault):
             if action == "replace":
                 node = value["node"]
                 self._start_spare(node)
-                try:
-                    answer = self._retrying(lambda client: client.join(self._seed_peer(), replace=dead), node,
-                                            f"replace of {dead} by {node}")
-                except BaseException:
-                    self._back_to_spare(node)
-                    raise
+                answer = self._join_through_seed(node, dead)
                 self.cluster.admit(node, position)
             else:
                 answer = self._retrying(lambda client: client.remove_node(dead), self._live_member(),
@@ -315,8 +306,43 @@ class MembershipFault(Fault):
                 continue
         raise Refused(f"no member answers (members {self.cluster.ids})")
 
-    def _seed_peer(self) -> str:
-        return self.cluster.host(self._live_member()).peer
+    def _join_through_seed(self, node: str, dead: str | None) -> Any:
+        """Have the started spare ``node`` join through a live member (replacing ``dead`` if
+        given); returns the answer. When the join fails without the seed's refusal (a 502, or no
+        answer: the seed may have admitted the node and only the answer was lost), the seed is
+        asked whether it lists ``node``: if it does, the change happened. Otherwise ``node`` is a
+        spare again and the failure is raised (``dynacheck sim`` seed 9105: a replacement the seed
+        took, whose answer was lost, was sent back to the spares while the ring kept it as an
+        owner, and 4 keys never converged)."""
+        seed = self._live_member()
+        what = f"replace of {dead} by {node}" if dead else f"join of {node}"
+        try:
+            return self._retrying(lambda client: client.join(self.cluster.host(seed).peer, replace=dead)
+                                  if dead else client.join(self.cluster.host(seed).peer), node, what)
+        except (Refused, Skipped) as exc:
+            if self._listed_by(seed, node):
+                return f"{what}: {exc}; but {seed} lists {node} as a member: the answer was lost, the change was made"
+            self._back_to_spare(node)
+            raise
+        except BaseException:
+            self._back_to_spare(node)
+            raise
+
+    def _listed_by(self, member: str, node: str) -> bool:
+        """Whether ``member`` lists ``node`` among its members, asked until it answers (for up to
+        ``timeout`` seconds): False when it does not list it, or never answered."""
+        listed: list[bool] = []
+
+        def ask() -> str | None:
+            try:
+                status = self._ask(member, lambda client: client.status())
+            except (ClientError, NodeUnavailable) as exc:
+                return f"{member} does not answer ({exc})"
+            listed.append(node in {entry.get("id") for entry in status.get("members", [])})
+            return None
+
+        poll(ask, self.timeout, interval=0.5, clock=self.clock, sleep=self.sleep)
+        return bool(listed) and listed[-1]
 
     def _retrying(self, call: Callable[[DynamoClient], Any], node: str, what: str) -> Any:
         """``call`` on ``node``'s client; a 409 (another change in progress) is retried for
