@@ -149,3 +149,22 @@ def test_a_connection_attempt_across_a_partition_that_heals_connects_at_the_next
     assert client_log == []  # the first SYN was lost; the next goes at 1 s
     scheduler.run_until(1.1)
     assert client_log == [("made",)]
+
+
+def test_a_side_that_resets_across_a_partition_sends_nothing_more_and_its_peer_learns_it_on_writing():
+    """What a partition holds is the sender's retransmission queue: a reset drops it, and the
+    reset itself (sent once) is lost; after the heal the peer gets nothing until it writes, and
+    then a reset."""
+    scheduler, network, _ = world()
+    _, _, server_factory, client_factory, server_log, client_log = connected_pair(network, scheduler)
+    network.partition([("10.0.0.1", "10.0.0.2")])
+    client_factory.protocols[0].transport.write(b"stale")
+    scheduler.run_until(scheduler.now + 1)
+    client_factory.protocols[0].transport.abortConnection()
+    scheduler.run_until(scheduler.now + 10)
+    network.heal()
+    scheduler.run_until(scheduler.now + 1)
+    assert ("data", b"stale") not in server_log and ("lost", "ConnectionLost") not in server_log
+    server_factory.protocols[0].transport.write(b"anyone?")
+    scheduler.run_until(scheduler.now + 1)
+    assert server_log[-1] == ("lost", "ConnectionLost") and ("data", b"anyone?") not in client_log

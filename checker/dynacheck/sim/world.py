@@ -10,10 +10,10 @@ network of TCP streams between them, all driven by one seeded random source.
 * ``Network``: hosts by address; a stream per connection that keeps TCP's order in each direction
   while the delay of each segment is drawn from the seed, so messages on different connections
   reorder. A partition holds what crosses it (TCP retransmits until the link heals, or until one
-  side gives up and resets the connection); under netem a lost segment costs a retransmission
-  timeout. A connection attempt across a partition sends its SYN again at 1, 3, 7... s (Linux's
-  schedule) and times out unless the partition heals first; one to an address no process
-  listens on is refused.
+  side gives up and resets the connection: its held segments are dropped, and its reset is
+  lost); under netem a lost segment costs a retransmission timeout. A connection attempt
+  across a partition sends its SYN again at 1, 3, 7... s (Linux's schedule) and times out
+  unless the partition heals first; one to an address no process listens on is refused.
 """
 
 from __future__ import annotations
@@ -291,6 +291,7 @@ class StreamEnd:
         """Close now (a RST): the peer sees the connection lost."""
         if self.closed:
             return
+        self._drop_unsent()
         if self.peer is not None:
             self.network.send(self, _RST)
         self._lost(Failure(error.ConnectionAborted()))
@@ -300,8 +301,17 @@ class StreamEnd:
         if not self.closed:
             self.closed = True
             self.reactor.ends.pop(self.id, None)
+            self._drop_unsent()
             if self.peer is not None:
                 self.network.send(self, _RST)
+
+    def _drop_unsent(self) -> None:
+        """A reset discards this side's send queue: what a partition holds of its segments is what
+        its kernel would retransmit, and now never will (``dynacheck sim`` seed 10271: a replica
+        PUT held 18 s across a partition by a connection its sender had aborted after 1 s of
+        silence arrived after the heal, and brought back a version reaped meanwhile)."""
+        if self.peer is not None:
+            self.peer.held.clear()
 
     def getPeer(self) -> IPv4Address:  # noqa: N802
         return IPv4Address("TCP", *self.remote)
@@ -491,6 +501,8 @@ class Network:
         target.reactor.callLater(arrival - self.scheduler.now, self._arrive, target, segment)
 
     def _arrive(self, target: StreamEnd, segment: Any) -> None:
+        if segment is _RST and self.blocked(target.remote[0], target.local[0]):
+            return  # a reset is sent once, never retransmitted: a partition loses it
         if target.held or self.blocked(target.remote[0], target.local[0]):
             target.held.append(segment)
             self._held[target.id] = target
