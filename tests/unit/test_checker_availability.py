@@ -34,9 +34,10 @@ class Run:
                 self.errors[element] = error
 
     def nemesis(self, fault: str, plan: dict[str, Any], start_ms: float, stop_ms: float | None,
-                stop_outcome: str = OK) -> None:
-        """A fault started (ok) at ``start_ms`` and stopped at ``stop_ms`` (None: never stopped)."""
-        self.builder.nemesis(f"start-{fault}", start_ms, start_ms + 1, value=plan)
+                stop_outcome: str = OK, start_outcome: str = OK) -> None:
+        """A fault started (``start_outcome``) at ``start_ms`` and stopped at ``stop_ms`` (None:
+        never stopped)."""
+        self.builder.nemesis(f"start-{fault}", start_ms, start_ms + 1, value=plan, outcome=start_outcome)
         if stop_ms is not None:
             self.builder.nemesis(f"stop-{fault}", stop_ms, stop_ms + 1, outcome=stop_outcome, value=plan)
 
@@ -275,6 +276,17 @@ def test_a_node_that_joined_and_then_left_at_the_same_instant_is_no_member_after
     run = Run()
     run.nemesis("membership", {"action": "join", "node": "n4", "nodes": ["n4"], "id": 0}, 0, 1000)
     run.nemesis("membership", {"action": "leave", "node": "n4", "nodes": ["n4"], "id": 1}, 1001, 3000)
+    run.writes(100, 5000, node="n1", outcome=INFO)
+    result = check(run, w=4, nodes=["n1", "n2", "n3", "n4"], spare_nodes=["n4"])
+    assert result["refused_not_counted"]["minority"] == 100 and result["refused_count"] == 0
+
+
+def test_a_join_of_unknown_outcome_brings_no_member_in():
+    """Seed 10285: the join's start found no member answering (``info``); counting the spare as a
+    member made every coordinator 'reach' it, and 55 refusals were counted."""
+    run = Run()
+    run.nemesis("membership", {"action": "join", "node": "n4", "nodes": ["n4"], "id": 0}, 0, 1000,
+                start_outcome=INFO)
     run.writes(100, 5000, node="n1", outcome=INFO)
     result = check(run, w=4, nodes=["n1", "n2", "n3", "n4"], spare_nodes=["n4"])
     assert result["refused_not_counted"]["minority"] == 100 and result["refused_count"] == 0

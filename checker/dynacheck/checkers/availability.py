@@ -31,7 +31,8 @@ write, ``no_write``).
   the completion of the ok stop that closed it (``faults.read_nemesis``). Members are ``test.json``'s
   ``nodes`` (the initial members; never its ``spare_nodes``), less a node that leaves, is removed or
   is replaced (``dead``) from that change's start, plus a node that joins or replaces from the end
-  of that change (its stop, which waits for the transfers to settle);
+  of that change (its stop, which waits for the transfers to settle) when its start was ok (one
+  of unknown outcome brings no node in);
 * the coordinator can reach at least the needed number of up members, itself included, directly:
   under the partition rules possibly in force, neither drops the other's packets (``quorum.neighbours``).
   Those are the union of the grudges of every active partition fault, a superset of
@@ -180,6 +181,12 @@ class Schedule:
         for fault, start, stop in self.active:
             if fault.kind == MEMBERSHIP:
                 _, leaving, joining = _membership_change(fault)
+                if fault.outcome != OK:
+                    # A change of unknown outcome (its start ended ``info``): a node it would
+                    # have taken out may be out, one it would have brought in is not counted
+                    # (seed 10285: a join whose start found no member answering made the
+                    # checker count the spare as a member reachable by every coordinator).
+                    joining = set()
                 changes += [(start, _LEAVES, node) for node in leaving] + [(stop, _JOINS, node) for node in joining]
         self.changes = sorted(changes)
         self.change_times = [time for time, _, _ in self.changes]
