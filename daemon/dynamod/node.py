@@ -57,7 +57,7 @@ VERSION = "0.1.0"
 #: Seconds between storage housekeeping runs (Berkeley DB trickle and checkpoint).
 MAINTENANCE_INTERVAL = 2.0
 #: Times a joining node sends its join before it gives up on an answer (a repeated join is
-#: answered with the state when the first was admitted; see Node._ask_to_join).
+#: answered with the state when the first was admitted; see ask_to_join).
 JOIN_ATTEMPTS = 2
 #: File in the data dir holding the last known cluster state.
 STATE_FILE = "cluster-state.msgpack"
@@ -129,12 +129,12 @@ def initial_state(config: NodeConfig, state_file: StateFile | None) -> ClusterSt
 @defer.inlineCallbacks
 def ask_to_join(client: Any, seed: str, request: list[Any], replacing: bool, timeout: float) -> Any:
     """The seed's answer to the join ``request`` (through ``client``, a ``PeerClient``). A join
-    whose answer does not come (``timeout`` passed, or the connection was lost: ``dynacheck sim``
-    seed 9105 saw both under netem) is sent again (``JOIN_ATTEMPTS`` in all): the
-    seed may have admitted this node and lost only the answer, and it answers a repeated join of
-    a node still joining with the same addresses with the state (``dynacheck sim`` seed 9105: a
-    join the seed admitted timed out under netem, and the cluster kept a member, owner of
-    partitions, that believed itself alone)."""
+    whose answer does not come (``timeout`` passed, or the connection was lost) is sent again
+    (``JOIN_ATTEMPTS`` in all): the seed may have admitted this node and lost only the answer,
+    and it answers a repeated join of a node still joining with the same addresses with the
+    state. No answer at all is a 502 that says so, never a refusal (``dynacheck sim`` seed 9105:
+    a join the seed took, whose connection was closed as silent under netem, was reported as
+    refused, and the cluster kept an owner nobody ran)."""
     for attempt in range(1, JOIN_ATTEMPTS + 1):
         try:
             answer = yield client.call("join", request, timeout)
