@@ -267,3 +267,22 @@ def test_the_replace_playbook_passes_a_syntax_check():
     result = subprocess.run([str(playbook), "--syntax-check", "-i", "inventory/example.ini", "replace.yml"],
                             capture_output=True, text=True, cwd=root / "ansible", timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_node_asked_again_to_join_the_cluster_it_is_joining_answers_as_joined(api_node):
+    """``dynacheck sim`` seed 9105: the join's answer was lost, the node learnt its admission by
+    gossip, and whoever asked could only ask again. While it is joining through that cluster the
+    same request answers as a join would; once it is a member, or through another seed, 409."""
+    seed = MemberEntry("n2", "127.0.0.1:7002", "127.0.0.1:8002")
+    founded = ClusterState.initial([seed], api_node.config.partitions)
+    admitted = founded.plan_join(MemberEntry("n1", "127.0.0.1:2", "127.0.0.1:1"), 3, author="n2")
+    api_node.gossip.adopt(admitted)
+    answer = fired(api_node.join("127.0.0.1:7002"))
+    assert answer["node"] == "n1" and answer["members"] == ["n1", "n2"] and answer["partitions_claimed"] >= 1
+    with pytest.raises(MembershipError, match="already in a cluster"):
+        fired(api_node.join("127.0.0.1:7999"))
+    with pytest.raises(MembershipError, match="already in a cluster"):
+        fired(api_node.join("127.0.0.1:7002", dry_run=True))
+    api_node.gossip.adopt(admitted.with_member(attrs.evolve(admitted.members["n1"], status=MEMBER)))
+    with pytest.raises(MembershipError, match="already in a cluster"):
+        fired(api_node.join("127.0.0.1:7002"))
