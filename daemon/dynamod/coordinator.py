@@ -230,8 +230,7 @@ class Coordinator:
             core.add_reply(node, siblings)
 
         requests = [(replica, self._with_fallover(key, replica, hint, taken, read), replied)
-                    for replica, hint in targets.items()]
-        requests += [(owner, read(owner, None).addCallback(_answered_by, owner, None), replied) for owner in suspected]
+                    for replica, hint in {**targets, **dict.fromkeys(suspected)}.items()]
         return self._drive(core, requests, when_all_answered=lambda: self._repair(key, core, hints, corrupt),
                            stages=stages)
 
@@ -334,8 +333,7 @@ class Coordinator:
         taken = set(replicas)
         requests = [(self.node_id, committed, ack)]
         requests += [(replica, self._with_fallover(key, replica, hint, taken, send), acked)
-                     for replica, hint in targets.items() if replica != self.node_id]
-        requests += [(owner, send(owner, None).addCallback(_answered_by, owner, None), acked) for owner in suspected]
+                     for replica, hint in {**targets, **dict.fromkeys(suspected)}.items() if replica != self.node_id]
         return self._drive(core, requests, stages=stages).addCallback(
             lambda result: PutAnswer(result, version.clock(), version.dot))
 

@@ -318,11 +318,11 @@ class MembershipFault(Fault):
         would not do: it may still list a node removed a moment before. A change refused with
         409 until the retries ran out is not looked up: a spare the members still list from
         before its removal takes their gossip, and would look admitted (seed 12025)."""
-        seed = self._live_member()
+        seed = self.cluster.host(self._live_member()).peer
         what = f"replace of {dead} by {node}" if dead else f"join of {node}"
         try:
-            return self._retrying(lambda client: client.join(self.cluster.host(seed).peer, replace=dead)
-                                  if dead else client.join(self.cluster.host(seed).peer), node, what)
+            return self._retrying(lambda client: client.join(seed, replace=dead) if dead else client.join(seed),
+                                  node, what)
         except Refused as exc:  # not a 409 the retries ran out on: the seed's own refusal is trusted
             others = self._cluster_of(node)
             if others:
@@ -423,7 +423,7 @@ class MembershipFault(Fault):
         action = change["action"]
         gone = ({change.get("dead")} if action in ("remove", "replace")
                 else {change["node"]} if action == "leave" else set())
-        if change["action"] == "leave":
+        if action == "leave":
             running = self.cluster.service("status", [change["node"]])[change["node"]]
             if running.ok:
                 return f"{change['node']} still runs (leaving)"
